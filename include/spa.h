@@ -1,0 +1,285 @@
+/* spa.h - public API of spa, sparse parallel attention.
+ *
+ * Hybrid sparse attention (local window + global tokens + random block links)
+ * over a sequence split into contiguous block-aligned shards across MPI ranks.
+ *
+ * Layers, bottom up:
+ *   spa_config_*     the pattern parameters and their validation (no MPI)
+ *   spa_pattern_*    who attends whom: S(i) for any token, any block (no MPI)
+ *   spa_partition_*  which rank owns which blocks (no MPI)
+ *   spa_commplan_*   what each rank receives from whom, and its byte counts (no MPI)
+ *   spa_kernel_*     block-sparse attention on one rank's memory (no MPI)
+ *   spa_reference_*  the dense masked O(n^2) oracle, for tests only (no MPI)
+ *   spa_ctx_*        the distributed runtime (collective over a communicator)
+ *   spa_io_*         parallel HDF5 input and output (collective)
+ *
+ * Tensors are row-major. A "shard" tensor is [H][n_own][D] floats: the rows
+ * [tok_lo, tok_hi) of every head, head-major.
+ *
+ * Every function returns an spa_err; spa_last_error() gives the message.
+ */
+#ifndef SPA_H
+#define SPA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <mpi.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SPA_VERSION "0.1.0"
+
+/* Error codes double as the CLI's exit codes (SPEC section 3). */
+typedef enum spa_err {
+    SPA_OK = 0,
+    SPA_ERR_OTHER = 1, /* internal, MPI, system */
+    SPA_ERR_USAGE = 2, /* bad flags or parameters */
+    SPA_ERR_INPUT = 3  /* bad input file or data */
+} spa_err;
+
+/* The message of the most recent error on this process (never NULL). */
+const char *spa_last_error(void);
+
+/* ------------------------------------------------------------------ config */
+
+typedef struct spa_config {
+    int64_t n;            /* tokens */
+    int32_t heads;        /* H: independent problems */
+    int32_t dim;          /* D: head dimension */
+    int32_t block;        /* B: block size, default 64 */
+    int32_t local_blocks; /* W: odd, used when radius < 0; default 3 */
+    int64_t radius;       /* R >= 0 selects radius mode; -1 = block mode */
+    int32_t random;       /* random blocks per (head, query block), default 3 */
+    uint64_t seed;        /* keys the random-link generator, default 0 */
+    int causal;           /* keep only j <= i */
+    float scale;          /* 0 means 1/sqrt(D) once validated */
+    char *globals_spec;   /* NULL = default (first and last block); "none" */
+    /* Filled by spa_config_validate: sorted unique global token indices,
+     * and the sorted unique blocks that hold at least one of them. */
+    int64_t *globals;
+    int64_t nglobals;
+    int64_t *global_blocks;
+    int64_t nglobal_blocks;
+} spa_config;
+
+/* Defaults of SPEC section 1: n = 131072, H = 4, D = 64, B = 64, W = 3,
+ * random 3, seed 0, default globals. Not collective. */
+void spa_config_init(spa_config *cfg);
+
+/* Copies spec ("none", "0,5,7:12"); parsed by spa_config_validate. */
+spa_err spa_config_set_globals(spa_config *cfg, const char *spec);
+
+/* Checks every parameter, resolves the scale and the global set.
+ * Returns SPA_ERR_USAGE for bad parameters. Not collective; every rank
+ * gets the same answer on the same flags. */
+spa_err spa_config_validate(spa_config *cfg);
+
+/* Deep copy (globals included). */
+spa_err spa_config_copy(spa_config *dst, const spa_config *src);
+
+/* Frees what validate and set_globals allocated. Accepts NULL. */
+void spa_config_free(spa_config *cfg);
+
+/* Parses a globals spec against n into a sorted unique array (caller frees).
+ * Exposed for tests. */
+spa_err spa_parse_globals(const char *spec, int64_t n, int64_t **out, int64_t *count);
+
+/* ----------------------------------------------------------------- pattern */
+
+static inline int64_t spa_nblocks(const spa_config *cfg)
+{
+    return (cfg->n + cfg->block - 1) / cfg->block;
+}
+
+/* Counter-based generator: a SplitMix64-style hash of (seed, head, block,
+ * counter). Any rank can draw any block's links alone. */
+uint64_t spa_rng(uint64_t seed, uint64_t head, uint64_t block, uint64_t counter);
+
+/* 1 when token j is global. O(log |G|). */
+int spa_pattern_is_global(const spa_config *cfg, int64_t j);
+
+/* 1 when block b holds a global token. */
+int spa_pattern_block_has_global(const spa_config *cfg, int64_t b);
+
+/* The local block window of query block c: blocks [*b0, *b1] inclusive. */
+void spa_pattern_window(const spa_config *cfg, int64_t c, int64_t *b0, int64_t *b1);
+
+/* Union over the rows of block c of their local key ranges, as the
+ * half-open token range [*j0, *j1); causal-clipped. */
+void spa_pattern_local_range(const spa_config *cfg, int64_t c, int64_t *j0, int64_t *j1);
+
+/* Random key blocks of (head h, query block c), sorted ascending.
+ * blocks[] has room for cfg->random entries. Returns how many were drawn. */
+int32_t spa_pattern_random_blocks(const spa_config *cfg, int32_t h, int64_t c, int32_t *blocks);
+
+/* Whether key j is in S(i) for head h, straight from the SPEC's rules.
+ * Slow; for the reference and tests. */
+int spa_pattern_attends(const spa_config *cfg, int32_t h, int64_t i, int64_t j);
+
+/* |S(i)| summed over the tokens of query blocks [c0, c1) of head h (for
+ * FLOP counts). Cost O(B * (c1 - c0) * log |G|). */
+int64_t spa_pattern_pairs(const spa_config *cfg, int32_t h, int64_t c0, int64_t c1);
+
+/* --------------------------------------------------------------- partition */
+
+/* Contiguous block-aligned shards whose sizes differ by at most one block.
+ * Rank r owns blocks [*b0, *b1) and tokens [*t0, *t1). */
+void spa_partition(const spa_config *cfg, int P, int r, int64_t *b0, int64_t *b1, int64_t *t0,
+                   int64_t *t1);
+/* The rank that owns token j. */
+int spa_partition_owner(const spa_config *cfg, int P, int64_t j);
+
+/* ------------------------------------------------------- synthetic inputs */
+
+/* Seeded synthetic values for tensor `which` (0 = q, 1 = k, 2 = v) of head h,
+ * tokens [t0, t1): dst is [t1 - t0][D]. Keyed by (seed, which, h, token,
+ * d), so any rank produces the same bytes for the same token. Values are
+ * uniform in [-1, 1) times `temperature` for q and k (1 = near-uniform
+ * attention at D = 64; larger = peakier), and uniform in [-1, 1) for v. */
+void spa_synth(uint64_t seed, float temperature, int which, int32_t h, int64_t t0, int64_t t1,
+               int32_t D, float *dst);
+
+/* ------------------------------------------------------ communication plan */
+
+/* A token range [t0, t1) exchanged with one rank. */
+typedef struct spa_xfer {
+    int rank;
+    int64_t t0, t1;
+} spa_xfer;
+
+/* A contiguous run of random key blocks [b0, b0 + nblk) of head h, owned
+ * by `rank`, fetched with one MPI_Get per tensor. */
+typedef struct spa_run_blk {
+    int rank;
+    int32_t h;
+    int64_t b0, nblk;
+} spa_run_blk;
+
+/* Who sends what to rank r, a pure function of (cfg, P, r). */
+typedef struct spa_commplan {
+    int P, rank;
+    int64_t b0, b1, t0, t1;     /* owned blocks and tokens */
+    int64_t ext0, ext1;         /* keys the owned local windows need: own + halo */
+    int nrecv, nsend;           /* halo pieces, sorted by rank then t0 */
+    spa_xfer *recv, *send;
+    int64_t nglobal_own;        /* global tokens this rank owns */
+    int64_t nfetch;             /* distinct (head, block) pairs fetched */
+    int nruns;                  /* coalesced runs of them */
+    spa_run_blk *runs;          /* sorted by (h, b0) */
+    /* Bytes this rank receives (SPEC section 3 fields). K and V both count.
+     * bytes_global is the allgather of K,V of G plus this rank's share of
+     * the global-row partials it contributes to the merge. */
+    int64_t bytes_halo, bytes_global, bytes_rma;
+} spa_commplan;
+
+/* Builds rank r's plan. Not collective, no MPI. */
+spa_err spa_commplan_build(const spa_config *cfg, int P, int r, spa_commplan *plan);
+void spa_commplan_free(spa_commplan *plan);
+
+/* ---------------------------------------------------------------- reference */
+
+/* Dense masked reference, O(n^2), test oracle only. Builds S(i) token by
+ * token from spa_pattern_attends, accumulates in double.
+ *   q, k, v: [H][n][D] whole tensors;  out: [H][r1 - r0][D];  lse: [H][r1 - r0]
+ * Only rows [r0, r1) are computed. */
+spa_err spa_reference(const spa_config *cfg, const float *q, const float *k, const float *v,
+                      int64_t r0, int64_t r1, float *out, float *lse);
+
+/* ---------------------------------------------------------------- runtime */
+
+typedef struct spa_ctx_s *spa_ctx;
+
+/* Communication and compute figures of one spa_ctx_run, SPEC section 3. */
+typedef struct spa_stats {
+    double seconds_total, seconds_compute, seconds_halo, seconds_global, seconds_rma, seconds_io;
+    double seconds_wait; /* compute threads idle waiting on halo/RMA */
+    int64_t bytes_halo, bytes_global, bytes_rma;
+    int64_t flops;     /* useful FLOPs, 4 * D * sum |S(i)| over all heads */
+    double checksum;   /* sum of all out values, all ranks */
+    int rma;           /* 1 when random links went over MPI_Get, 0 for p2p */
+    int threads;
+} spa_stats;
+
+/* Collective over comm. Partitions, plans, allocates every buffer and the
+ * MPI window for cfg (validated). threads <= 0 keeps the OpenMP default.
+ * The environment variable SPA_RANDOM_TRANSPORT=p2p makes random links use
+ * the two-sided fallback, as when MPI_Win_allocate fails. */
+spa_err spa_ctx_create(MPI_Comm comm, const spa_config *cfg, int threads, spa_ctx *ctx);
+
+/* This rank's tokens [*t0, *t1). Not collective. */
+void spa_ctx_shard(spa_ctx ctx, int64_t *t0, int64_t *t1);
+
+/* Collective. Computes attention for this rank's rows.
+ *   q, k, v: [H][t1 - t0][D] shard;  out: [H][t1 - t0][D];  lse: [H][t1 - t0]
+ * st may be NULL. Same result for every rank count. */
+spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v, float *out,
+                    float *lse, spa_stats *st);
+
+/* Progress callback: called on this rank from the calling thread during
+ * spa_ctx_run with the fraction of query blocks done, at most ~10 times a
+ * second. fn NULL turns it off. Not collective. */
+void spa_ctx_set_progress(spa_ctx ctx, void (*fn)(double frac, void *arg), void *arg);
+
+/* Overlap of communication with compute, on by default. Off, every
+ * transfer completes before the first block is computed: the bench uses it
+ * to measure how much communication the overlap hides. Not collective. */
+void spa_ctx_set_overlap(spa_ctx ctx, int on);
+
+/* The plan this rank executes. */
+const spa_commplan *spa_ctx_plan(spa_ctx ctx);
+
+/* Collective. Accepts NULL; sets *ctx to NULL. */
+void spa_ctx_destroy(spa_ctx *ctx);
+
+/* Collective: agree on an error. Every rank passes its local code; all get
+ * the largest, and the message of the lowest rank that failed becomes this
+ * rank's spa_last_error(). */
+spa_err spa_agree(MPI_Comm comm, spa_err local);
+
+/* --------------------------------------------------------------------- I/O */
+
+typedef struct spa_input_s *spa_input;
+
+/* Shape of q, k, v in an input file. */
+typedef struct spa_shape {
+    int rank;           /* 2, 3 or 4 */
+    int64_t dims[4];    /* [N, D], [H, N, D] or [Bt, H, N, D] */
+    int64_t n;          /* N */
+    int32_t heads;      /* product of the leading dims */
+    int32_t dim;        /* D */
+} spa_shape;
+
+/* Collective. Opens an input file and validates q, k, v (present, same
+ * shape, rank 2..4, float type, no zero or overflowing sizes). Errors are
+ * SPA_ERR_INPUT and agreed on every rank. */
+spa_err spa_io_open(MPI_Comm comm, const char *path, spa_input *in, spa_shape *shape);
+
+/* Collective. Reads this rank's rows [t0, t1) of every head into
+ * [H][t1 - t0][D] float buffers, with collective MPI-IO, converting from
+ * float64 or float16. Non-finite values are an input error naming the
+ * dataset and the first index. */
+spa_err spa_io_read(spa_input in, int64_t t0, int64_t t1, float *q, float *k, float *v);
+
+/* Collective. Closes and sets *in to NULL; accepts NULL. */
+void spa_io_close(spa_input *in);
+
+/* Collective. Writes the output file of SPEC section 2 atomically: under a
+ * temporary name in the same folder, renamed when complete.
+ *   out: [H][t1 - t0][D] and lse: [H][t1 - t0] for this rank's rows. */
+spa_err spa_io_write(MPI_Comm comm, const char *path, const spa_shape *shape,
+                     const spa_config *cfg, int64_t t0, int64_t t1, const float *out,
+                     const float *lse, int threads);
+
+/* Collective. Writes a seeded synthetic input (q, k, v as [H, N, D]) with
+ * spa_synth: the same bytes
+ * for any rank count. */
+spa_err spa_io_gen(MPI_Comm comm, const char *path, int64_t n, int32_t heads, int32_t dim,
+                   uint64_t seed, float temperature);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,377 @@
+/* kernel.c - block-sparse attention on one rank's memory (no MPI).
+ *
+ * For one (head, query block) the keys of S(i) are gathered, in a canonical
+ * order that does not depend on the rank count, into a per-thread buffer:
+ *   1. the block's local key range,
+ *   2. the global tokens outside that range,
+ *   3. the random blocks, ascending.
+ * The list is consumed in chunks of KC keys by an online (flash-style)
+ * softmax: S = s * Q Kc^T and O += P Vc are single sgemm calls per chunk.
+ * Gathering costs one copy of the keys through L2 but turns five small
+ * GEMMs into one of full width, and it makes the floating-point order of
+ * every row independent of where its keys came from, so the result is bit
+ * for bit the same on any number of ranks and threads.
+ */
+#include "spa_impl.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+enum { SPA_KC = 512, SPA_QT = 64 };
+
+struct spa_scratch {
+    int32_t D, rows; /* rows = max(B, QT) */
+    float *kc, *vc;  /* [KC][D] gathered keys and values */
+    float *s;        /* [rows][KC] scores, then probabilities */
+    int64_t *kj;     /* [KC] token index of each gathered key */
+    unsigned char *kmask; /* [KC] 1 = subject to the radius rule */
+    float *m, *l;    /* [rows] running max and sum */
+    float *acc;      /* [rows][D] running output */
+    float *cacc, *mc, *lc; /* [rows][D], [rows], [rows]: one chunk's partial */
+    double *pd, *vd, *cd, *lcd; /* global rows: [QT][KC], [KC][D], [QT][D], [QT] */
+    float *lo;       /* [KC] rounding error of the exp arguments */
+    int32_t *rb;     /* [R] random blocks */
+    int nk;          /* keys in the current chunk */
+};
+
+spa_scratch *spa_scratch_create(const spa_config *cfg)
+{
+    spa_scratch *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    int32_t D = cfg->dim;
+    s->D = D;
+    s->rows = cfg->block > SPA_QT ? cfg->block : SPA_QT;
+    s->kc = spa_alloc((size_t)SPA_KC * D * sizeof(float));
+    s->vc = spa_alloc((size_t)SPA_KC * D * sizeof(float));
+    s->s = spa_alloc((size_t)s->rows * SPA_KC * sizeof(float));
+    s->kj = spa_alloc((size_t)SPA_KC * sizeof(int64_t));
+    s->kmask = spa_alloc(SPA_KC);
+    s->m = spa_alloc((size_t)s->rows * sizeof(float));
+    s->l = spa_alloc((size_t)s->rows * sizeof(float));
+    s->acc = spa_alloc((size_t)s->rows * D * sizeof(float));
+    s->cacc = spa_alloc((size_t)s->rows * D * sizeof(float));
+    s->mc = spa_alloc((size_t)s->rows * sizeof(float));
+    s->lc = spa_alloc((size_t)s->rows * sizeof(float));
+    s->pd = spa_alloc((size_t)SPA_QT * SPA_KC * sizeof(double));
+    s->vd = spa_alloc((size_t)SPA_KC * D * sizeof(double));
+    s->cd = spa_alloc((size_t)SPA_QT * D * sizeof(double));
+    s->lcd = spa_alloc((size_t)SPA_QT * sizeof(double));
+    s->lo = spa_alloc((size_t)SPA_KC * sizeof(float));
+    s->rb = spa_alloc((size_t)(cfg->random + 1) * sizeof(int32_t));
+    if (!s->kc || !s->vc || !s->s || !s->kj || !s->kmask || !s->m || !s->l || !s->acc || !s->rb || !s->cacc ||
+        !s->mc || !s->lc || !s->pd || !s->vd || !s->cd || !s->lcd || !s->lo) {
+        spa_scratch_destroy(s);
+        return NULL;
+    }
+    return s;
+}
+
+void spa_scratch_destroy(spa_scratch *s)
+{
+    if (!s) return;
+    spa_free(s->kc);
+    spa_free(s->vc);
+    spa_free(s->s);
+    spa_free(s->kj);
+    spa_free(s->kmask);
+    spa_free(s->m);
+    spa_free(s->l);
+    spa_free(s->acc);
+    spa_free(s->cacc);
+    spa_free(s->mc);
+    spa_free(s->lc);
+    spa_free(s->pd);
+    spa_free(s->vd);
+    spa_free(s->cd);
+    spa_free(s->lcd);
+    spa_free(s->lo);
+    spa_free(s->rb);
+    free(s);
+}
+
+/* One chunk of the online softmax for query rows [ti0, ti0 + rows).
+ *   q: [rows][D];  s->kc, s->vc: [nk][D];  m, l: [rows] (stride ldml);
+ *   acc: [rows][ldacc]
+ * The chunk is first reduced on its own, against its own row maxima, to a
+ * partial (mc, lc, cacc), which is then merged into the running one. The
+ * partial of a chunk therefore does not depend on what came before it, so
+ * global rows, whose keys are split differently on each rank count, get the
+ * same chunk partials wherever the same keys share a chunk.
+ * pass 1: scores S = scale * q Kc^T, masked to -inf where j is not in S(i)
+ * pass 2: chunk maxima, exp, chunk sums
+ * pass 3: cacc = P Vc
+ * pass 4: merge (mc, lc, cacc) into (m, l, acc) */
+static void chunk_update(const spa_config *cfg, spa_scratch *s, const float *q, int64_t ti0,
+                         int32_t rows, int global_rows, const int64_t *gidx, float *m, float *l,
+                         float *acc, int32_t ldacc, int32_t ldml)
+{
+    const int32_t D = s->D, nk = s->nk;
+    float *S = s->s, *cacc = s->cacc, *mc = s->mc, *lc = s->lc;
+
+    /* pass 1 */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, nk, D, cfg->scale, q, D, s->kc, D,
+                0.0f, S, nk);
+    const int radius = cfg->radius >= 0 && !global_rows;
+    if (cfg->causal || radius) {
+        for (int32_t r = 0; r < rows; r++) {
+            int64_t i = gidx ? gidx[r] : ti0 + r;
+            float *row = S + (int64_t)r * nk;
+            for (int32_t c = 0; c < nk; c++) {
+                int64_t j = s->kj[c], d = i > j ? i - j : j - i;
+                if ((cfg->causal && j > i) || (radius && s->kmask[c] && d > cfg->radius))
+                    row[c] = -INFINITY;
+            }
+        }
+    }
+
+    /* pass 2 */
+    for (int32_t r = 0; r < rows; r++) {
+        float *row = S + (int64_t)r * nk, mx = -INFINITY;
+        for (int32_t c = 0; c < nk; c++) mx = row[c] > mx ? row[c] : mx;
+        mc[r] = mx;
+        if (mx == -INFINITY) { /* every key of the chunk masked */
+            memset(row, 0, (size_t)nk * sizeof *row);
+            lc[r] = 0.0f;
+            continue;
+        }
+        for (int32_t c = 0; c < nk; c++) row[c] -= mx;
+        spa_vexp(row, nk);
+        float sum = 0.0f;
+        for (int32_t c = 0; c < nk; c++) sum += row[c];
+        lc[r] = sum;
+    }
+
+    /* pass 3 */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, nk, 1.0f, S, nk, s->vc, D, 0.0f,
+                cacc, D);
+
+    /* pass 4 */
+    for (int32_t r = 0; r < rows; r++) {
+        float *mr = m + (int64_t)r * ldml, *lr = l + (int64_t)r * ldml, *ar = acc + (int64_t)r * ldacc;
+        const float *cr = cacc + (int64_t)r * D;
+        if (mc[r] == -INFINITY) continue;
+        if (*mr == -INFINITY) { /* first chunk with a key */
+            *mr = mc[r];
+            *lr = lc[r];
+            memcpy(ar, cr, (size_t)D * sizeof(float));
+            continue;
+        }
+        float mnew = mc[r] > *mr ? mc[r] : *mr;
+        float fa = expf(*mr - mnew), fb = expf(mc[r] - mnew);
+        *lr = *lr * fa + lc[r] * fb;
+        for (int32_t d = 0; d < D; d++) ar[d] = ar[d] * fa + cr[d] * fb;
+        *mr = mnew;
+    }
+}
+
+/* Finds the memory of token t of head h among the resident segments, or in
+ * the fetched random blocks. Returns the number of contiguous rows there
+ * (up to want) and sets *k, *v. */
+static int64_t locate(const spa_config *cfg, const spa_keysrc *src, int32_t h, int64_t t,
+                      int64_t want, const float **k, const float **v)
+{
+    const int32_t D = cfg->dim;
+    for (int i = 0; i < src->nseg; i++) {
+        const spa_keyseg *g = &src->seg[i];
+        if (t >= g->t0 && t < g->t1) {
+            int64_t off = (int64_t)h * g->hstride + (t - g->t0) * D;
+            *k = g->k + off;
+            *v = g->v + off;
+            return g->t1 - t < want ? g->t1 - t : want;
+        }
+    }
+    int64_t B = cfg->block, b = t / B, lo = src->fhead_off[h], hi = src->fhead_off[h + 1];
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (src->fblock[mid] < b) lo = mid + 1;
+        else hi = mid;
+    }
+    if (lo >= src->fhead_off[h + 1] || src->fblock[lo] != b) return 0;
+    int64_t off = (lo * B + (t - b * B)) * D, left = (b + 1) * B - t;
+    *k = src->fk + off;
+    *v = src->fv + off;
+    return left < want ? left : want;
+}
+
+typedef struct block_job {
+    const spa_config *cfg;
+    const spa_keysrc *src;
+    spa_scratch *s;
+    int32_t h, rows;
+    int64_t ti0;
+    const float *q;
+} block_job;
+
+static void flush_chunk(block_job *job)
+{
+    spa_scratch *s = job->s;
+    if (s->nk == 0) return;
+    chunk_update(job->cfg, s, job->q, job->ti0, job->rows, 0, NULL, s->m, s->l, s->acc, s->D, 1);
+    s->nk = 0;
+}
+
+/* Appends keys [t0, t1) of head h to the chunk, flushing when full.
+ * radius_rule marks keys from the local range. */
+static void append_range(block_job *job, int64_t t0, int64_t t1, int radius_rule)
+{
+    spa_scratch *s = job->s;
+    const int32_t D = s->D;
+    while (t0 < t1) {
+        if (s->nk == SPA_KC) flush_chunk(job);
+        const float *k, *v;
+        int64_t want = t1 - t0 < SPA_KC - s->nk ? t1 - t0 : SPA_KC - s->nk;
+        int64_t got = locate(job->cfg, job->src, job->h, t0, want, &k, &v);
+        if (got == 0) { /* a key the plan did not bring: poison the row loudly */
+            for (int64_t r = 0; r < want; r++) s->kj[s->nk + r] = t0 + r;
+            memset(s->kc + (int64_t)s->nk * D, 0xff, (size_t)want * D * sizeof(float));
+            memset(s->vc + (int64_t)s->nk * D, 0xff, (size_t)want * D * sizeof(float));
+            memset(s->kmask + s->nk, 0, (size_t)want);
+            s->nk += (int)want;
+            t0 += want;
+            continue;
+        }
+        memcpy(s->kc + (int64_t)s->nk * D, k, (size_t)got * D * sizeof(float));
+        memcpy(s->vc + (int64_t)s->nk * D, v, (size_t)got * D * sizeof(float));
+        for (int64_t r = 0; r < got; r++) {
+            s->kj[s->nk + r] = t0 + r;
+            s->kmask[s->nk + r] = (unsigned char)(radius_rule && !spa_pattern_is_global(job->cfg, t0 + r));
+        }
+        s->nk += (int)got;
+        t0 += got;
+    }
+}
+
+void spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch *s, int32_t h,
+                      int64_t c, const float *q, float *out, float *lse)
+{
+    const int32_t D = cfg->dim;
+    const int64_t B = cfg->block, n = cfg->n, ti0 = c * B;
+    const int32_t rows = (int32_t)(ti0 + B < n ? B : n - ti0);
+    block_job job = {cfg, src, s, h, rows, ti0, q};
+
+    for (int32_t r = 0; r < rows; r++) {
+        s->m[r] = -INFINITY;
+        s->l[r] = 0.0f;
+    }
+    memset(s->acc, 0, (size_t)rows * D * sizeof(float));
+    s->nk = 0;
+
+    /* 1. local range */
+    int64_t j0, j1;
+    spa_pattern_local_range(cfg, c, &j0, &j1);
+    append_range(&job, j0, j1, cfg->radius >= 0);
+
+    /* 2. globals outside the local range (causal: not after the last row) */
+    int64_t jmax = cfg->causal ? ti0 + rows : n;
+    for (int64_t g = 0; g < cfg->nglobals; g++) {
+        int64_t t = cfg->globals[g];
+        if (t >= jmax) break;
+        if (t >= j0 && t < j1) continue;
+        if (s->nk == SPA_KC) flush_chunk(&job);
+        memcpy(s->kc + (int64_t)s->nk * D, src->gk + ((int64_t)h * cfg->nglobals + g) * D,
+               (size_t)D * sizeof(float));
+        memcpy(s->vc + (int64_t)s->nk * D, src->gv + ((int64_t)h * cfg->nglobals + g) * D,
+               (size_t)D * sizeof(float));
+        s->kj[s->nk] = t;
+        s->kmask[s->nk] = 0;
+        s->nk++;
+    }
+
+    /* 3. random blocks, ascending */
+    int32_t m = spa_pattern_random_blocks(cfg, h, c, s->rb);
+    for (int32_t i = 0; i < m; i++) {
+        int64_t b0 = (int64_t)s->rb[i] * B, b1 = b0 + B < n ? b0 + B : n;
+        append_range(&job, b0, b1, 0);
+    }
+    flush_chunk(&job);
+
+    for (int32_t r = 0; r < rows; r++) {
+        float inv = 1.0f / s->l[r];
+        for (int32_t d = 0; d < D; d++) out[(int64_t)r * D + d] = s->acc[(int64_t)r * D + d] * inv;
+        lse[r] = s->m[r] + logf(s->l[r]);
+    }
+}
+
+void spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, const float *qg,
+                               const int64_t *gidx, int64_t ng, const float *k, const float *v,
+                               int64_t j0, int64_t len, double *part)
+{
+    /* Global rows sum over every key, split differently on every rank
+     * count; their probabilities and sums are accumulated in double so that
+     * the split changes the result only at float32 rounding of the output.
+     *   qg: [ng][D];  k, v: [len][D];  part: [ng][D + 2] (max, sum, acc[D]) */
+    const int32_t D = cfg->dim, ld = D + 2;
+    for (int64_t g0 = 0; g0 < ng; g0 += SPA_QT) {
+        int32_t rows = (int32_t)(ng - g0 < SPA_QT ? ng - g0 : SPA_QT);
+        const int64_t *gi = gidx + g0;
+        /* causal: no key past the last query of the tile */
+        int64_t jend = j0 + len;
+        if (cfg->causal && gi[rows - 1] + 1 < jend) jend = gi[rows - 1] + 1;
+        /* chunks aligned to absolute multiples of KC: the same keys share a
+         * chunk on any rank count, except where a shard boundary cuts one */
+        for (int64_t a = j0, e; a < jend; a = e) {
+            e = (a / SPA_KC + 1) * SPA_KC < jend ? (a / SPA_KC + 1) * SPA_KC : jend;
+            const int32_t nk = (int32_t)(e - a);
+            const float *kc = k + (a - j0) * D, *vc = v + (a - j0) * D;
+            float *S = s->s;
+            /* pass 1: scores, causal mask */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, nk, D, cfg->scale, qg + g0 * D, D, kc,
+                        D, 0.0f, S, nk);
+            if (cfg->causal)
+                for (int32_t r = 0; r < rows; r++)
+                    for (int32_t c = 0; c < nk; c++)
+                        if (a + c > gi[r]) S[(int64_t)r * nk + c] = -INFINITY;
+            /* pass 2: chunk maxima, probabilities (float exp, double sums) */
+            for (int32_t r = 0; r < rows; r++) {
+                float *row = S + (int64_t)r * nk, mx = -INFINITY;
+                double *pd = s->pd + (int64_t)r * nk, sum = 0.0;
+                for (int32_t c = 0; c < nk; c++) mx = row[c] > mx ? row[c] : mx;
+                s->mc[r] = mx;
+                if (mx == -INFINITY) {
+                    memset(pd, 0, (size_t)nk * sizeof *pd);
+                    s->lcd[r] = 0.0;
+                    continue;
+                }
+                /* s - mx rounded to float loses up to half an ulp of a
+                 * number as large as the logit range, and mx depends on the
+                 * split; keep the rounding error (TwoSum) and apply it as
+                 * exp(d + lo) = exp(d) * (1 + lo) */
+                float *lo = s->lo;
+                for (int32_t c = 0; c < nk; c++) {
+                    float d = row[c] - mx, bb = d - row[c];
+                    lo[c] = d == -INFINITY ? 0.0f : (row[c] - (d - bb)) + (-mx - bb);
+                    row[c] = d;
+                }
+                spa_vexp(row, nk);
+                for (int32_t c = 0; c < nk; c++) sum += pd[c] = (double)row[c] * (1.0 + (double)lo[c]);
+                s->lcd[r] = sum;
+            }
+            /* pass 3: chunk acc = P V in double */
+            for (int64_t i = 0; i < (int64_t)nk * D; i++) s->vd[i] = vc[i];
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, nk, 1.0, s->pd, nk, s->vd, D, 0.0,
+                        s->cd, D);
+            /* pass 4: merge into the running partials */
+            for (int32_t r = 0; r < rows; r++) {
+                double chunk[2 + D];
+                chunk[0] = s->mc[r];
+                chunk[1] = s->lcd[r];
+                memcpy(chunk + 2, s->cd + (int64_t)r * D, (size_t)D * sizeof(double));
+                spa_partial_merge(part + (g0 + r) * ld, chunk, D);
+            }
+        }
+    }
+}
+
+void spa_partial_merge(double *a, const double *b, int32_t D)
+{
+    if (b[0] == -INFINITY) return;
+    if (a[0] == -INFINITY) {
+        memcpy(a, b, (size_t)(D + 2) * sizeof *a);
+        return;
+    }
+    double m = a[0] > b[0] ? a[0] : b[0], fa = exp(a[0] - m), fb = exp(b[0] - m);
+    a[1] = a[1] * fa + b[1] * fb;
+    for (int32_t d = 0; d < D; d++) a[2 + d] = a[2 + d] * fa + b[2 + d] * fb;
+    a[0] = m;
+}
