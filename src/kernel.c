@@ -31,6 +31,13 @@ struct spa_scratch {
     float *cacc, *mc, *lc; /* [rows][D], [rows], [rows]: one chunk's partial */
     double *pd, *vd, *cd, *lcd; /* global rows: [QT][KC], [KC][D], [QT][D], [QT] */
     float *lo;       /* [KC] rounding error of the exp arguments */
+    float *qt, *sh;  /* [D][ldq] transposed, zero-padded query rows; [ldq] shifts */
+    int32_t ldq;     /* query rows of the block, rounded up to 16 */
+    /* the chunk's keys as pieces of resident memory: [npiece] */
+    const float **pk, **pv;
+    int32_t *pn;
+    int npiece;
+    float *nan_row;  /* [D] NaN: stands for a key the plan failed to bring */
     int32_t *rb;     /* [R] random blocks */
     int nk;          /* keys in the current chunk */
 };
@@ -41,7 +48,7 @@ spa_scratch *spa_scratch_create(const spa_config *cfg)
     if (!s) return NULL;
     int32_t D = cfg->dim;
     s->D = D;
-    s->rows = cfg->block > SPA_QT ? cfg->block : SPA_QT;
+    s->rows = ((cfg->block > SPA_QT ? cfg->block : SPA_QT) + 15) / 16 * 16;
     s->kc = spa_alloc((size_t)SPA_KC * D * sizeof(float));
     s->vc = spa_alloc((size_t)SPA_KC * D * sizeof(float));
     s->s = spa_alloc((size_t)s->rows * SPA_KC * sizeof(float));
@@ -58,9 +65,18 @@ spa_scratch *spa_scratch_create(const spa_config *cfg)
     s->cd = spa_alloc((size_t)SPA_QT * D * sizeof(double));
     s->lcd = spa_alloc((size_t)SPA_QT * sizeof(double));
     s->lo = spa_alloc((size_t)SPA_KC * sizeof(float));
+    s->qt = spa_alloc((size_t)s->rows * D * sizeof(float));
+    s->sh = spa_alloc((size_t)s->rows * sizeof(float));
+    s->pk = spa_alloc((size_t)SPA_KC * sizeof(float *));
+    s->pv = spa_alloc((size_t)SPA_KC * sizeof(float *));
+    s->pn = spa_alloc((size_t)SPA_KC * sizeof(int32_t));
+    s->nan_row = spa_alloc((size_t)D * sizeof(float));
+    if (s->nan_row)
+        for (int32_t d = 0; d < D; d++) s->nan_row[d] = NAN;
     s->rb = spa_alloc((size_t)(cfg->random + 1) * sizeof(int32_t));
     if (!s->kc || !s->vc || !s->s || !s->kj || !s->kmask || !s->m || !s->l || !s->acc || !s->rb || !s->cacc ||
-        !s->mc || !s->lc || !s->pd || !s->vd || !s->cd || !s->lcd || !s->lo) {
+        !s->mc || !s->lc || !s->pd || !s->vd || !s->cd || !s->lcd || !s->lo || !s->qt ||
+        !s->sh || !s->pk || !s->pv || !s->pn || !s->nan_row) {
         spa_scratch_destroy(s);
         return NULL;
     }
@@ -86,6 +102,12 @@ void spa_scratch_destroy(spa_scratch *s)
     spa_free(s->cd);
     spa_free(s->lcd);
     spa_free(s->lo);
+    spa_free(s->qt);
+    spa_free(s->sh);
+    spa_free(s->pk);
+    spa_free(s->pv);
+    spa_free(s->pn);
+    spa_free(s->nan_row);
     spa_free(s->rb);
     free(s);
 }
@@ -128,6 +150,7 @@ static void chunk_update(const spa_config *cfg, spa_scratch *s, const float *q, 
     /* pass 2 */
     for (int32_t r = 0; r < rows; r++) {
         float *row = S + (int64_t)r * nk, mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
         for (int32_t c = 0; c < nk; c++) mx = row[c] > mx ? row[c] : mx;
         mc[r] = mx;
         if (mx == -INFINITY) { /* every key of the chunk masked */
@@ -137,7 +160,9 @@ static void chunk_update(const spa_config *cfg, spa_scratch *s, const float *q, 
         }
         for (int32_t c = 0; c < nk; c++) row[c] -= mx;
         spa_vexp(row, nk);
+        /* a fixed vector order: the same on every rank count */
         float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
         for (int32_t c = 0; c < nk; c++) sum += row[c];
         lc[r] = sum;
     }
@@ -162,6 +187,76 @@ static void chunk_update(const spa_config *cfg, spa_scratch *s, const float *q, 
         *lr = *lr * fa + lc[r] * fb;
         for (int32_t d = 0; d < D; d++) ar[d] = ar[d] * fa + cr[d] * fb;
         *mr = mnew;
+    }
+}
+
+/* The same chunk update on transposed scores, with the register-blocked
+ * products of microkernel.c (D % 8 == 0).
+ *   s->qt: [D][ldq] query rows;  S^T: [nk][ldq];  acc: [rows][D]
+ * Column i of S^T is query row i, so the softmax statistics of all rows
+ * advance together, one vector of rows per key. */
+static void chunk_update_t(const spa_config *cfg, spa_scratch *s, int64_t ti0, int32_t rows)
+{
+    const int32_t D = s->D, nk = s->nk, ldq = s->ldq;
+    float *St = s->s, *mc = s->mc, *lc = s->lc, *sh = s->sh;
+
+    /* pass 1: scores and mask */
+    for (int p = 0, j = 0; p < s->npiece; j += s->pn[p], p++)
+        spa_mk_qk(s->pn[p], D, ldq, cfg->scale, s->pk[p], s->qt, St + (int64_t)j * ldq);
+    const int radius = cfg->radius >= 0;
+    if (cfg->causal || radius) {
+        for (int32_t c = 0; c < nk; c++) {
+            int64_t j = s->kj[c];
+            float *row = St + (int64_t)c * ldq;
+            for (int32_t r = 0; r < rows; r++) {
+                int64_t i = ti0 + r, d = i > j ? i - j : j - i;
+                if ((cfg->causal && j > i) || (radius && s->kmask[c] && d > cfg->radius)) row[r] = -INFINITY;
+            }
+        }
+    }
+
+    /* pass 2: column maxima, exp, column sums */
+    for (int32_t r = 0; r < ldq; r++) mc[r] = -INFINITY;
+    for (int32_t c = 0; c < nk; c++) {
+        const float *row = St + (int64_t)c * ldq;
+#pragma omp simd
+        for (int32_t r = 0; r < ldq; r++) mc[r] = row[r] > mc[r] ? row[r] : mc[r];
+    }
+    for (int32_t r = 0; r < ldq; r++) sh[r] = mc[r] == -INFINITY ? 0.0f : mc[r];
+    for (int32_t c = 0; c < nk; c++) {
+        float *row = St + (int64_t)c * ldq;
+#pragma omp simd
+        for (int32_t r = 0; r < ldq; r++) row[r] -= sh[r];
+    }
+    spa_vexp(St, (int64_t)nk * ldq);
+    for (int32_t r = 0; r < ldq; r++) lc[r] = 0.0f;
+    for (int32_t c = 0; c < nk; c++) {
+        const float *row = St + (int64_t)c * ldq;
+#pragma omp simd
+        for (int32_t r = 0; r < ldq; r++) lc[r] += row[r];
+    }
+
+    /* pass 3: cacc = P V */
+    memset(s->cacc, 0, (size_t)rows * D * sizeof(float));
+    for (int p = 0, j = 0; p < s->npiece; j += s->pn[p], p++) /* j order kept: same sums */
+        spa_mk_pv(s->pn[p], D, ldq, rows, St + (int64_t)j * ldq, s->pv[p], s->cacc);
+
+    /* pass 4: merge into the running (m, l, acc) */
+    for (int32_t r = 0; r < rows; r++) {
+        float *ar = s->acc + (int64_t)r * D;
+        const float *cr = s->cacc + (int64_t)r * D;
+        if (mc[r] == -INFINITY) continue;
+        if (s->m[r] == -INFINITY) {
+            s->m[r] = mc[r];
+            s->l[r] = lc[r];
+            memcpy(ar, cr, (size_t)D * sizeof(float));
+            continue;
+        }
+        float mnew = mc[r] > s->m[r] ? mc[r] : s->m[r];
+        float fa = expf(s->m[r] - mnew), fb = expf(mc[r] - mnew);
+        s->l[r] = s->l[r] * fa + lc[r] * fb;
+        for (int32_t d = 0; d < D; d++) ar[d] = ar[d] * fa + cr[d] * fb;
+        s->m[r] = mnew;
     }
 }
 
@@ -207,37 +302,57 @@ static void flush_chunk(block_job *job)
 {
     spa_scratch *s = job->s;
     if (s->nk == 0) return;
-    chunk_update(job->cfg, s, job->q, job->ti0, job->rows, 0, NULL, s->m, s->l, s->acc, s->D, 1);
+    if (s->D % 8 == 0) {
+        chunk_update_t(job->cfg, s, job->ti0, job->rows);
+    } else { /* the GEMM path wants the keys in one buffer */
+        for (int p = 0, j = 0; p < s->npiece; j += s->pn[p], p++) {
+            memcpy(s->kc + (int64_t)j * s->D, s->pk[p], (size_t)s->pn[p] * s->D * sizeof(float));
+            memcpy(s->vc + (int64_t)j * s->D, s->pv[p], (size_t)s->pn[p] * s->D * sizeof(float));
+        }
+        chunk_update(job->cfg, s, job->q, job->ti0, job->rows, 0, NULL, s->m, s->l, s->acc, s->D, 1);
+    }
     s->nk = 0;
+    s->npiece = 0;
 }
 
-/* Appends keys [t0, t1) of head h to the chunk, flushing when full.
+/* Appends cnt keys (tokens t0..) found at k, v ([cnt][D] rows) to the chunk.
+ * Keys are not copied: a chunk is a list of pieces of resident memory,
+ * merged when they are adjacent. */
+static void add_keys(block_job *job, const float *k, const float *v, int64_t t0, int32_t cnt, int radius_rule)
+{
+    spa_scratch *s = job->s;
+    const int32_t D = s->D;
+    int p = s->npiece - 1;
+    if (p >= 0 && s->pk[p] + (int64_t)s->pn[p] * D == k && s->pv[p] + (int64_t)s->pn[p] * D == v) {
+        s->pn[p] += cnt;
+    } else {
+        s->pk[s->npiece] = k;
+        s->pv[s->npiece] = v;
+        s->pn[s->npiece++] = cnt;
+    }
+    for (int32_t r = 0; r < cnt; r++) {
+        s->kj[s->nk + r] = t0 + r;
+        s->kmask[s->nk + r] = (unsigned char)(radius_rule && !spa_pattern_is_global(job->cfg, t0 + r));
+    }
+    s->nk += cnt;
+}
+
+/* Appends keys [t0, t1) of head h, flushing when the chunk is full.
  * radius_rule marks keys from the local range. */
 static void append_range(block_job *job, int64_t t0, int64_t t1, int radius_rule)
 {
     spa_scratch *s = job->s;
-    const int32_t D = s->D;
     while (t0 < t1) {
         if (s->nk == SPA_KC) flush_chunk(job);
         const float *k, *v;
         int64_t want = t1 - t0 < SPA_KC - s->nk ? t1 - t0 : SPA_KC - s->nk;
         int64_t got = locate(job->cfg, job->src, job->h, t0, want, &k, &v);
         if (got == 0) { /* a key the plan did not bring: poison the row loudly */
-            for (int64_t r = 0; r < want; r++) s->kj[s->nk + r] = t0 + r;
-            memset(s->kc + (int64_t)s->nk * D, 0xff, (size_t)want * D * sizeof(float));
-            memset(s->vc + (int64_t)s->nk * D, 0xff, (size_t)want * D * sizeof(float));
-            memset(s->kmask + s->nk, 0, (size_t)want);
-            s->nk += (int)want;
-            t0 += want;
+            add_keys(job, s->nan_row, s->nan_row, t0, 1, 0);
+            t0++;
             continue;
         }
-        memcpy(s->kc + (int64_t)s->nk * D, k, (size_t)got * D * sizeof(float));
-        memcpy(s->vc + (int64_t)s->nk * D, v, (size_t)got * D * sizeof(float));
-        for (int64_t r = 0; r < got; r++) {
-            s->kj[s->nk + r] = t0 + r;
-            s->kmask[s->nk + r] = (unsigned char)(radius_rule && !spa_pattern_is_global(job->cfg, t0 + r));
-        }
-        s->nk += (int)got;
+        add_keys(job, k, v, t0, (int32_t)got, radius_rule);
         t0 += got;
     }
 }
@@ -256,6 +371,11 @@ void spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch 
     }
     memset(s->acc, 0, (size_t)rows * D * sizeof(float));
     s->nk = 0;
+    s->npiece = 0;
+    s->ldq = (rows + 15) / 16 * 16;
+    if (D % 8 == 0)
+        for (int32_t d = 0; d < D; d++)
+            for (int32_t r = 0; r < s->ldq; r++) s->qt[(int64_t)d * s->ldq + r] = r < rows ? q[(int64_t)r * D + d] : 0.0f;
 
     /* 1. local range */
     int64_t j0, j1;
@@ -269,13 +389,8 @@ void spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch 
         if (t >= jmax) break;
         if (t >= j0 && t < j1) continue;
         if (s->nk == SPA_KC) flush_chunk(&job);
-        memcpy(s->kc + (int64_t)s->nk * D, src->gk + ((int64_t)h * cfg->nglobals + g) * D,
-               (size_t)D * sizeof(float));
-        memcpy(s->vc + (int64_t)s->nk * D, src->gv + ((int64_t)h * cfg->nglobals + g) * D,
-               (size_t)D * sizeof(float));
-        s->kj[s->nk] = t;
-        s->kmask[s->nk] = 0;
-        s->nk++;
+        int64_t off = ((int64_t)h * cfg->nglobals + g) * D;
+        add_keys(&job, src->gk + off, src->gv + off, t, 1, 0);
     }
 
     /* 3. random blocks, ascending */
@@ -293,6 +408,73 @@ void spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch 
     }
 }
 
+/* Global rows with the register-blocked products (D % 8 == 0): float
+ * scores and chunk sums, merged across chunks in double. A chunk's partial
+ * depends only on its keys, and chunks are aligned to absolute multiples
+ * of KC, so the split over ranks changes only the few chunks a shard
+ * boundary cuts.
+ *   qg: [ng][D];  k, v: [len][D];  part: [ng][D + 2] double */
+static void global_partial_t(const spa_config *cfg, spa_scratch *s, const float *qg, const int64_t *gidx,
+                             int64_t ng, const float *k, const float *v, int64_t j0, int64_t len, double *part)
+{
+    const int32_t D = cfg->dim, ld = D + 2;
+    float *St = s->s, *mc = s->mc, *lc = s->lc, *sh = s->sh;
+    for (int64_t g0 = 0; g0 < ng; g0 += SPA_QT) {
+        const int32_t rows = (int32_t)(ng - g0 < SPA_QT ? ng - g0 : SPA_QT), ldq = (rows + 15) / 16 * 16;
+        const int64_t *gi = gidx + g0;
+        for (int32_t d = 0; d < D; d++)
+            for (int32_t r = 0; r < ldq; r++) s->qt[(int64_t)d * ldq + r] = r < rows ? qg[(g0 + r) * D + d] : 0.0f;
+        int64_t jend = j0 + len;
+        if (cfg->causal && gi[rows - 1] + 1 < jend) jend = gi[rows - 1] + 1;
+        for (int64_t a = j0, e; a < jend; a = e) {
+            e = (a / SPA_KC + 1) * SPA_KC < jend ? (a / SPA_KC + 1) * SPA_KC : jend;
+            const int32_t nk = (int32_t)(e - a);
+            /* pass 1: scores, causal mask */
+            spa_mk_qk(nk, D, ldq, cfg->scale, k + (a - j0) * D, s->qt, St);
+            if (cfg->causal)
+                for (int32_t c = 0; c < nk; c++)
+                    for (int32_t r = 0; r < rows; r++)
+                        if (a + c > gi[r]) St[(int64_t)c * ldq + r] = -INFINITY;
+            /* pass 2: column maxima; exp(s - m) with the rounding error of
+             * s - m kept by TwoSum and applied as exp(d) * (1 + lo) */
+            for (int32_t r = 0; r < ldq; r++) mc[r] = -INFINITY, lc[r] = 0.0f;
+            for (int32_t c = 0; c < nk; c++) {
+                const float *row = St + (int64_t)c * ldq;
+#pragma omp simd
+                for (int32_t r = 0; r < ldq; r++) mc[r] = row[r] > mc[r] ? row[r] : mc[r];
+            }
+            for (int32_t r = 0; r < ldq; r++) sh[r] = mc[r] == -INFINITY ? 0.0f : mc[r];
+            float *lo = s->cacc; /* [nk][ldq] would not fit: one key row at a time */
+            for (int32_t c = 0; c < nk; c++) {
+                float *row = St + (int64_t)c * ldq;
+#pragma omp simd
+                for (int32_t r = 0; r < ldq; r++) {
+                    float dd = row[r] - sh[r], bb = dd - row[r];
+                    lo[r] = dd == -INFINITY ? 0.0f : (row[r] - (dd - bb)) + (-sh[r] - bb);
+                    row[r] = dd;
+                }
+                spa_vexp(row, ldq);
+#pragma omp simd
+                for (int32_t r = 0; r < ldq; r++) {
+                    row[r] += row[r] * lo[r];
+                    lc[r] += row[r];
+                }
+            }
+            /* pass 3: chunk acc = P V */
+            memset(s->cacc, 0, (size_t)rows * D * sizeof(float));
+            spa_mk_pv(nk, D, ldq, rows, St, v + (a - j0) * D, s->cacc);
+            /* pass 4: merge into the running partials, in double */
+            for (int32_t r = 0; r < rows; r++) {
+                double chunk[2 + D];
+                chunk[0] = mc[r];
+                chunk[1] = lc[r];
+                for (int32_t d = 0; d < D; d++) chunk[2 + d] = s->cacc[(int64_t)r * D + d];
+                spa_partial_merge(part + (g0 + r) * ld, chunk, D);
+            }
+        }
+    }
+}
+
 void spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, const float *qg,
                                const int64_t *gidx, int64_t ng, const float *k, const float *v,
                                int64_t j0, int64_t len, double *part)
@@ -302,6 +484,10 @@ void spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, const floa
      * the split changes the result only at float32 rounding of the output.
      *   qg: [ng][D];  k, v: [len][D];  part: [ng][D + 2] (max, sum, acc[D]) */
     const int32_t D = cfg->dim, ld = D + 2;
+    if (D % 8 == 0) {
+        global_partial_t(cfg, s, qg, gidx, ng, k, v, j0, len, part);
+        return;
+    }
     for (int64_t g0 = 0; g0 < ng; g0 += SPA_QT) {
         int32_t rows = (int32_t)(ng - g0 < SPA_QT ? ng - g0 : SPA_QT);
         const int64_t *gi = gidx + g0;
@@ -326,6 +512,7 @@ void spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, const floa
             for (int32_t r = 0; r < rows; r++) {
                 float *row = S + (int64_t)r * nk, mx = -INFINITY;
                 double *pd = s->pd + (int64_t)r * nk, sum = 0.0;
+#pragma omp simd reduction(max : mx)
                 for (int32_t c = 0; c < nk; c++) mx = row[c] > mx ? row[c] : mx;
                 s->mc[r] = mx;
                 if (mx == -INFINITY) {

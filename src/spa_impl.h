@@ -50,6 +50,12 @@ void spa_vexp(float *x, int64_t len);
 
 /* ------------------------------------------------------------------ kernel */
 
+/* Register-blocked products of the block kernel (microkernel.c).
+ *   qk: st[nk][ldq] = scale * k[nk][D] . qt[D][ldq]      (ldq % 16 == 0)
+ *   pv: o[rows][D] += pt[nk][ldq]^T . v[nk][D]           (D % 8 == 0) */
+void spa_mk_qk(int64_t nk, int32_t D, int32_t ldq, float scale, const float *k, const float *qt, float *st);
+void spa_mk_pv(int64_t nk, int32_t D, int32_t ldq, int32_t rows, const float *pt, const float *v, float *o);
+
 /* Where one rank finds the keys and values of a token range.
  * A source is a list of disjoint token ranges, each backed by memory laid
  * out [H][len][D] with a per-source head stride. */

@@ -1,0 +1,89 @@
+/* peak.c - the machine's ceilings, measured on one thread:
+ *   fma     register-only FMA loop on the widest vectors compiled for
+ *           (AVX-512 with __AVX512F__, else AVX2/FMA), 2 flops per lane
+ *   sgemm   OpenBLAS on a large square product
+ *   shapes  OpenBLAS on the kernel's own shapes, [B x KC] = [B x D][D x KC]
+ *           and [B x D] = [B x KC][KC x D], as spa calls them
+ * Prints one JSON object. Not a test: the figures are for ratios printed
+ * side by side by bench/kernel.sh. */
+#include <cblas.h>
+#include <immintrin.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+void openblas_set_num_threads(int);
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* 12 independent accumulators hide the FMA latency (4 cycles, 2-3 ports). */
+static double fma_peak(void)
+{
+#if defined(__AVX512F__)
+    typedef __m512 vec;
+#define VSET(x) _mm512_set1_ps(x)
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VADD(a, b) _mm512_add_ps(a, b)
+#define LANES 16
+#else
+    typedef __m256 vec;
+#define VSET(x) _mm256_set1_ps(x)
+#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VADD(a, b) _mm256_add_ps(a, b)
+#define LANES 8
+#endif
+    vec a[12], m = VSET(0.999999f), c = VSET(1e-7f);
+    for (int i = 0; i < 12; i++) a[i] = VSET((float)i);
+    const long iters = 200000000 / 12;
+    double best = 0.0;
+    for (int rep = 0; rep < 3; rep++) {
+        double t = now();
+        for (long it = 0; it < iters; it++)
+            for (int i = 0; i < 12; i++) a[i] = VFMA(a[i], m, c);
+        double dt = now() - t, g = 2.0 * LANES * 12.0 * (double)iters / dt * 1e-9;
+        best = g > best ? g : best;
+    }
+    vec s = a[0];
+    for (int i = 1; i < 12; i++) s = VADD(s, a[i]);
+    float out[LANES];
+    memcpy(out, &s, sizeof out);
+    if (out[0] == 12345.0f) printf("#"); /* keep the loop alive */
+    return best;
+}
+
+static double gemm_rate(int M, int N, int K, int transb, int reps)
+{
+    float *A = aligned_alloc(64, (size_t)M * K * 4 + 64), *B = aligned_alloc(64, (size_t)K * N * 4 + 64);
+    float *C = aligned_alloc(64, (size_t)M * N * 4 + 64);
+    for (long i = 0; i < (long)M * K; i++) A[i] = (float)(i % 7) * 0.1f;
+    for (long i = 0; i < (long)K * N; i++) B[i] = (float)(i % 5) * 0.1f;
+    double best = 0.0;
+    for (int rep = 0; rep < 3; rep++) {
+        double t = now();
+        for (int r = 0; r < reps; r++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, transb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A, K, B,
+                        transb ? K : N, 0.0f, C, N);
+        double dt = now() - t, g = 2.0 * M * N * (double)K * reps / dt * 1e-9;
+        best = g > best ? g : best;
+    }
+    free(A), free(B), free(C);
+    return best;
+}
+
+int main(void)
+{
+    openblas_set_num_threads(1);
+    double fma = fma_peak();
+    double big = gemm_rate(2048, 2048, 2048, 0, 2);
+    double qk = gemm_rate(64, 512, 64, 1, 4000), pv = gemm_rate(64, 64, 512, 0, 4000);
+    printf("{\"vector_bits\": %d, \"fma_peak_gflops\": %.2f, \"sgemm_2048_gflops\": %.2f, "
+           "\"sgemm_qk_64x512x64_gflops\": %.2f, \"sgemm_pv_64x64x512_gflops\": %.2f}\n",
+           LANES * 32, fma, big, qk, pv);
+    return 0;
+}
