@@ -1,0 +1,96 @@
+/* cli.h - the spa command line: flag parsing, the four commands, and the
+ * plan analyses behind `spa plan` (key counts, block mask, hop counts).
+ *
+ * main.c only initialises MPI, dispatches and reports the error; the
+ * commands live in cli_*.c so that tests can call the analyses directly.
+ */
+#ifndef SPA_CLI_H
+#define SPA_CLI_H
+
+#include "spa.h"
+
+#include <stdio.h>
+
+typedef enum spa_cli_cmd {
+    SPA_CLI_NONE = 0,
+    SPA_CLI_RUN,
+    SPA_CLI_GEN,
+    SPA_CLI_BENCH,
+    SPA_CLI_PLAN
+} spa_cli_cmd;
+
+typedef struct spa_cli_opts {
+    spa_cli_cmd cmd;
+    spa_config cfg;        /* pattern flags and n, heads, dim */
+    const char *input, *output, *image;
+    int json, progress, stats, help, version;
+    int threads;           /* 0 = OpenMP default */
+    double temperature;    /* scale of the synthetic q and k */
+    int warmup, reps;      /* bench */
+    int plan_ranks;        /* plan --ranks; 0 = no per-rank table */
+    int has_n, has_shape;  /* --n given; any of --n --heads --dim given */
+} spa_cli_opts;
+
+/* Parses argv into o (o->cfg is initialised here; free it with
+ * spa_config_free). SPA_ERR_USAGE with a message on bad flags. Does not
+ * validate the config: n may still come from an input file. */
+spa_err spa_cli_parse(int argc, char **argv, spa_cli_opts *o);
+
+/* Help text of one command (SPA_CLI_NONE: the overview). */
+void spa_cli_help(FILE *f, spa_cli_cmd cmd);
+
+/* Checks an output path before any work: not a folder, its folder exists
+ * and is writable, and it is not the input file. SPA_ERR_USAGE otherwise.
+ * what names the flag in the message. */
+spa_err spa_cli_check_output(const char *what, const char *path, const char *input);
+
+/* The commands. Collective over comm; every rank returns the same code and
+ * rank 0 prints the result. */
+spa_err spa_cli_run(MPI_Comm comm, spa_cli_opts *o);
+spa_err spa_cli_gen(MPI_Comm comm, spa_cli_opts *o);
+spa_err spa_cli_bench(MPI_Comm comm, spa_cli_opts *o);
+/* Not collective: one process computes the whole report. cfg validated. */
+spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out);
+
+/* ------------------------------------------------------- plan analyses */
+
+/* |S(i)| of every row i of query block c, head h: counts[rows of c].
+ * Exact set size from interval unions, O(rows * R * log |G|).
+ * rnd has room for cfg->random entries. */
+void spa_cli_block_keys(const spa_config *cfg, int32_t h, int64_t c, int32_t *rnd,
+                        int64_t *counts);
+
+/* Pixel kinds of the block mask. */
+enum { SPA_CLI_PIX_LOCAL = 1, SPA_CLI_PIX_GLOBAL = 2, SPA_CLI_PIX_RANDOM = 4 };
+
+/* Side of the block-mask image: ceil(nb / f) with f = ceil(nb / max_side). */
+int64_t spa_cli_mask_side(int64_t nb, int64_t max_side, int64_t *factor);
+
+/* Block-level mask of head h, downsampled by factor f:
+ *   pix: [side][side], row = query block / f, column = key block / f.
+ * A pixel ORs the kinds of every (query block, key block) pair in it that
+ * has at least one (i, j) with j in S(i). */
+spa_err spa_cli_block_mask(const spa_config *cfg, int32_t h, int64_t f, int64_t side,
+                           unsigned char *pix);
+
+/* Hop counts of head h on the directed block graph: c -> b when some token
+ * of block c attends some token of block b, so dist(c, b) is the number of
+ * attention layers after which block b's information has reached block c.
+ * BFS from `sources` query blocks (all when nb <= sources, else evenly
+ * spaced ones). Pairs are ordered (c, b) with c != b. */
+typedef struct spa_cli_hops {
+    int64_t sources;     /* BFS roots used */
+    int64_t pairs;       /* (source, target) pairs with target != source */
+    int64_t reachable;   /* of those, pairs with a path */
+    int64_t max;         /* largest finite distance */
+    double mean;         /* mean finite distance */
+    int64_t hist[16];    /* hist[d]: reachable pairs at distance d (15 = 15+) */
+} spa_cli_hops;
+
+spa_err spa_cli_block_hops(const spa_config *cfg, int32_t h, int64_t sources, spa_cli_hops *r);
+
+/* Writes an RGB PNG of the mask atomically (temporary name, then rename).
+ * SPA_ERR_USAGE when spa was built without libpng. */
+spa_err spa_cli_write_png(const char *path, const unsigned char *pix, int64_t side);
+
+#endif

@@ -1,0 +1,494 @@
+/* cli_plan.c - `spa plan`: what a pattern costs before anything runs.
+ *
+ * Everything here is computed per block, never per (i, j) pair, so a plan
+ * for n = 10M takes seconds:
+ *   - keys per query: |S(i)| as the size of a union of intervals (local
+ *     range, drawn random blocks) plus the globals none of them covers;
+ *   - bytes per rank: spa_commplan_build for every rank of P;
+ *   - block mask: per query block, its window range, random blocks, the
+ *     global columns and, for blocks holding a global row, the whole row;
+ *   - hops: BFS on the block graph, where a window or a global row is a
+ *     range of blocks that a "next unvisited" forest skips in O(1)
+ *     amortised, so one BFS costs O(nb * (R + 1)) whatever the window.
+ * Block-level hops are exact for --local-blocks without --causal (all
+ * non-global rows of a block share one key set) and a lower bound on the
+ * token-level hops otherwise.
+ */
+#include "cli.h"
+#include "spa_impl.h"
+
+#include <omp.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifdef SPA_HAVE_PNG
+#include <png.h>
+#endif
+
+/* Index of the first global >= x. */
+static int64_t g_lower(const spa_config *cfg, int64_t x)
+{
+    int64_t lo = 0, hi = cfg->nglobals;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (cfg->globals[mid] < x) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* Globals in [a, b). */
+static int64_t g_in(const spa_config *cfg, int64_t a, int64_t b)
+{
+    return b <= a ? 0 : g_lower(cfg, b) - g_lower(cfg, a);
+}
+
+void spa_cli_block_keys(const spa_config *cfg, int32_t h, int64_t c, int32_t *rnd,
+                        int64_t *counts)
+{
+    int64_t n = cfg->n, B = cfg->block, t0 = c * B, t1 = t0 + B < n ? t0 + B : n;
+    int32_t m = spa_pattern_random_blocks(cfg, h, c, rnd);
+    int64_t w0 = 0, w1 = 0;
+    if (cfg->radius < 0) spa_pattern_window(cfg, c, &w0, &w1);
+    for (int64_t i = t0; i < t1; i++) {
+        int64_t lim = cfg->causal ? i + 1 : n; /* keys j < lim */
+        if (g_in(cfg, i, i + 1)) {
+            counts[i - t0] = lim;
+            continue;
+        }
+        /* local keys [a, b) */
+        int64_t a, b;
+        if (cfg->radius < 0) {
+            a = w0 * B;
+            b = (w1 + 1) * B < n ? (w1 + 1) * B : n;
+        } else {
+            a = i - cfg->radius > 0 ? i - cfg->radius : 0;
+            b = i + cfg->radius + 1 < n ? i + cfg->radius + 1 : n;
+        }
+        if (b > lim) b = lim;
+        if (b < a) b = a;
+        int64_t keys = b - a;
+        int64_t gl = g_in(cfg, 0, lim) - g_in(cfg, a, b); /* globals outside the union so far */
+        /* drawn blocks are distinct, hence disjoint; subtract their overlap with [a, b) */
+        for (int32_t q = 0; q < m; q++) {
+            int64_t r0 = (int64_t)rnd[q] * B, r1 = r0 + B < n ? r0 + B : n;
+            if (r1 > lim) r1 = lim;
+            if (r1 <= r0) continue;
+            int64_t o0 = r0 > a ? r0 : a, o1 = r1 < b ? r1 : b;
+            if (o1 < o0) o1 = o0;
+            keys += (r1 - r0) - (o1 - o0);
+            gl -= g_in(cfg, r0, r1) - g_in(cfg, o0, o1);
+        }
+        counts[i - t0] = keys + gl;
+    }
+}
+
+int64_t spa_cli_mask_side(int64_t nb, int64_t max_side, int64_t *factor)
+{
+    int64_t f = (nb + max_side - 1) / max_side;
+    if (f < 1) f = 1;
+    *factor = f;
+    return (nb + f - 1) / f;
+}
+
+/* Key blocks [*k0, *k1] of the local rule of query block c (empty: k1 < k0). */
+static void local_blocks(const spa_config *cfg, int64_t c, int64_t *k0, int64_t *k1)
+{
+    int64_t j0, j1;
+    spa_pattern_local_range(cfg, c, &j0, &j1);
+    *k0 = j0 / cfg->block;
+    *k1 = j1 > j0 ? (j1 - 1) / cfg->block : *k0 - 1;
+}
+
+spa_err spa_cli_block_mask(const spa_config *cfg, int32_t h, int64_t f, int64_t side,
+                           unsigned char *pix)
+{
+    int64_t nb = spa_nblocks(cfg);
+    SPA_REQUIRE(f >= 1 && side == (nb + f - 1) / f, SPA_ERR_OTHER, "bad mask geometry");
+    memset(pix, 0, (size_t)(side * side));
+    int32_t *rnd = malloc(sizeof(int32_t) * (size_t)(cfg->random > 0 ? cfg->random : 1));
+    /* gmin[x]: smallest global block in column x (nb = none); rowall[y]:
+     * last column reached by a global row in image row y (-1 = none) */
+    int64_t *gmin = malloc(sizeof(int64_t) * (size_t)side);
+    int64_t *rowall = malloc(sizeof(int64_t) * (size_t)side);
+    if (!rnd || !gmin || !rowall) {
+        free(rnd), free(gmin), free(rowall);
+        SPA_FAIL(SPA_ERR_OTHER, "out of memory for the block mask");
+    }
+    for (int64_t x = 0; x < side; x++) gmin[x] = nb, rowall[x] = -1;
+    for (int64_t g = cfg->nglobal_blocks - 1; g >= 0; g--)
+        gmin[cfg->global_blocks[g] / f] = cfg->global_blocks[g];
+
+    for (int64_t c = 0; c < nb; c++) {
+        unsigned char *row = pix + (c / f) * side;
+        int64_t k0, k1;
+        local_blocks(cfg, c, &k0, &k1);
+        for (int64_t x = k0 >= 0 ? k0 / f : 0; k1 >= k0 && x <= k1 / f; x++)
+            row[x] |= SPA_CLI_PIX_LOCAL;
+        int32_t m = spa_pattern_random_blocks(cfg, h, c, rnd);
+        for (int32_t q = 0; q < m; q++) row[rnd[q] / f] |= SPA_CLI_PIX_RANDOM;
+        if (spa_pattern_block_has_global(cfg, c)) {
+            /* a global row attends every key (causal: up to itself, block c) */
+            int64_t last = (cfg->causal ? c : nb - 1) / f;
+            if (last > rowall[c / f]) rowall[c / f] = last;
+        }
+    }
+    for (int64_t y = 0; y < side; y++) {
+        /* every row attends the global columns (causal: blocks <= its own) */
+        int64_t cmax = (y + 1) * f - 1 < nb - 1 ? (y + 1) * f - 1 : nb - 1;
+        unsigned char *row = pix + y * side;
+        for (int64_t x = 0; x < side; x++)
+            if (gmin[x] < nb && (!cfg->causal || gmin[x] <= cmax)) row[x] |= SPA_CLI_PIX_GLOBAL;
+        for (int64_t x = 0; x <= rowall[y]; x++) row[x] |= SPA_CLI_PIX_GLOBAL;
+    }
+    free(rnd), free(gmin), free(rowall);
+    return SPA_OK;
+}
+
+/* "Next unvisited block >= x" with path halving; nxt has nb + 1 entries. */
+static int64_t next_free(int64_t *nxt, int64_t x)
+{
+    while (nxt[x] != x) {
+        nxt[x] = nxt[nxt[x]];
+        x = nxt[x];
+    }
+    return x;
+}
+
+typedef struct bfs_work {
+    int64_t *dist, *nxt, *queue;
+    int32_t *rnd;
+} bfs_work;
+
+static void bfs_visit(bfs_work *w, int64_t b, int64_t d, int64_t *tail)
+{
+    w->dist[b] = d;
+    w->nxt[b] = b + 1;
+    w->queue[(*tail)++] = b;
+}
+
+static void bfs_range(bfs_work *w, int64_t lo, int64_t hi, int64_t d, int64_t *tail)
+{
+    if (lo < 0) lo = 0;
+    for (int64_t b = next_free(w->nxt, lo); b <= hi; b = next_free(w->nxt, b))
+        bfs_visit(w, b, d, tail);
+}
+
+/* Distances from query block s along c -> b (c attends some key of b). */
+static void bfs(const spa_config *cfg, int32_t h, int64_t s, bfs_work *w)
+{
+    int64_t nb = spa_nblocks(cfg), head = 0, tail = 0, gdone = 0;
+    for (int64_t b = 0; b <= nb; b++) w->nxt[b] = b;
+    for (int64_t b = 0; b < nb; b++) w->dist[b] = -1;
+    bfs_visit(w, s, 0, &tail);
+    while (head < tail) {
+        int64_t c = w->queue[head++], d = w->dist[c] + 1, k0, k1;
+        local_blocks(cfg, c, &k0, &k1);
+        bfs_range(w, k0, k1, d, &tail);
+        int32_t m = spa_pattern_random_blocks(cfg, h, c, w->rnd);
+        for (int32_t q = 0; q < m; q++)
+            if (w->dist[w->rnd[q]] < 0) bfs_visit(w, w->rnd[q], d, &tail);
+        /* global columns: sorted, and causal reach is the prefix <= c, so
+         * each is pushed once over the whole BFS */
+        for (; gdone < cfg->nglobal_blocks; gdone++) {
+            int64_t g = cfg->global_blocks[gdone];
+            if (cfg->causal && g > c) break;
+            if (w->dist[g] < 0) bfs_visit(w, g, d, &tail);
+        }
+        if (spa_pattern_block_has_global(cfg, c)) bfs_range(w, 0, cfg->causal ? c : nb - 1, d, &tail);
+    }
+}
+
+spa_err spa_cli_block_hops(const spa_config *cfg, int32_t h, int64_t sources, spa_cli_hops *r)
+{
+    int64_t nb = spa_nblocks(cfg);
+    memset(r, 0, sizeof *r);
+    if (sources < 1 || sources > nb) sources = nb;
+    r->sources = sources;
+    int64_t hmax = 0, pairs = 0, reach = 0, hist[16] = {0};
+    double sum = 0;
+    spa_err err = SPA_OK;
+#pragma omp parallel reduction(max : hmax) reduction(+ : pairs, reach, sum)
+    {
+        bfs_work w;
+        w.dist = malloc(sizeof(int64_t) * (size_t)nb);
+        w.nxt = malloc(sizeof(int64_t) * (size_t)(nb + 1));
+        w.queue = malloc(sizeof(int64_t) * (size_t)nb);
+        w.rnd = malloc(sizeof(int32_t) * (size_t)(cfg->random > 0 ? cfg->random : 1));
+        int ok = w.dist && w.nxt && w.queue && w.rnd;
+        int64_t lhist[16] = {0};
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t k = 0; k < sources; k++) {
+            if (!ok) continue;
+            /* evenly spaced roots, centred in their stride */
+            int64_t s = sources == nb ? k : (2 * k + 1) * nb / (2 * sources);
+            bfs(cfg, h, s, &w);
+            for (int64_t b = 0; b < nb; b++) {
+                if (b == s) continue;
+                pairs++;
+                int64_t d = w.dist[b];
+                if (d < 0) continue;
+                reach++;
+                sum += (double)d;
+                if (d > hmax) hmax = d;
+                lhist[d < 15 ? d : 15]++;
+            }
+        }
+#pragma omp critical
+        {
+            if (!ok) err = SPA_ERR_OTHER;
+            for (int d = 0; d < 16; d++) hist[d] += lhist[d];
+        }
+        free(w.dist), free(w.nxt), free(w.queue), free(w.rnd);
+    }
+    SPA_REQUIRE(err == SPA_OK, SPA_ERR_OTHER, "out of memory for the hop counts");
+    r->pairs = pairs;
+    r->reachable = reach;
+    r->max = hmax;
+    r->mean = reach > 0 ? sum / (double)reach : 0.0;
+    memcpy(r->hist, hist, sizeof hist);
+    return SPA_OK;
+}
+
+#ifdef SPA_HAVE_PNG
+/* Writes with libpng; on a libpng error jumps back and reports it. */
+static int png_write_file(FILE *fp, const unsigned char *pix, int64_t side, unsigned char *rgb)
+{
+    static const unsigned char color[8][3] = {
+        {255, 255, 255}, /* none */
+        {31, 119, 180},  /* local */
+        {255, 127, 14},  /* global */
+        {255, 127, 14},  /* global + local */
+        {214, 39, 40},   /* random */
+        {31, 119, 180},  /* random + local */
+        {255, 127, 14},  /* random + global */
+        {255, 127, 14},
+    };
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    if (!png) return 0;
+    png_infop info = png_create_info_struct(png);
+    if (!info || setjmp(png_jmpbuf(png))) {
+        png_destroy_write_struct(&png, &info);
+        return 0;
+    }
+    png_init_io(png, fp);
+    png_set_IHDR(png, info, (png_uint_32)side, (png_uint_32)side, 8, PNG_COLOR_TYPE_RGB,
+                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_write_info(png, info);
+    for (int64_t y = 0; y < side; y++) {
+        for (int64_t x = 0; x < side; x++)
+            memcpy(rgb + 3 * x, color[pix[y * side + x] & 7], 3);
+        png_write_row(png, rgb);
+    }
+    png_write_end(png, NULL);
+    png_destroy_write_struct(&png, &info);
+    return 1;
+}
+#endif
+
+spa_err spa_cli_write_png(const char *path, const unsigned char *pix, int64_t side)
+{
+#ifdef SPA_HAVE_PNG
+    size_t len = strlen(path) + 32;
+    char *tmp = malloc(len);
+    unsigned char *rgb = malloc((size_t)(3 * side));
+    if (!tmp || !rgb) {
+        free(tmp), free(rgb);
+        SPA_FAIL(SPA_ERR_OTHER, "out of memory for the image");
+    }
+    snprintf(tmp, len, "%s.tmp%ld", path, (long)getpid());
+    FILE *fp = fopen(tmp, "wb");
+    int ok = fp != NULL && png_write_file(fp, pix, side, rgb);
+    if (fp && fclose(fp) != 0) ok = 0;
+    if (ok && rename(tmp, path) != 0) ok = 0;
+    if (!ok) remove(tmp);
+    free(tmp), free(rgb);
+    SPA_REQUIRE(ok, SPA_ERR_OTHER, "cannot write the image '%s'", path);
+    return SPA_OK;
+#else
+    (void)pix, (void)side;
+    SPA_FAIL(SPA_ERR_USAGE, "--image '%s': this spa was built without libpng", path);
+#endif
+}
+
+/* --------------------------------------------------------------- report */
+
+typedef struct rank_bytes {
+    int64_t b0, b1, halo, global, rma;
+} rank_bytes;
+
+spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out)
+{
+    const spa_config *cfg = &o->cfg;
+    int64_t nb = spa_nblocks(cfg), n = cfg->n, B = cfg->block;
+    double t_start = spa_now();
+    if (o->image) SPA_CHECK(spa_cli_check_output("image", o->image, NULL));
+    if (o->threads > 0) omp_set_num_threads(o->threads);
+
+    /* pass 1: keys per query over every token and head */
+    int64_t kmin = INT64_MAX, kmax = 0, ksum = 0;
+    int fail = 0;
+#pragma omp parallel reduction(min : kmin) reduction(max : kmax) reduction(+ : ksum, fail)
+    {
+        int32_t *rnd = malloc(sizeof(int32_t) * (size_t)(cfg->random > 0 ? cfg->random : 1));
+        int64_t *cnt = malloc(sizeof(int64_t) * (size_t)B);
+        if (!rnd || !cnt) fail = 1;
+#pragma omp for collapse(2) schedule(dynamic, 64)
+        for (int32_t h = 0; h < cfg->heads; h++)
+            for (int64_t c = 0; c < nb; c++) {
+                if (!rnd || !cnt) continue;
+                int64_t rows = (c + 1) * B < n ? B : n - c * B;
+                spa_cli_block_keys(cfg, h, c, rnd, cnt);
+                for (int64_t r = 0; r < rows; r++) {
+                    ksum += cnt[r];
+                    if (cnt[r] < kmin) kmin = cnt[r];
+                    if (cnt[r] > kmax) kmax = cnt[r];
+                }
+            }
+        free(rnd), free(cnt);
+    }
+    SPA_REQUIRE(!fail, SPA_ERR_OTHER, "out of memory for the key counts");
+    double rows = (double)n * cfg->heads;
+    double dense = cfg->causal ? (double)n * ((double)n + 1) / 2 : (double)n * (double)n;
+    double density = (double)ksum / (dense * cfg->heads);
+    double flops = 4.0 * cfg->dim * (double)ksum;
+
+    /* pass 2: bytes each rank receives */
+    int P = o->plan_ranks;
+    rank_bytes *rb = NULL;
+    int64_t tot[3] = {0, 0, 0}, mx[3] = {0, 0, 0};
+    if (P > 0) {
+        rb = calloc((size_t)P, sizeof *rb);
+        SPA_REQUIRE(rb, SPA_ERR_OTHER, "out of memory for %d ranks", P);
+        for (int r = 0; r < P; r++) {
+            spa_commplan plan;
+            spa_err e = spa_commplan_build(cfg, P, r, &plan);
+            if (e != SPA_OK) {
+                free(rb);
+                return e;
+            }
+            rb[r] = (rank_bytes){plan.b0, plan.b1, plan.bytes_halo, plan.bytes_global,
+                                 plan.bytes_rma};
+            spa_commplan_free(&plan);
+            int64_t v[3] = {rb[r].halo, rb[r].global, rb[r].rma};
+            for (int k = 0; k < 3; k++) {
+                tot[k] += v[k];
+                if (v[k] > mx[k]) mx[k] = v[k];
+            }
+        }
+    }
+
+    /* pass 3: hops; all blocks as roots up to 1024, else 256 evenly spaced */
+    spa_cli_hops hops;
+    const int64_t hop_sources = nb <= 1024 ? nb : 256;
+    if (o->stats) {
+        spa_err e = spa_cli_block_hops(cfg, 0, hop_sources, &hops);
+        if (e != SPA_OK) {
+            free(rb);
+            return e;
+        }
+    }
+
+    /* pass 4: the image */
+    int64_t f = 1, side = 0;
+    if (o->image) {
+        side = spa_cli_mask_side(nb, 1024, &f);
+        unsigned char *pix = malloc((size_t)(side * side));
+        spa_err e = pix ? spa_cli_block_mask(cfg, 0, f, side, pix)
+                        : spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
+        if (e == SPA_OK) e = spa_cli_write_png(o->image, pix, side);
+        free(pix);
+        if (e != SPA_OK) {
+            free(rb);
+            return e;
+        }
+    }
+    double seconds = spa_now() - t_start;
+
+    const char *local_name = cfg->radius < 0 ? "local_blocks" : "radius";
+    long long local_val = cfg->radius < 0 ? (long long)cfg->local_blocks : (long long)cfg->radius;
+    if (o->json) {
+        fprintf(out,
+                "{\"command\": \"plan\", \"version\": \"%s\", \"n\": %lld, \"heads\": %d, "
+                "\"dim\": %d, \"block\": %d, \"blocks\": %lld, \"%s\": %lld, \"random\": %d, "
+                "\"seed\": %llu, \"causal\": %s, \"globals\": %lld, \"global_blocks\": %lld, "
+                "\"scale\": %.9g, \"keys_min\": %lld, \"keys_mean\": %.6f, \"keys_max\": %lld, "
+                "\"pairs\": %lld, \"density\": %.9g, \"flops\": %.0f, \"seconds\": %.6f",
+                SPA_VERSION, (long long)n, cfg->heads, cfg->dim, cfg->block, (long long)nb,
+                local_name, local_val, cfg->random, (unsigned long long)cfg->seed,
+                cfg->causal ? "true" : "false", (long long)cfg->nglobals,
+                (long long)cfg->nglobal_blocks, (double)cfg->scale, (long long)kmin,
+                (double)ksum / rows, (long long)kmax, (long long)ksum, density, flops, seconds);
+        if (P > 0) {
+            fprintf(out, ", \"ranks\": %d, \"per_rank\": [", P);
+            for (int r = 0; r < P; r++)
+                fprintf(out,
+                        "%s{\"rank\": %d, \"block_begin\": %lld, \"block_end\": %lld, "
+                        "\"bytes_halo\": %lld, \"bytes_global\": %lld, \"bytes_rma\": %lld}",
+                        r ? ", " : "", r, (long long)rb[r].b0, (long long)rb[r].b1,
+                        (long long)rb[r].halo, (long long)rb[r].global, (long long)rb[r].rma);
+            fprintf(out,
+                    "], \"bytes_halo\": %lld, \"bytes_global\": %lld, \"bytes_rma\": %lld, "
+                    "\"bytes_halo_total\": %lld, \"bytes_global_total\": %lld, "
+                    "\"bytes_rma_total\": %lld",
+                    (long long)mx[0], (long long)mx[1], (long long)mx[2], (long long)tot[0],
+                    (long long)tot[1], (long long)tot[2]);
+        }
+        if (o->stats) {
+            fprintf(out,
+                    ", \"hops\": {\"graph\": \"directed block graph, head 0\", \"sources\": "
+                    "%lld, \"sampled\": %s, \"pairs\": %lld, \"reachable\": %lld, \"max\": %lld, "
+                    "\"mean\": %.6f, \"histogram\": [",
+                    (long long)hops.sources, hops.sources < nb ? "true" : "false",
+                    (long long)hops.pairs, (long long)hops.reachable, (long long)hops.max,
+                    hops.mean);
+            for (int d = 0; d < 16; d++) fprintf(out, "%s%lld", d ? ", " : "", (long long)hops.hist[d]);
+            fprintf(out, "]}");
+        }
+        if (o->image)
+            fprintf(out, ", \"image\": {\"width\": %lld, \"height\": %lld, \"blocks_per_pixel\": %lld}",
+                    (long long)side, (long long)side, (long long)f);
+        fprintf(out, "}\n");
+    } else {
+        fprintf(out, "pattern: n %lld, heads %d, dim %d, block %d (%lld blocks), %s %lld, random %d, "
+                     "seed %llu, globals %lld (in %lld blocks), %s\n",
+                (long long)n, cfg->heads, cfg->dim, cfg->block, (long long)nb,
+                cfg->radius < 0 ? "local-blocks" : "radius", local_val, cfg->random,
+                (unsigned long long)cfg->seed, (long long)cfg->nglobals,
+                (long long)cfg->nglobal_blocks, cfg->causal ? "causal" : "not causal");
+        fprintf(out, "keys per query: min %lld, mean %.2f, max %lld (over %lld tokens x %d heads)\n",
+                (long long)kmin, (double)ksum / rows, (long long)kmax, (long long)n, cfg->heads);
+        fprintf(out, "density: %.6g of %s attention (%lld of %.6g pairs)\n", density,
+                cfg->causal ? "causal dense n(n+1)/2" : "dense n*n", (long long)ksum,
+                dense * cfg->heads);
+        fprintf(out, "useful flops: %.6g (4 * dim * sum |S(i)|)\n", flops);
+        if (P > 0) {
+            fprintf(out, "bytes received per rank (P = %d):\n", P);
+            fprintf(out, "%8s %12s %14s %14s %14s\n", "rank", "blocks", "halo", "global", "rma");
+            for (int r = 0; r < P; r++)
+                fprintf(out, "%8d %12lld %14lld %14lld %14lld\n", r, (long long)(rb[r].b1 - rb[r].b0),
+                        (long long)rb[r].halo, (long long)rb[r].global, (long long)rb[r].rma);
+            fprintf(out, "%8s %12lld %14lld %14lld %14lld\n", "total", (long long)nb,
+                    (long long)tot[0], (long long)tot[1], (long long)tot[2]);
+            fprintf(out, "%8s %12s %14lld %14lld %14lld\n", "max", "", (long long)mx[0],
+                    (long long)mx[1], (long long)mx[2]);
+        }
+        if (o->stats) {
+            fprintf(out, "hops (directed block graph of head 0, %s %lld source blocks):\n",
+                    hops.sources < nb ? "sampled" : "all", (long long)hops.sources);
+            fprintf(out, "  max %lld, mean %.4f, reachable pairs %.4f%% of %lld\n",
+                    (long long)hops.max, hops.mean,
+                    hops.pairs ? 100.0 * (double)hops.reachable / (double)hops.pairs : 0.0,
+                    (long long)hops.pairs);
+            fprintf(out, "  histogram:");
+            for (int d = 1; d < 16; d++)
+                if (hops.hist[d]) fprintf(out, " %d%s:%lld", d, d == 15 ? "+" : "", (long long)hops.hist[d]);
+            fprintf(out, "\n");
+        }
+        if (o->image)
+            fprintf(out, "image: %s, %lld x %lld pixels, %lld x %lld blocks per pixel\n", o->image,
+                    (long long)side, (long long)side, (long long)f, (long long)f);
+    }
+    free(rb);
+    return SPA_OK;
+}

@@ -1,0 +1,198 @@
+/* test_cli_plan.c - the analyses behind `spa plan` against brute force.
+ *
+ * For small patterns of every kind (block and radius windows, causal,
+ * several global sets, partial last block), the per-block shortcuts of
+ * cli_plan.c must equal what spa_pattern_attends says pair by pair:
+ *   - key counts |S(i)| per row;
+ *   - the block mask, at full size and downsampled;
+ *   - hop counts, against Floyd-Warshall on the brute-force block graph.
+ */
+#include "cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct tcase {
+    const char *name;
+    int64_t n;
+    int32_t block, local, random;
+    int64_t radius;
+    int causal;
+    const char *globals; /* NULL = default */
+} tcase;
+
+static const tcase cases[] = {
+    {"bigbird", 700, 16, 3, 3, -1, 0, NULL},
+    {"bigbird-causal", 700, 16, 3, 3, -1, 1, NULL},
+    {"wide-window", 500, 16, 7, 2, -1, 0, "none"},
+    {"radius", 613, 16, 3, 3, 21, 0, "0,17,300:310"},
+    {"radius-causal", 613, 16, 3, 3, 40, 1, "5,600"},
+    {"radius-small", 400, 32, 3, 4, 5, 0, "none"},
+    {"local-only", 320, 16, 3, 0, -1, 0, "none"},
+    {"scattered-globals", 450, 8, 5, 6, -1, 1, "1,2,3,100,101,449"},
+    {"random-saturates", 200, 16, 1, 40, -1, 0, "0:3"},
+    {"one-block", 10, 16, 3, 3, -1, 0, NULL},
+};
+
+static int setup(const tcase *t, spa_config *cfg)
+{
+    spa_config_init(cfg);
+    cfg->n = t->n;
+    cfg->heads = 2;
+    cfg->dim = 8;
+    cfg->block = t->block;
+    cfg->local_blocks = t->local;
+    cfg->radius = t->radius;
+    cfg->random = t->random;
+    cfg->seed = 7;
+    cfg->causal = t->causal;
+    if (t->globals && spa_config_set_globals(cfg, t->globals) != SPA_OK) return 0;
+    if (spa_config_validate(cfg) != SPA_OK) {
+        fprintf(stderr, "%s: validate: %s\n", t->name, spa_last_error());
+        return 0;
+    }
+    return 1;
+}
+
+static int check_keys(const tcase *t, const spa_config *cfg)
+{
+    int64_t n = cfg->n, B = cfg->block, nb = spa_nblocks(cfg), bad = 0;
+    int32_t *rnd = malloc(sizeof(int32_t) * (size_t)(cfg->random + 1));
+    int64_t *cnt = malloc(sizeof(int64_t) * (size_t)B);
+    for (int32_t h = 0; h < cfg->heads; h++) {
+        int64_t total = 0;
+        for (int64_t c = 0; c < nb; c++) {
+            spa_cli_block_keys(cfg, h, c, rnd, cnt);
+            for (int64_t i = c * B; i < n && i < (c + 1) * B; i++) {
+                int64_t want = 0;
+                for (int64_t j = 0; j < n; j++) want += spa_pattern_attends(cfg, h, i, j);
+                total += cnt[i - c * B];
+                if (want != cnt[i - c * B] && bad++ < 5)
+                    fprintf(stderr, "%s: h %d row %lld: keys %lld, brute force %lld\n", t->name, h,
+                            (long long)i, (long long)cnt[i - c * B], (long long)want);
+            }
+        }
+        int64_t lib = spa_pattern_pairs(cfg, h, 0, nb);
+        if (lib != total && bad++ < 5)
+            fprintf(stderr, "%s: h %d: sum of keys %lld, spa_pattern_pairs %lld\n", t->name, h,
+                    (long long)total, (long long)lib);
+    }
+    free(rnd), free(cnt);
+    return bad == 0;
+}
+
+/* adj[c * nb + b] = 1 when some i in block c attends some j in block b. */
+static unsigned char *brute_adjacency(const spa_config *cfg, int32_t h)
+{
+    int64_t n = cfg->n, B = cfg->block, nb = spa_nblocks(cfg);
+    unsigned char *adj = calloc((size_t)(nb * nb), 1);
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < n; j++)
+            if (spa_pattern_attends(cfg, h, i, j)) adj[(i / B) * nb + j / B] = 1;
+    return adj;
+}
+
+static int check_mask(const tcase *t, const spa_config *cfg, const unsigned char *adj)
+{
+    int64_t nb = spa_nblocks(cfg), bad = 0;
+    for (int64_t maxside = nb; maxside >= 1; maxside = maxside > 4 ? maxside / 3 : maxside - 1) {
+        int64_t f, side = spa_cli_mask_side(nb, maxside, &f);
+        unsigned char *pix = malloc((size_t)(side * side));
+        unsigned char *want = calloc((size_t)(side * side), 1);
+        if (spa_cli_block_mask(cfg, 0, f, side, pix) != SPA_OK) {
+            fprintf(stderr, "%s: mask: %s\n", t->name, spa_last_error());
+            return 0;
+        }
+        for (int64_t c = 0; c < nb; c++)
+            for (int64_t b = 0; b < nb; b++)
+                if (adj[c * nb + b]) want[(c / f) * side + b / f] = 1;
+        for (int64_t p = 0; p < side * side; p++)
+            if ((pix[p] != 0) != want[p] && bad++ < 5)
+                fprintf(stderr, "%s: mask f=%lld pixel (%lld, %lld): got %d, brute force %d\n",
+                        t->name, (long long)f, (long long)(p / side), (long long)(p % side), pix[p],
+                        want[p]);
+        free(pix), free(want);
+    }
+    return bad == 0;
+}
+
+static int check_hops(const tcase *t, const spa_config *cfg, const unsigned char *adj)
+{
+    int64_t nb = spa_nblocks(cfg);
+    const int64_t inf = 1 << 30;
+    int64_t *d = malloc(sizeof(int64_t) * (size_t)(nb * nb));
+    for (int64_t c = 0; c < nb; c++)
+        for (int64_t b = 0; b < nb; b++) d[c * nb + b] = c == b ? 0 : adj[c * nb + b] ? 1 : inf;
+    for (int64_t k = 0; k < nb; k++)
+        for (int64_t c = 0; c < nb; c++)
+            for (int64_t b = 0; b < nb; b++)
+                if (d[c * nb + k] + d[k * nb + b] < d[c * nb + b]) d[c * nb + b] = d[c * nb + k] + d[k * nb + b];
+    int64_t pairs = 0, reach = 0, max = 0;
+    double sum = 0;
+    for (int64_t c = 0; c < nb; c++)
+        for (int64_t b = 0; b < nb; b++) {
+            if (b == c) continue;
+            pairs++;
+            if (d[c * nb + b] >= inf) continue;
+            reach++;
+            sum += (double)d[c * nb + b];
+            if (d[c * nb + b] > max) max = d[c * nb + b];
+        }
+    free(d);
+    double mean = reach ? sum / (double)reach : 0.0;
+    spa_cli_hops r;
+    if (spa_cli_block_hops(cfg, 0, nb, &r) != SPA_OK) {
+        fprintf(stderr, "%s: hops: %s\n", t->name, spa_last_error());
+        return 0;
+    }
+    int64_t hsum = 0;
+    for (int k = 0; k < 16; k++) hsum += r.hist[k];
+    int ok = r.pairs == pairs && r.reachable == reach && r.max == max && hsum == reach &&
+             (r.mean - mean) * (r.mean - mean) < 1e-18;
+    if (!ok)
+        fprintf(stderr,
+                "%s: hops: got pairs %lld reachable %lld max %lld mean %.9f (histogram %lld); "
+                "Floyd-Warshall %lld %lld %lld %.9f\n",
+                t->name, (long long)r.pairs, (long long)r.reachable, (long long)r.max, r.mean,
+                (long long)hsum, (long long)pairs, (long long)reach, (long long)max, mean);
+    /* sampled roots are a subset: never more pairs, never a larger max */
+    if (nb > 3) {
+        spa_cli_hops s;
+        if (spa_cli_block_hops(cfg, 0, 3, &s) != SPA_OK || s.sources != 3 ||
+            s.pairs != 3 * (nb - 1) || s.max > max) {
+            fprintf(stderr, "%s: sampled hops: sources %lld pairs %lld max %lld (all: max %lld)\n",
+                    t->name, (long long)s.sources, (long long)s.pairs, (long long)s.max,
+                    (long long)max);
+            ok = 0;
+        }
+    }
+    return ok;
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    int failed = 0;
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        const tcase *t = &cases[k];
+        spa_config cfg;
+        int ok = setup(t, &cfg);
+        if (ok) {
+            unsigned char *adj = brute_adjacency(&cfg, 0);
+            int ok_keys = check_keys(t, &cfg);
+            int ok_mask = check_mask(t, &cfg, adj);
+            int ok_hops = check_hops(t, &cfg, adj);
+            ok = ok_keys && ok_mask && ok_hops;
+            printf("%-18s n %4lld blocks %3lld: keys %s, mask %s, hops %s\n", t->name,
+                   (long long)cfg.n, (long long)spa_nblocks(&cfg), ok_keys ? "ok" : "FAIL",
+                   ok_mask ? "ok" : "FAIL", ok_hops ? "ok" : "FAIL");
+            free(adj);
+        }
+        failed += !ok;
+        spa_config_free(&cfg);
+    }
+    printf("%s\n", failed ? "FAILED" : "all passed");
+    MPI_Finalize();
+    return failed ? 1 : 0;
+}
