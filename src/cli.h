@@ -23,7 +23,7 @@ typedef struct spa_cli_opts {
     spa_cli_cmd cmd;
     spa_config cfg;        /* pattern flags and n, heads, dim */
     const char *input, *output, *image;
-    int json, progress, stats, help, version;
+    int json, progress, stats, help, version, no_overlap;
     int threads;           /* 0 = OpenMP default */
     double temperature;    /* scale of the synthetic q and k */
     int warmup, reps;      /* bench */

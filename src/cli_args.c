@@ -20,7 +20,7 @@
 enum {
     F_INPUT, F_OUTPUT, F_N, F_HEADS, F_DIM, F_BLOCK, F_LOCAL, F_RADIUS, F_GLOBALS, F_RANDOM,
     F_SEED, F_CAUSAL, F_SCALE, F_JSON, F_THREADS, F_TEMP, F_PROGRESS, F_WARMUP, F_REPS,
-    F_RANKS, F_STATS, F_IMAGE, F_HELP, F_COUNT
+    F_RANKS, F_STATS, F_IMAGE, F_NO_OVERLAP, F_HELP, F_COUNT
 };
 
 #define C_RUN (1u << SPA_CLI_RUN)
@@ -57,6 +57,7 @@ static const struct flag_def {
     [F_RANKS] = {"ranks", 1, C_PLAN},
     [F_STATS] = {"stats", 0, C_PLAN},
     [F_IMAGE] = {"image", 1, C_PLAN},
+    [F_NO_OVERLAP] = {"no-overlap", 0, C_RUN | C_BENCH},
     [F_HELP] = {"help", 0, C_ALL},
 };
 
@@ -182,6 +183,9 @@ static spa_err set_flag(spa_cli_opts *o, int id, const char *val)
         break;
     case F_PROGRESS:
         o->progress = 1;
+        break;
+    case F_NO_OVERLAP:
+        o->no_overlap = 1;
         break;
     case F_WARMUP:
         SPA_CHECK(parse_int(name, val, 0, 1000000, &x));
@@ -329,7 +333,7 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
         fprintf(f,
                 "usage: spa run [--input F] [--output F] [pattern flags]\n"
                 "               [--n N --heads H --dim D] [--json] [--threads T]\n"
-                "               [--temperature X] [--progress]\n\n"
+                "               [--temperature X] [--progress] [--no-overlap]\n\n"
                 "Computes sparse attention over MPI ranks. Without --input the inputs are\n"
                 "synthetic and seeded (--seed, --temperature); n, heads and dim default to\n"
                 "131072, 4 and 64. With --input they come from the HDF5 file.\n\n"
@@ -339,7 +343,8 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
                 "  --json             one JSON object on stdout (rank 0)\n"
                 "  --threads T        OpenMP threads per rank (>= 1)\n"
                 "  --temperature X    scale of synthetic q and k (default 1)\n"
-                "  --progress         progress line on stderr even when it is not a terminal\n\n"
+                "  --progress         progress line on stderr even when it is not a terminal\n"
+                "  --no-overlap       complete every transfer before computing (for timing)\n\n"
                 "%s",
                 pattern);
         break;
@@ -353,10 +358,13 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
         fprintf(f,
                 "usage: spa bench [pattern flags] [--n N --heads H --dim D] [--json]\n"
                 "                 [--threads T] [--temperature X] [--warmup W] [--reps R]\n"
-                "                 [--progress]\n\n"
+                "                 [--progress] [--no-overlap]\n\n"
                 "Runs W warm-up passes (default 1) and R timed passes (default 5) on\n"
                 "synthetic inputs in memory, and reports the median timed pass (by\n"
-                "seconds_total of the slowest rank) in the format of 'spa run'.\n\n%s",
+                "seconds_total of the slowest rank) in the format of 'spa run'.\n"
+                "--no-overlap completes every transfer before computing, so that\n"
+                "seconds_wait shows the whole communication time (bench/scaling.sh\n"
+                "compares the two to measure how much the overlap hides).\n\n%s",
                 pattern);
         break;
     case SPA_CLI_PLAN:

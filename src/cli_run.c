@@ -286,6 +286,7 @@ spa_err spa_cli_run(MPI_Comm comm, spa_cli_opts *o)
     if (err) goto done;
     err = spa_agree(comm, spa_ctx_create(comm, cfg, o->threads, &ctx));
     if (err) goto done;
+    spa_ctx_set_overlap(ctx, !o->no_overlap);
     spa_ctx_shard(ctx, &t0, &t1);
     err = spa_agree(comm, shards_alloc(cfg, t1 - t0, &sh));
     if (err) goto done;
@@ -400,6 +401,7 @@ spa_err spa_cli_bench(MPI_Comm comm, spa_cli_opts *o)
     if (err) goto done;
     err = spa_agree(comm, spa_ctx_create(comm, cfg, o->threads, &ctx));
     if (err) goto done;
+    spa_ctx_set_overlap(ctx, !o->no_overlap);
     spa_ctx_shard(ctx, &t0, &t1);
     reps = calloc((size_t)o->reps, sizeof *reps);
     err = spa_agree(comm, reps ? shards_alloc(cfg, t1 - t0, &sh)
