@@ -12,12 +12,14 @@ trap 'rm -rf "$T"' EXIT
 "$B/bench/spa_peak" > "$T/peak.json"
 OMP_NUM_THREADS=1 "$B/spa" bench --threads 1 --warmup 1 --reps 5 --json > "$T/t1.json"
 OMP_NUM_THREADS=2 "$B/spa" bench --threads 2 --warmup 1 --reps 5 --json > "$T/t2.json"
+SPA_KERNEL=blas OMP_NUM_THREADS=1 "$B/spa" bench --threads 1 --warmup 1 --reps 5 --json > "$T/blas.json"
 python3 - "$T" <<'PY'
 import json, sys, os
 d = sys.argv[1]
 p = json.load(open(os.path.join(d, "peak.json")))
 t1 = json.load(open(os.path.join(d, "t1.json")))
 t2 = json.load(open(os.path.join(d, "t2.json")))
+bl = json.load(open(os.path.join(d, "blas.json")))
 peak, big = p["fma_peak_gflops"], p["sgemm_2048_gflops"]
 print(f"spa kernel benchmark: n={t1['n']} heads={t1['heads']} dim={t1['dim']} "
       f"(median of {t1.get('reps', '?')} runs; useful flops = {t1['flops']:.4g})")
@@ -29,9 +31,13 @@ rows = [
     ("OpenBLAS sgemm 64x64x512 (P.V shape)", p["sgemm_pv_64x64x512_gflops"]),
     ("spa kernel, 1 thread", t1["gflops"]),
     ("spa kernel, 2 threads", t2["gflops"]),
+    ("spa kernel on OpenBLAS (SPA_KERNEL=blas), 1 thr", bl["gflops"]),
 ]
 for name, g in rows:
     print(f"{name:44s} {g:9.2f} {100 * g / peak:11.1f}% {100 * g / big:8.1f}%")
+if bl["checksum"] != t1["checksum"]:
+    print(f"note: checksums differ: {t1['checksum']!r} vs {bl['checksum']!r} (OpenBLAS sums in another order)")
 print(f"2-thread speedup: {t2['gflops'] / t1['gflops']:.2f}x; "
+      f"register-blocked / OpenBLAS: {t1['gflops'] / bl['gflops']:.2f}x; "
       f"kernel/peak on 1 thread: {t1['gflops'] / peak:.3f} (target 0.35)")
 PY

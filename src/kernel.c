@@ -1,16 +1,21 @@
 /* kernel.c - block-sparse attention on one rank's memory (no MPI).
  *
- * For one (head, query block) the keys of S(i) are gathered, in a canonical
- * order that does not depend on the rank count, into a per-thread buffer:
+ * For one (head, query block) the keys of S(i) are taken in a canonical
+ * order that does not depend on the rank count:
  *   1. the block's local key range,
  *   2. the global tokens outside that range,
- *   3. the random blocks, ascending.
- * The list is consumed in chunks of KC keys by an online (flash-style)
- * softmax: S = s * Q Kc^T and O += P Vc are single sgemm calls per chunk.
- * Gathering costs one copy of the keys through L2 but turns five small
- * GEMMs into one of full width, and it makes the floating-point order of
- * every row independent of where its keys came from, so the result is bit
- * for bit the same on any number of ranks and threads.
+ *   3. the random blocks, ascending,
+ * and consumed in chunks of KC keys by an online (flash-style) softmax. A
+ * chunk is a list of pieces of resident memory (own shard, halo, gathered
+ * globals, fetched blocks), never a copy. Each chunk is reduced against its
+ * own row maxima and then merged into the running (max, sum, acc), so the
+ * floating-point order of every row is the same on any number of ranks and
+ * threads.
+ *
+ * The products run on the register-blocked kernels of microkernel.c when
+ * D % 8 == 0, and on OpenBLAS sgemm otherwise (or with SPA_KERNEL=blas, so
+ * the two can be compared side by side): at 64 x 512 x 64 OpenBLAS spends a
+ * large share of its time packing operands.
  */
 #include "spa_impl.h"
 
@@ -38,6 +43,7 @@ struct spa_scratch {
     int32_t *pn;
     int npiece;
     float *nan_row;  /* [D] NaN: stands for a key the plan failed to bring */
+    int fast;        /* register-blocked products (D % 8 == 0, not SPA_KERNEL=blas) */
     int32_t *rb;     /* [R] random blocks */
     int nk;          /* keys in the current chunk */
 };
@@ -49,6 +55,9 @@ spa_scratch *spa_scratch_create(const spa_config *cfg)
     int32_t D = cfg->dim;
     s->D = D;
     s->rows = ((cfg->block > SPA_QT ? cfg->block : SPA_QT) + 15) / 16 * 16;
+    /* SPA_KERNEL=blas keeps every product on OpenBLAS, for comparison */
+    const char *kern = getenv("SPA_KERNEL");
+    s->fast = D % 8 == 0 && !(kern && strcmp(kern, "blas") == 0);
     s->kc = spa_alloc((size_t)SPA_KC * D * sizeof(float));
     s->vc = spa_alloc((size_t)SPA_KC * D * sizeof(float));
     s->s = spa_alloc((size_t)s->rows * SPA_KC * sizeof(float));
@@ -302,7 +311,7 @@ static void flush_chunk(block_job *job)
 {
     spa_scratch *s = job->s;
     if (s->nk == 0) return;
-    if (s->D % 8 == 0) {
+    if (s->fast) {
         chunk_update_t(job->cfg, s, job->ti0, job->rows);
     } else { /* the GEMM path wants the keys in one buffer */
         for (int p = 0, j = 0; p < s->npiece; j += s->pn[p], p++) {
@@ -373,7 +382,7 @@ void spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch 
     s->nk = 0;
     s->npiece = 0;
     s->ldq = (rows + 15) / 16 * 16;
-    if (D % 8 == 0)
+    if (s->fast)
         for (int32_t d = 0; d < D; d++)
             for (int32_t r = 0; r < s->ldq; r++) s->qt[(int64_t)d * s->ldq + r] = r < rows ? q[(int64_t)r * D + d] : 0.0f;
 
@@ -484,7 +493,7 @@ void spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, const floa
      * the split changes the result only at float32 rounding of the output.
      *   qg: [ng][D];  k, v: [len][D];  part: [ng][D + 2] (max, sum, acc[D]) */
     const int32_t D = cfg->dim, ld = D + 2;
-    if (D % 8 == 0) {
+    if (s->fast) {
         global_partial_t(cfg, s, qg, gidx, ng, k, v, j0, len, part);
         return;
     }
