@@ -228,6 +228,13 @@ void spa_ctx_set_progress(spa_ctx ctx, void (*fn)(double frac, void *arg), void 
  * to measure how much communication the overlap hides. Not collective. */
 void spa_ctx_set_overlap(spa_ctx ctx, int on);
 
+/* This rank's K and V shards inside the MPI window ([H][t1 - t0][D] each),
+ * or NULL when random links go two-sided. A caller that fills these and
+ * passes them to spa_ctx_run saves a copy of K and V per run. Refill them
+ * only between runs that every rank has finished (e.g. after a barrier):
+ * other ranks read them with MPI_Get during a run. Not collective. */
+void spa_ctx_kv_buffers(spa_ctx ctx, float **k, float **v);
+
 /* The plan this rank executes. */
 const spa_commplan *spa_ctx_plan(spa_ctx ctx);
 

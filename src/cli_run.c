@@ -190,16 +190,22 @@ static int want_progress(const spa_cli_opts *o, int rank)
 /* This rank's q, k, v, out, lse: [H][t1 - t0][D] each (lse [H][t1 - t0]). */
 typedef struct shards {
     float *q, *k, *v, *out, *lse;
+    int own_kv; /* k, v allocated here, not the context's window memory */
 } shards;
 
-static spa_err shards_alloc(const spa_config *cfg, int64_t rows, shards *s)
+static spa_err shards_alloc(spa_ctx ctx, const spa_config *cfg, int64_t rows, shards *s)
 {
     size_t elems = (size_t)cfg->heads * (size_t)rows * (size_t)cfg->dim;
     size_t bytes = elems * sizeof(float);
     memset(s, 0, sizeof *s);
+    /* k and v live in the context's MPI window when it has one: no copy */
+    spa_ctx_kv_buffers(ctx, &s->k, &s->v);
+    s->own_kv = s->k == NULL;
     s->q = spa_alloc(bytes);
-    s->k = spa_alloc(bytes);
-    s->v = spa_alloc(bytes);
+    if (s->own_kv) {
+        s->k = spa_alloc(bytes);
+        s->v = spa_alloc(bytes);
+    }
     s->out = spa_alloc(bytes);
     s->lse = spa_alloc((size_t)cfg->heads * (size_t)rows * sizeof(float));
     SPA_REQUIRE(s->q && s->k && s->v && s->out && s->lse, SPA_ERR_OTHER,
@@ -209,7 +215,8 @@ static spa_err shards_alloc(const spa_config *cfg, int64_t rows, shards *s)
 
 static void shards_free(shards *s)
 {
-    spa_free(s->q), spa_free(s->k), spa_free(s->v), spa_free(s->out), spa_free(s->lse);
+    if (s->own_kv) spa_free(s->k), spa_free(s->v);
+    spa_free(s->q), spa_free(s->out), spa_free(s->lse);
     memset(s, 0, sizeof *s);
 }
 
@@ -288,7 +295,7 @@ spa_err spa_cli_run(MPI_Comm comm, spa_cli_opts *o)
     if (err) goto done;
     spa_ctx_set_overlap(ctx, !o->no_overlap);
     spa_ctx_shard(ctx, &t0, &t1);
-    err = spa_agree(comm, shards_alloc(cfg, t1 - t0, &sh));
+    err = spa_agree(comm, shards_alloc(ctx, cfg, t1 - t0, &sh));
     if (err) goto done;
     if (in) {
         t = spa_now();
@@ -404,7 +411,7 @@ spa_err spa_cli_bench(MPI_Comm comm, spa_cli_opts *o)
     spa_ctx_set_overlap(ctx, !o->no_overlap);
     spa_ctx_shard(ctx, &t0, &t1);
     reps = calloc((size_t)o->reps, sizeof *reps);
-    err = spa_agree(comm, reps ? shards_alloc(cfg, t1 - t0, &sh)
+    err = spa_agree(comm, reps ? shards_alloc(ctx, cfg, t1 - t0, &sh)
                                : spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory"));
     if (err) goto done;
     shards_synth(o, t0, t1, &sh);

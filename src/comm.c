@@ -262,8 +262,10 @@ spa_err spa_comm_post(spa_ctx ctx, const float *k, const float *v)
     if (ctx->rma) {
         /* everyone's gets of the previous run are done; expose this run's K, V */
         SPA_MPI_CHECK(MPI_Barrier(ctx->comm));
-        memcpy(ctx->wbase, k, (size_t)(H * n_own * D) * sizeof(float));
-        memcpy(ctx->wbase + H * n_own * D, v, (size_t)(H * n_own * D) * sizeof(float));
+        /* callers that filled spa_ctx_kv_buffers pass the window itself */
+        if (k != ctx->wbase) memcpy(ctx->wbase, k, (size_t)(H * n_own * D) * sizeof(float));
+        if (v != ctx->wbase + H * n_own * D)
+            memcpy(ctx->wbase + H * n_own * D, v, (size_t)(H * n_own * D) * sizeof(float));
         SPA_MPI_CHECK(MPI_Win_sync(ctx->win));
         SPA_MPI_CHECK(MPI_Barrier(ctx->comm));
     }

@@ -116,6 +116,12 @@ void spa_ctx_set_progress(spa_ctx ctx, void (*fn)(double, void *), void *arg)
 
 void spa_ctx_set_overlap(spa_ctx ctx, int on) { ctx->overlap = on; }
 
+void spa_ctx_kv_buffers(spa_ctx ctx, float **k, float **v)
+{
+    *k = ctx->rma ? ctx->wbase : NULL;
+    *v = ctx->rma ? ctx->wbase + (int64_t)ctx->cfg.heads * ctx->n_own * ctx->cfg.dim : NULL;
+}
+
 void spa_ctx_destroy(spa_ctx *pctx)
 {
     spa_ctx ctx = pctx ? *pctx : NULL;

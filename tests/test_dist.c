@@ -22,6 +22,8 @@ static const test_case dist_cases[] = {
 static int rank, nranks;
 static int expect_fallback; /* one-sided MPI is known to fail here: want p2p */
 
+static int want_transport_rma(int p2p) { return !p2p && !expect_fallback; }
+
 static int run_case(const test_case *tc, int p2p)
 {
     spa_config cfg;
@@ -54,11 +56,23 @@ static int run_case(const test_case *tc, int p2p)
         memcpy(sk + h * rows * D, k + (h * n + t0) * D, (size_t)(rows * D) * 4);
         memcpy(sv + h * rows * D, v + (h * n + t0) * D, (size_t)(rows * D) * 4);
     }
+    /* with one-sided MPI, K and V go straight into the window (no copy) */
+    float *wk, *wv, *rk = sk, *rv = sv;
+    spa_ctx_kv_buffers(ctx, &wk, &wv);
+    if ((wk != NULL) != (want_transport_rma(p2p))) {
+        printf("FAIL %s rank %d: window buffers %s\n", tc->name, rank, wk ? "present" : "missing");
+        ok = 0;
+    }
+    if (wk) {
+        memcpy(wk, sk, (size_t)(H * rows * D) * 4);
+        memcpy(wv, sv, (size_t)(H * rows * D) * 4);
+        rk = wk, rv = wv;
+    }
     float *out = spa_alloc((size_t)(H * rows * D + 1) * 4), *lse = spa_alloc((size_t)(H * rows + 1) * 4);
     spa_stats st;
     /* two runs on one context: the second must not see stale state */
     for (int rep = 0; rep < 2 && ok; rep++) {
-        if (spa_ctx_run(ctx, sq, sk, sv, out, lse, &st) != SPA_OK) {
+        if (spa_ctx_run(ctx, sq, rk, rv, out, lse, &st) != SPA_OK) {
             printf("FAIL %s: run: %s\n", tc->name, spa_last_error());
             ok = 0;
         }
@@ -70,7 +84,7 @@ static int run_case(const test_case *tc, int p2p)
                (long long)pl->bytes_rma, (long long)st.bytes_global, (long long)pl->bytes_global);
         ok = 0;
     }
-    int want_rma = !p2p && !expect_fallback;
+    int want_rma = want_transport_rma(p2p);
     if (st.rma != want_rma) {
         printf("FAIL %s rank %d: transport %s, wanted %s\n", tc->name, rank, st.rma ? "rma" : "p2p",
                want_rma ? "rma" : "p2p");
