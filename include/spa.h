@@ -119,8 +119,12 @@ int32_t spa_pattern_random_blocks(const spa_config *cfg, int32_t h, int64_t c, i
  * Slow; for the reference and tests. */
 int spa_pattern_attends(const spa_config *cfg, int32_t h, int64_t i, int64_t j);
 
+/* |S(i)| of each token i of query block c, head h: counts[i - c*B].
+ * Counted from ranges, O(B * (R + log |G|)). */
+void spa_pattern_block_keys(const spa_config *cfg, int32_t h, int64_t c, int64_t *counts);
+
 /* |S(i)| summed over the tokens of query blocks [c0, c1) of head h (for
- * FLOP counts). Cost O(B * (c1 - c0) * log |G|). */
+ * FLOP counts); -1 when out of memory. Cost O(B * (c1 - c0) * log |G|). */
 int64_t spa_pattern_pairs(const spa_config *cfg, int32_t h, int64_t c0, int64_t c1);
 
 /* --------------------------------------------------------------- partition */

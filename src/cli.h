@@ -54,12 +54,6 @@ spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out);
 
 /* ------------------------------------------------------- plan analyses */
 
-/* |S(i)| of every row i of query block c, head h: counts[rows of c].
- * Exact set size from interval unions, O(rows * R * log |G|).
- * rnd has room for cfg->random entries. */
-void spa_cli_block_keys(const spa_config *cfg, int32_t h, int64_t c, int32_t *rnd,
-                        int64_t *counts);
-
 /* Pixel kinds of the block mask. */
 enum { SPA_CLI_PIX_LOCAL = 1, SPA_CLI_PIX_GLOBAL = 2, SPA_CLI_PIX_RANDOM = 4 };
 

@@ -25,64 +25,6 @@
 #include <png.h>
 #endif
 
-/* Index of the first global >= x. */
-static int64_t g_lower(const spa_config *cfg, int64_t x)
-{
-    int64_t lo = 0, hi = cfg->nglobals;
-    while (lo < hi) {
-        int64_t mid = lo + (hi - lo) / 2;
-        if (cfg->globals[mid] < x) lo = mid + 1;
-        else hi = mid;
-    }
-    return lo;
-}
-
-/* Globals in [a, b). */
-static int64_t g_in(const spa_config *cfg, int64_t a, int64_t b)
-{
-    return b <= a ? 0 : g_lower(cfg, b) - g_lower(cfg, a);
-}
-
-void spa_cli_block_keys(const spa_config *cfg, int32_t h, int64_t c, int32_t *rnd,
-                        int64_t *counts)
-{
-    int64_t n = cfg->n, B = cfg->block, t0 = c * B, t1 = t0 + B < n ? t0 + B : n;
-    int32_t m = spa_pattern_random_blocks(cfg, h, c, rnd);
-    int64_t w0 = 0, w1 = 0;
-    if (cfg->radius < 0) spa_pattern_window(cfg, c, &w0, &w1);
-    for (int64_t i = t0; i < t1; i++) {
-        int64_t lim = cfg->causal ? i + 1 : n; /* keys j < lim */
-        if (g_in(cfg, i, i + 1)) {
-            counts[i - t0] = lim;
-            continue;
-        }
-        /* local keys [a, b) */
-        int64_t a, b;
-        if (cfg->radius < 0) {
-            a = w0 * B;
-            b = (w1 + 1) * B < n ? (w1 + 1) * B : n;
-        } else {
-            a = i - cfg->radius > 0 ? i - cfg->radius : 0;
-            b = i + cfg->radius + 1 < n ? i + cfg->radius + 1 : n;
-        }
-        if (b > lim) b = lim;
-        if (b < a) b = a;
-        int64_t keys = b - a;
-        int64_t gl = g_in(cfg, 0, lim) - g_in(cfg, a, b); /* globals outside the union so far */
-        /* drawn blocks are distinct, hence disjoint; subtract their overlap with [a, b) */
-        for (int32_t q = 0; q < m; q++) {
-            int64_t r0 = (int64_t)rnd[q] * B, r1 = r0 + B < n ? r0 + B : n;
-            if (r1 > lim) r1 = lim;
-            if (r1 <= r0) continue;
-            int64_t o0 = r0 > a ? r0 : a, o1 = r1 < b ? r1 : b;
-            if (o1 < o0) o1 = o0;
-            keys += (r1 - r0) - (o1 - o0);
-            gl -= g_in(cfg, r0, r1) - g_in(cfg, o0, o1);
-        }
-        counts[i - t0] = keys + gl;
-    }
-}
-
 int64_t spa_cli_mask_side(int64_t nb, int64_t max_side, int64_t *factor)
 {
     int64_t f = (nb + max_side - 1) / max_side;
@@ -338,7 +280,7 @@ spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out)
             for (int64_t c = 0; c < nb; c++) {
                 if (!rnd || !cnt) continue;
                 int64_t rows = (c + 1) * B < n ? B : n - c * B;
-                spa_cli_block_keys(cfg, h, c, rnd, cnt);
+                spa_pattern_block_keys(cfg, h, c, cnt);
                 for (int64_t r = 0; r < rows; r++) {
                     ksum += cnt[r];
                     if (cnt[r] < kmin) kmin = cnt[r];

@@ -173,35 +173,53 @@ static int64_t globals_in(const spa_config *cfg, int64_t a, int64_t b)
     return lower_bound(cfg->globals, cfg->nglobals, b) - lower_bound(cfg->globals, cfg->nglobals, a);
 }
 
+void spa_pattern_block_keys(const spa_config *cfg, int32_t h, int64_t c, int64_t *counts)
+{
+    const int64_t n = cfg->n, B = cfg->block, t0 = c * B, t1 = t0 + B < n ? t0 + B : n;
+    int32_t rb[cfg->random > 0 ? cfg->random : 1];
+    int32_t m = spa_pattern_random_blocks(cfg, h, c, rb);
+    int64_t w0, w1;
+    spa_pattern_window(cfg, c, &w0, &w1);
+    for (int64_t i = t0; i < t1; i++) {
+        int64_t lim = cfg->causal ? i + 1 : n; /* keys j < lim */
+        if (spa_pattern_is_global(cfg, i)) {
+            counts[i - t0] = lim;
+            continue;
+        }
+        int64_t a, b; /* local keys [a, b) */
+        if (cfg->radius < 0) {
+            a = w0 * B;
+            b = (w1 + 1) * B < n ? (w1 + 1) * B : n;
+        } else {
+            a = i - cfg->radius > 0 ? i - cfg->radius : 0;
+            b = i + cfg->radius + 1 < n ? i + cfg->radius + 1 : n;
+        }
+        if (b > lim) b = lim;
+        if (b < a) b = a;
+        /* globals outside [a, b), then the drawn blocks minus what [a, b)
+         * and the globals already count: a key counts once */
+        int64_t keys = (b - a) + globals_in(cfg, 0, lim) - globals_in(cfg, a, b);
+        for (int32_t q = 0; q < m; q++) {
+            int64_t r0 = (int64_t)rb[q] * B, r1 = r0 + B < n ? r0 + B : n;
+            if (r1 > lim) r1 = lim;
+            if (r1 <= r0) continue;
+            int64_t o0 = r0 > a ? r0 : a, o1 = r1 < b ? r1 : b;
+            if (o1 < o0) o1 = o0;
+            keys += (r1 - r0) - (o1 - o0) - (globals_in(cfg, r0, r1) - globals_in(cfg, o0, o1));
+        }
+        counts[i - t0] = keys;
+    }
+}
+
 int64_t spa_pattern_pairs(const spa_config *cfg, int32_t h, int64_t c0, int64_t c1)
 {
-    int64_t n = cfg->n, B = cfg->block, total = 0;
-    int32_t rb[cfg->random > 0 ? cfg->random : 1];
+    int64_t total = 0, *counts = malloc((size_t)cfg->block * sizeof *counts);
+    if (!counts) return -1;
     for (int64_t c = c0; c < c1; c++) {
-        int32_t m = spa_pattern_random_blocks(cfg, h, c, rb);
-        int64_t rand_tokens = 0;
-        for (int32_t q = 0; q < m; q++)
-            rand_tokens += ((int64_t)rb[q] + 1) * B < n ? B : n - (int64_t)rb[q] * B;
-        int64_t bw0, bw1;
-        spa_pattern_window(cfg, c, &bw0, &bw1);
-        int64_t end = (c + 1) * B < n ? (c + 1) * B : n;
-        for (int64_t i = c * B; i < end; i++) {
-            int64_t hi = cfg->causal ? i + 1 : n; /* keys j < hi */
-            if (spa_pattern_is_global(cfg, i)) {
-                total += hi;
-                continue;
-            }
-            int64_t a, b; /* local keys [a, b) */
-            if (cfg->radius < 0) {
-                a = bw0 * B;
-                b = (bw1 + 1) * B < n ? (bw1 + 1) * B : n;
-            } else {
-                a = i - cfg->radius > 0 ? i - cfg->radius : 0;
-                b = i + cfg->radius + 1 < n ? i + cfg->radius + 1 : n;
-            }
-            if (b > hi) b = hi;
-            total += (b - a) + globals_in(cfg, 0, hi) - globals_in(cfg, a, b) + rand_tokens;
-        }
+        spa_pattern_block_keys(cfg, h, c, counts);
+        int64_t rows = (c + 1) * cfg->block < cfg->n ? cfg->block : cfg->n - c * cfg->block;
+        for (int64_t r = 0; r < rows; r++) total += counts[r];
     }
+    free(counts);
     return total;
 }

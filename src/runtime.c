@@ -86,8 +86,14 @@ spa_err spa_ctx_create(MPI_Comm comm, const spa_config *cfg, int threads, spa_ct
 
     /* useful FLOPs of this rank's rows, summed once */
     int64_t pairs = 0;
-    for (int32_t h = 0; h < ctx->cfg.heads; h++)
-        pairs += spa_pattern_pairs(&ctx->cfg, h, ctx->plan.b0, ctx->plan.b1);
+    for (int32_t h = 0; h < ctx->cfg.heads && pairs >= 0; h++) {
+        int64_t p = spa_pattern_pairs(&ctx->cfg, h, ctx->plan.b0, ctx->plan.b1);
+        pairs = p < 0 ? -1 : pairs + p;
+    }
+    if (pairs < 0) {
+        e = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory counting pairs");
+        goto fail;
+    }
     MPI_Allreduce(&pairs, &ctx->pairs_total, 1, MPI_INT64_T, MPI_SUM, ctx->comm);
     e = spa_agree(ctx->comm, SPA_OK);
     if (e != SPA_OK) goto fail;

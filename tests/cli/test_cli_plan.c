@@ -63,7 +63,7 @@ static int check_keys(const tcase *t, const spa_config *cfg)
     for (int32_t h = 0; h < cfg->heads; h++) {
         int64_t total = 0;
         for (int64_t c = 0; c < nb; c++) {
-            spa_cli_block_keys(cfg, h, c, rnd, cnt);
+            spa_pattern_block_keys(cfg, h, c, cnt);
             for (int64_t i = c * B; i < n && i < (c + 1) * B; i++) {
                 int64_t want = 0;
                 for (int64_t j = 0; j < n; j++) want += spa_pattern_attends(cfg, h, i, j);
