@@ -142,6 +142,13 @@ spa_err spa_comm_setup(spa_ctx ctx)
     ctx->src.fk = ctx->fk;
     ctx->src.fv = ctx->fv;
 
+    return SPA_OK;
+}
+
+spa_err spa_comm_connect(spa_ctx ctx)
+{
+    const spa_config *cfg = &ctx->cfg;
+    const int64_t H = cfg->heads, D = cfg->dim;
     /* the window, or the two-sided fallback */
     const char *tr = getenv("SPA_RANDOM_TRANSPORT");
     int want_rma = !(tr && strcmp(tr, "p2p") == 0), ok = 0;

@@ -94,14 +94,19 @@ spa_err spa_ctx_create(MPI_Comm comm, const spa_config *cfg, int threads, spa_ct
         e = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory counting pairs");
         goto fail;
     }
-    MPI_Allreduce(&pairs, &ctx->pairs_total, 1, MPI_INT64_T, MPI_SUM, ctx->comm);
+
+    /* Everything above was local. Agree before the first collective, so a
+     * rank that failed cannot leave the others waiting inside it. */
     e = spa_agree(ctx->comm, SPA_OK);
-    if (e != SPA_OK) goto fail;
+    if (e != SPA_OK) goto cleanup;
+    if ((e = spa_comm_connect(ctx)) != SPA_OK) goto cleanup;
+    MPI_Allreduce(&pairs, &ctx->pairs_total, 1, MPI_INT64_T, MPI_SUM, ctx->comm);
     *out = ctx;
     return SPA_OK;
 fail:
     /* creation failed on this rank: let the others know, then clean up */
     spa_agree(ctx->comm, e);
+cleanup:
     spa_ctx_destroy(&ctx);
     return e;
 }

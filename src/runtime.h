@@ -61,7 +61,10 @@ struct spa_ctx_s {
     double progress_last;
 };
 
+/* Local: buffers, datatypes, segment lists. */
 spa_err spa_comm_setup(spa_ctx ctx);
+/* Collective: the MPI window, or the two-sided fallback's request lists. */
+spa_err spa_comm_connect(spa_ctx ctx);
 void spa_comm_teardown(spa_ctx ctx);
 spa_err spa_comm_globals(spa_ctx ctx, const float *q, const float *k, const float *v);
 spa_err spa_comm_post(spa_ctx ctx, const float *k, const float *v);
