@@ -199,7 +199,7 @@ typedef struct spa_ctx_s *spa_ctx;
 /* Communication and compute figures of one spa_ctx_run, SPEC section 3. */
 typedef struct spa_stats {
     double seconds_total, seconds_compute, seconds_halo, seconds_global, seconds_rma, seconds_io;
-    double seconds_wait; /* compute threads idle waiting on halo/RMA */
+    double seconds_wait; /* blocked on halo and random-link transfers */
     int64_t bytes_halo, bytes_global, bytes_rma;
     int64_t flops;     /* useful FLOPs, 4 * D * sum |S(i)| over all heads */
     double checksum;   /* sum of all out values, all ranks */
