@@ -1,7 +1,7 @@
 #!/bin/sh
 # Kernel efficiency, measured side by side in one run (issue: foundation).
 # Prints the machine's FMA peak, OpenBLAS sgemm on a large product and on the
-# kernel's shapes, and spa's useful GFLOP/s (SPEC flops) on 1 and 2 threads
+# kernel's shapes (each the best of a measurement before and one after), and spa's useful GFLOP/s (SPEC flops) on 1 and 2 threads
 # at n = 131072, H = 4, D = 64 with the default pattern, with their ratios.
 #   bench/kernel.sh [build-dir]      (default: build)
 set -e
@@ -13,10 +13,16 @@ trap 'rm -rf "$T"' EXIT
 OMP_NUM_THREADS=1 "$B/spa" bench --threads 1 --warmup 1 --reps 5 --json > "$T/t1.json"
 OMP_NUM_THREADS=2 "$B/spa" bench --threads 2 --warmup 1 --reps 5 --json > "$T/t2.json"
 SPA_KERNEL=blas OMP_NUM_THREADS=1 "$B/spa" bench --threads 1 --warmup 1 --reps 5 --json > "$T/blas.json"
+# the ceilings again, after: the best of both is the machine's
+"$B/bench/spa_peak" > "$T/peak2.json"
 python3 - "$T" <<'PY'
 import json, sys, os
 d = sys.argv[1]
 p = json.load(open(os.path.join(d, "peak.json")))
+p2 = json.load(open(os.path.join(d, "peak2.json")))
+for key in p:
+    if key.endswith("gflops"):
+        p[key] = max(p[key], p2[key])
 t1 = json.load(open(os.path.join(d, "t1.json")))
 t2 = json.load(open(os.path.join(d, "t2.json")))
 bl = json.load(open(os.path.join(d, "blas.json")))
