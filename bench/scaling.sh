@@ -1,13 +1,18 @@
 #!/bin/sh
 # Where the time goes on P = 1, 2, 4 ranks, and how much of the communication
-# the overlap hides (issue: distributed runtime). For each n and P it runs
-# spa bench twice, with the overlap and with --no-overlap (every transfer
-# completes before the first block), and prints one table row:
-#   compute, halo, global, rma, wait (blocking on transfers), total
-#   hidden = 1 - wait(overlap) / wait(no overlap)
-#   bytes received per rank (max over ranks) and peak RSS per rank (max)
+# the overlap hides (issue: distributed runtime). For each n and P:
+#   - one spa bench run on the default transports: the time split into
+#     compute, halo, global, rma and wait (blocked on halo and random-link
+#     transfers), bytes received and peak RSS per rank;
+#   - two runs with every transfer over TCP and one-sided MPI emulated by
+#     messages (pml ob1, btl tcp, osc pt2pt), with the overlap and with
+#     --no-overlap (every transfer completes before the first block):
+#       hidden = 1 - wait(overlap) / wait(no overlap).
+#     On one node the default one-sided transport is shared memory, where a
+#     get completes inside MPI_Get and there is nothing left to hide; over
+#     TCP the transfers take real time, as between nodes.
 # On a machine with fewer cores than ranks the ranks share cores: the times
-# then include waiting for a descheduled peer, and "hidden" is noisy.
+# then include waiting for a descheduled peer.
 # Peak RSS counts the pages of other ranks' windows that a rank read through
 # shared memory (osc/sm on one node); those pages are not extra memory.
 #   bench/scaling.sh [build-dir] [n ...]   (default: build 131072 1048576)
@@ -20,35 +25,33 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 T="$(mktemp -d)"
 trap 'rm -rf "$T"' EXIT
 export OMP_NUM_THREADS=1
+tcp() { OMPI_MCA_pml=ob1 OMPI_MCA_btl=tcp,self OMPI_MCA_osc=pt2pt "$@"; }
 for n in $NS; do
   reps=3
   [ "$n" -gt 500000 ] && reps=1
   for p in $PS; do
-    for mode in overlap no-overlap; do
-      flag=""
-      [ "$mode" = no-overlap ] && flag="--no-overlap"
-      sh "$HERE/../scripts/mpirun.sh" -n "$p" "$B/spa" bench --n "$n" --threads 1 --warmup 1 --reps "$reps" \
-        --json $flag > "$T/$n-$p-$mode.json"
-    done
+    run="sh $HERE/../scripts/mpirun.sh -n $p $B/spa bench --n $n --threads 1 --warmup 1 --reps $reps --json"
+    $run > "$T/$n-$p-default.json"
+    tcp $run > "$T/$n-$p-tcp.json"
+    tcp $run --no-overlap > "$T/$n-$p-tcp-no-overlap.json"
   done
 done
 python3 - "$T" "$NS" "$PS" <<'PY'
 import json, sys, os
 d, ns, ps = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
-hdr = (f"{'n':>8s} {'P':>2s} {'total':>7s} {'compute':>7s} {'halo':>7s} {'global':>7s} {'rma':>7s} "
-       f"{'wait':>7s} {'wait_no':>7s} {'hidden':>6s} {'GFLOP/s':>8s} {'MB halo':>8s} {'MB glob':>8s} "
-       f"{'MB rma':>8s} {'RSS MB':>7s}")
+load = lambda name: json.load(open(os.path.join(d, name + ".json")))
 print("seconds are the slowest rank's; MB received per rank (max); RSS per rank (max)")
-print(hdr)
+print(f"{'n':>8s} {'P':>2s} {'total':>7s} {'compute':>7s} {'halo':>7s} {'global':>7s} {'rma':>7s} {'wait':>7s} "
+      f"{'GFLOP/s':>8s} {'MB halo':>8s} {'MB glob':>8s} {'MB rma':>8s} {'RSS MB':>7s} | "
+      f"{'tcp wait':>8s} {'no-ovl':>7s} {'hidden':>6s}")
 for n in ns:
     for p in ps:
-        a = json.load(open(os.path.join(d, f"{n}-{p}-overlap.json")))
-        b = json.load(open(os.path.join(d, f"{n}-{p}-no-overlap.json")))
-        w, w0 = a["seconds_wait"], b["seconds_wait"]
+        a, t, t0 = load(f"{n}-{p}-default"), load(f"{n}-{p}-tcp"), load(f"{n}-{p}-tcp-no-overlap")
+        w, w0 = t["seconds_wait"], t0["seconds_wait"]
         # below a millisecond there is nothing to hide (one rank, no transfers)
         hidden = f"{100 * (1 - w / w0):5.0f}%" if w0 > 1e-3 else "     -"
         print(f"{n:>8s} {p:>2s} {a['seconds_total']:7.3f} {a['seconds_compute']:7.3f} {a['seconds_halo']:7.3f} "
-              f"{a['seconds_global']:7.3f} {a['seconds_rma']:7.3f} {w:7.3f} {w0:7.3f} "
-              f"{hidden} {a['gflops']:8.2f} {a['bytes_halo'] / 1e6:8.2f} "
-              f"{a['bytes_global'] / 1e6:8.2f} {a['bytes_rma'] / 1e6:8.2f} {a['peak_rss_bytes'] / 2**20:7.0f}")
+              f"{a['seconds_global']:7.3f} {a['seconds_rma']:7.3f} {a['seconds_wait']:7.3f} {a['gflops']:8.2f} "
+              f"{a['bytes_halo'] / 1e6:8.2f} {a['bytes_global'] / 1e6:8.2f} {a['bytes_rma'] / 1e6:8.2f} "
+              f"{a['peak_rss_bytes'] / 2**20:7.0f} | {w:8.3f} {w0:7.3f} {hidden}")
 PY

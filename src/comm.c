@@ -307,10 +307,13 @@ spa_err spa_comm_post(spa_ctx ctx, const float *k, const float *v)
 
 void spa_comm_poke(spa_ctx ctx)
 {
-    /* drives progress for transports that need the library entered */
+    /* Drives progress for transports that need the library entered: the
+     * two-sided requests, and one-sided components (osc/pt2pt, osc/ucx)
+     * that serve other ranks' gets only from inside MPI calls. */
     int flag;
     if (ctx->nreqs) MPI_Testall(ctx->nreqs, ctx->reqs, &flag, MPI_STATUSES_IGNORE);
     if (ctx->nrreqs) MPI_Testall(ctx->nrreqs, ctx->rreqs, &flag, MPI_STATUSES_IGNORE);
+    if (ctx->rma) MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, ctx->comm, &flag, MPI_STATUS_IGNORE);
 }
 
 spa_err spa_comm_complete(spa_ctx ctx)

@@ -197,14 +197,23 @@ static void global_partials(spa_ctx ctx, const float *k, const float *v)
         memset(&ctx->part[i * ld + 2], 0, (size_t)D * sizeof(double));
     }
     if (n_own == 0 || G == 0) return;
+    /* Key spans aligned to absolute multiples of SPAN (itself a multiple of
+     * the kernel's chunk) keep the chunks what they would be in one call,
+     * and let thread 0 drive MPI progress between spans. */
+    enum { SPAN = 8192 };
+    const int64_t p0 = ctx->plan.t0, p1 = ctx->plan.t1;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads) collapse(2)
     for (int32_t h = 0; h < cfg->heads; h++)
         for (int64_t t = 0; t < tiles; t++) {
             int64_t g0 = t * 64, ng = G - g0 < 64 ? G - g0 : 64;
             spa_scratch *s = ctx->scr[omp_get_thread_num()];
-            spa_kernel_global_partial(cfg, s, ctx->gq + ((int64_t)h * G + g0) * D, cfg->globals + g0, ng,
-                                      k + (int64_t)h * n_own * D, v + (int64_t)h * n_own * D, ctx->plan.t0,
-                                      n_own, ctx->part + ((int64_t)h * G + g0) * ld);
+            for (int64_t a = p0, e; a < p1; a = e) {
+                e = (a / SPAN + 1) * SPAN < p1 ? (a / SPAN + 1) * SPAN : p1;
+                const int64_t off = ((int64_t)h * n_own + (a - p0)) * D;
+                spa_kernel_global_partial(cfg, s, ctx->gq + ((int64_t)h * G + g0) * D, cfg->globals + g0, ng,
+                                          k + off, v + off, a, e - a, ctx->part + ((int64_t)h * G + g0) * ld);
+                if (omp_get_thread_num() == 0) spa_comm_poke(ctx);
+            }
         }
 }
 
