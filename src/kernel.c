@@ -121,32 +121,51 @@ void spa_scratch_destroy(spa_scratch *s)
     free(s);
 }
 
-/* One chunk of the online softmax for query rows [ti0, ti0 + rows).
- *   q: [rows][D];  s->kc, s->vc: [nk][D];  m, l: [rows] (stride ldml);
- *   acc: [rows][ldacc]
+/* Merges the chunk's partial (mc, lc, cacc) into the running (m, l, acc)
+ * of the block's rows. */
+static void merge_chunk(spa_scratch *s, int32_t rows)
+{
+    const int32_t D = s->D;
+    for (int32_t r = 0; r < rows; r++) {
+        float *ar = s->acc + (int64_t)r * D;
+        const float *cr = s->cacc + (int64_t)r * D;
+        if (s->mc[r] == -INFINITY) continue; /* every key of the chunk masked */
+        if (s->m[r] == -INFINITY) {          /* first chunk with a key */
+            s->m[r] = s->mc[r];
+            s->l[r] = s->lc[r];
+            memcpy(ar, cr, (size_t)D * sizeof(float));
+            continue;
+        }
+        float mnew = s->mc[r] > s->m[r] ? s->mc[r] : s->m[r];
+        float fa = expf(s->m[r] - mnew), fb = expf(s->mc[r] - mnew);
+        s->l[r] = s->l[r] * fa + s->lc[r] * fb;
+        for (int32_t d = 0; d < D; d++) ar[d] = ar[d] * fa + cr[d] * fb;
+        s->m[r] = mnew;
+    }
+}
+
+/* One chunk of the online softmax for the query rows [ti0, ti0 + rows) of
+ * a block, on OpenBLAS (any D).
+ *   q: [rows][D];  s->kc, s->vc: [nk][D] gathered keys;  s->acc: [rows][D]
  * The chunk is first reduced on its own, against its own row maxima, to a
- * partial (mc, lc, cacc), which is then merged into the running one. The
- * partial of a chunk therefore does not depend on what came before it, so
- * global rows, whose keys are split differently on each rank count, get the
- * same chunk partials wherever the same keys share a chunk.
+ * partial (mc, lc, cacc), which is then merged into the running one, so a
+ * chunk's partial does not depend on what came before it.
  * pass 1: scores S = scale * q Kc^T, masked to -inf where j is not in S(i)
  * pass 2: chunk maxima, exp, chunk sums
  * pass 3: cacc = P Vc
- * pass 4: merge (mc, lc, cacc) into (m, l, acc) */
-static void chunk_update(const spa_config *cfg, spa_scratch *s, const float *q, int64_t ti0,
-                         int32_t rows, int global_rows, const int64_t *gidx, float *m, float *l,
-                         float *acc, int32_t ldacc, int32_t ldml)
+ * pass 4: merge */
+static void chunk_update(const spa_config *cfg, spa_scratch *s, const float *q, int64_t ti0, int32_t rows)
 {
     const int32_t D = s->D, nk = s->nk;
-    float *S = s->s, *cacc = s->cacc, *mc = s->mc, *lc = s->lc;
+    float *S = s->s, *mc = s->mc, *lc = s->lc;
 
     /* pass 1 */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, nk, D, cfg->scale, q, D, s->kc, D,
                 0.0f, S, nk);
-    const int radius = cfg->radius >= 0 && !global_rows;
+    const int radius = cfg->radius >= 0;
     if (cfg->causal || radius) {
         for (int32_t r = 0; r < rows; r++) {
-            int64_t i = gidx ? gidx[r] : ti0 + r;
+            int64_t i = ti0 + r;
             float *row = S + (int64_t)r * nk;
             for (int32_t c = 0; c < nk; c++) {
                 int64_t j = s->kj[c], d = i > j ? i - j : j - i;
@@ -162,7 +181,7 @@ static void chunk_update(const spa_config *cfg, spa_scratch *s, const float *q, 
 #pragma omp simd reduction(max : mx)
         for (int32_t c = 0; c < nk; c++) mx = row[c] > mx ? row[c] : mx;
         mc[r] = mx;
-        if (mx == -INFINITY) { /* every key of the chunk masked */
+        if (mx == -INFINITY) {
             memset(row, 0, (size_t)nk * sizeof *row);
             lc[r] = 0.0f;
             continue;
@@ -178,25 +197,10 @@ static void chunk_update(const spa_config *cfg, spa_scratch *s, const float *q, 
 
     /* pass 3 */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, nk, 1.0f, S, nk, s->vc, D, 0.0f,
-                cacc, D);
+                s->cacc, D);
 
     /* pass 4 */
-    for (int32_t r = 0; r < rows; r++) {
-        float *mr = m + (int64_t)r * ldml, *lr = l + (int64_t)r * ldml, *ar = acc + (int64_t)r * ldacc;
-        const float *cr = cacc + (int64_t)r * D;
-        if (mc[r] == -INFINITY) continue;
-        if (*mr == -INFINITY) { /* first chunk with a key */
-            *mr = mc[r];
-            *lr = lc[r];
-            memcpy(ar, cr, (size_t)D * sizeof(float));
-            continue;
-        }
-        float mnew = mc[r] > *mr ? mc[r] : *mr;
-        float fa = expf(*mr - mnew), fb = expf(mc[r] - mnew);
-        *lr = *lr * fa + lc[r] * fb;
-        for (int32_t d = 0; d < D; d++) ar[d] = ar[d] * fa + cr[d] * fb;
-        *mr = mnew;
-    }
+    merge_chunk(s, rows);
 }
 
 /* The same chunk update on transposed scores, with the register-blocked
@@ -250,23 +254,8 @@ static void chunk_update_t(const spa_config *cfg, spa_scratch *s, int64_t ti0, i
     for (int p = 0, j = 0; p < s->npiece; j += s->pn[p], p++) /* j order kept: same sums */
         spa_mk_pv(s->pn[p], D, ldq, rows, St + (int64_t)j * ldq, s->pv[p], s->cacc);
 
-    /* pass 4: merge into the running (m, l, acc) */
-    for (int32_t r = 0; r < rows; r++) {
-        float *ar = s->acc + (int64_t)r * D;
-        const float *cr = s->cacc + (int64_t)r * D;
-        if (mc[r] == -INFINITY) continue;
-        if (s->m[r] == -INFINITY) {
-            s->m[r] = mc[r];
-            s->l[r] = lc[r];
-            memcpy(ar, cr, (size_t)D * sizeof(float));
-            continue;
-        }
-        float mnew = mc[r] > s->m[r] ? mc[r] : s->m[r];
-        float fa = expf(s->m[r] - mnew), fb = expf(mc[r] - mnew);
-        s->l[r] = s->l[r] * fa + lc[r] * fb;
-        for (int32_t d = 0; d < D; d++) ar[d] = ar[d] * fa + cr[d] * fb;
-        s->m[r] = mnew;
-    }
+    /* pass 4 */
+    merge_chunk(s, rows);
 }
 
 /* Finds the memory of token t of head h among the resident segments, or in
@@ -318,7 +307,7 @@ static void flush_chunk(block_job *job)
             memcpy(s->kc + (int64_t)j * s->D, s->pk[p], (size_t)s->pn[p] * s->D * sizeof(float));
             memcpy(s->vc + (int64_t)j * s->D, s->pv[p], (size_t)s->pn[p] * s->D * sizeof(float));
         }
-        chunk_update(job->cfg, s, job->q, job->ti0, job->rows, 0, NULL, s->m, s->l, s->acc, s->D, 1);
+        chunk_update(job->cfg, s, job->q, job->ti0, job->rows);
     }
     s->nk = 0;
     s->npiece = 0;
