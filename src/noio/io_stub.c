@@ -1,0 +1,65 @@
+/* io_stub.c - the spa_io_* functions of a build without HDF5.
+ *
+ * Simulated builds (SimGrid SMPI) have no parallel HDF5, so they compute on
+ * synthetic inputs only. Every call fails the same way on every rank, before
+ * any collective, with SPA_ERR_USAGE: asking for a file is a request this
+ * build cannot serve, not a bad file.
+ */
+#include "spa_impl.h"
+
+#define SPA_NO_HDF5 "spa was built without HDF5: file input and output are unavailable " \
+                    "(use the synthetic inputs: omit --input and --output)"
+
+spa_err spa_io_open(MPI_Comm comm, const char *path, spa_input *in, spa_shape *shape)
+{
+    (void)comm;
+    (void)path;
+    (void)shape;
+    if (in) *in = NULL;
+    SPA_FAIL(SPA_ERR_USAGE, SPA_NO_HDF5);
+}
+
+spa_err spa_io_read(spa_input in, int64_t t0, int64_t t1, float *q, float *k, float *v)
+{
+    (void)in;
+    (void)t0;
+    (void)t1;
+    (void)q;
+    (void)k;
+    (void)v;
+    SPA_FAIL(SPA_ERR_USAGE, SPA_NO_HDF5);
+}
+
+void spa_io_close(spa_input *in)
+{
+    if (in) *in = NULL;
+}
+
+spa_err spa_io_write(MPI_Comm comm, const char *path, const spa_shape *shape,
+                     const spa_config *cfg, int64_t t0, int64_t t1, const float *out,
+                     const float *lse, int threads)
+{
+    (void)comm;
+    (void)path;
+    (void)shape;
+    (void)cfg;
+    (void)t0;
+    (void)t1;
+    (void)out;
+    (void)lse;
+    (void)threads;
+    SPA_FAIL(SPA_ERR_USAGE, SPA_NO_HDF5);
+}
+
+spa_err spa_io_gen(MPI_Comm comm, const char *path, int64_t n, int32_t heads, int32_t dim,
+                   uint64_t seed, float temperature)
+{
+    (void)comm;
+    (void)path;
+    (void)n;
+    (void)heads;
+    (void)dim;
+    (void)seed;
+    (void)temperature;
+    SPA_FAIL(SPA_ERR_USAGE, SPA_NO_HDF5);
+}
