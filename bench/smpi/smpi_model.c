@@ -34,7 +34,7 @@ void __real_spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_s
                              int32_t h, int64_t c, const float *q, float *out, float *lse);
 void __real_spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, const float *qg,
                                       const int64_t *gidx, int64_t ng, const float *k,
-                                      const float *v, int64_t j0, int64_t len, float *part);
+                                      const float *v, int64_t j0, int64_t len, double *part);
 void __real_spa_synth(uint64_t seed, float temperature, int which, int32_t h, int64_t t0,
                       int64_t t1, int32_t D, float *dst);
 void *__real_spa_alloc(size_t bytes);
@@ -103,7 +103,7 @@ void __wrap_spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_s
 
 void __wrap_spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, const float *qg,
                                       const int64_t *gidx, int64_t ng, const float *k,
-                                      const float *v, int64_t j0, int64_t len, float *part)
+                                      const float *v, int64_t j0, int64_t len, double *part)
 {
     if (!model_on()) {
         __real_spa_kernel_global_partial(cfg, s, qg, gidx, ng, k, v, j0, len, part);
