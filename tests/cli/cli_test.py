@@ -33,22 +33,8 @@ EXTRA_FIELDS = {
     "seed": int, "causal": bool, "globals": int,
 }
 
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
-    return cond
-
-
-def finish():
-    if failures:
-        print("%d check(s) failed" % len(failures))
-        sys.exit(1)
-    print("passed")
-    sys.exit(0)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from checks import check, finish  # noqa: E402
 
 
 def launch(opt, args, np=None, timeout=60):

@@ -26,22 +26,8 @@ except ImportError as e:
     print("FAIL: this test needs numpy and h5py (python3-numpy, python3-h5py): %s" % e)
     sys.exit(1)
 
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
-    return cond
-
-
-def finish():
-    if failures:
-        print("%d check(s) failed" % len(failures))
-        sys.exit(1)
-    print("passed")
-    sys.exit(0)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from checks import check, finish  # noqa: E402
 
 
 def launch(opt, args, timeout=60):
