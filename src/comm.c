@@ -44,7 +44,11 @@ static spa_err setup_p2p(spa_ctx ctx)
     for (int i = 0; i < pl->nruns; i++) scount[pl->runs[i].rank] += 3;
     for (int s = 1; s < P; s++) sdisp[s] = sdisp[s - 1] + scount[s - 1];
     int *fill = calloc((size_t)P, sizeof(int));
-    for (int i = 0; i < pl->nruns && fill; i++) {
+    if (!fill) {
+        free(scount), free(rcount), free(sdisp), free(rdisp), free(req);
+        SPA_FAIL(SPA_ERR_OTHER, "out of memory");
+    }
+    for (int i = 0; i < pl->nruns; i++) {
         const spa_run_blk *r = &pl->runs[i];
         int64_t *d = req + sdisp[r->rank] + fill[r->rank];
         d[0] = r->h, d[1] = r->b0, d[2] = r->nblk;
