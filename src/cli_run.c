@@ -252,6 +252,19 @@ static void run_extra(FILE *f, const spa_cli_opts *o, int json, const void *arg)
     }
 }
 
+/* Collective. Validates the pattern, creates the context and allocates this
+ * rank's shards: the set-up run and bench share. */
+static spa_err open_ctx(MPI_Comm comm, spa_cli_opts *o, spa_ctx *ctx, shards *sh, int64_t *t0, int64_t *t1)
+{
+    spa_err err = spa_agree(comm, spa_config_validate(&o->cfg));
+    if (err) return err;
+    err = spa_agree(comm, spa_ctx_create(comm, &o->cfg, o->threads, ctx));
+    if (err) return err;
+    spa_ctx_set_overlap(*ctx, !o->no_overlap);
+    spa_ctx_shard(*ctx, t0, t1);
+    return spa_agree(comm, shards_alloc(*ctx, &o->cfg, *t1 - *t0, sh));
+}
+
 spa_err spa_cli_run(MPI_Comm comm, spa_cli_opts *o)
 {
     int rank;
@@ -289,13 +302,7 @@ spa_err spa_cli_run(MPI_Comm comm, spa_cli_opts *o)
         shape.heads = cfg->heads;
         shape.dim = cfg->dim;
     }
-    err = spa_agree(comm, spa_config_validate(cfg));
-    if (err) goto done;
-    err = spa_agree(comm, spa_ctx_create(comm, cfg, o->threads, &ctx));
-    if (err) goto done;
-    spa_ctx_set_overlap(ctx, !o->no_overlap);
-    spa_ctx_shard(ctx, &t0, &t1);
-    err = spa_agree(comm, shards_alloc(ctx, cfg, t1 - t0, &sh));
+    err = open_ctx(comm, o, &ctx, &sh, &t0, &t1);
     if (err) goto done;
     if (in) {
         t = spa_now();
@@ -404,15 +411,10 @@ spa_err spa_cli_bench(MPI_Comm comm, spa_cli_opts *o)
     shards sh = {0};
     cli_report *reps = NULL;
     int64_t t0 = 0, t1 = 0;
-    spa_err err = spa_agree(comm, spa_config_validate(cfg));
+    spa_err err = open_ctx(comm, o, &ctx, &sh, &t0, &t1);
     if (err) goto done;
-    err = spa_agree(comm, spa_ctx_create(comm, cfg, o->threads, &ctx));
-    if (err) goto done;
-    spa_ctx_set_overlap(ctx, !o->no_overlap);
-    spa_ctx_shard(ctx, &t0, &t1);
     reps = calloc((size_t)o->reps, sizeof *reps);
-    err = spa_agree(comm, reps ? shards_alloc(ctx, cfg, t1 - t0, &sh)
-                               : spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory"));
+    err = spa_agree(comm, reps ? SPA_OK : spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory"));
     if (err) goto done;
     shards_synth(o, t0, t1, &sh);
 
