@@ -406,6 +406,16 @@ void spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch 
     }
 }
 
+/* x - m rounded to float, with the rounding error in *lo (TwoSum), so that
+ * exp(x - m) = exp(d) * (1 + lo) to float precision whatever m is; the
+ * global rows' m depends on how their keys are split over ranks. */
+static inline float shift_exact(float x, float m, float *lo)
+{
+    float d = x - m, bb = d - x;
+    *lo = d == -INFINITY ? 0.0f : (x - (d - bb)) + (-m - bb);
+    return d;
+}
+
 /* Global rows with the register-blocked products (D % 8 == 0): float
  * scores and chunk sums, merged across chunks in double. A chunk's partial
  * depends only on its keys, and chunks are aligned to absolute multiples
@@ -433,8 +443,7 @@ static void global_partial_t(const spa_config *cfg, spa_scratch *s, const float 
                 for (int32_t c = 0; c < nk; c++)
                     for (int32_t r = 0; r < rows; r++)
                         if (a + c > gi[r]) St[(int64_t)c * ldq + r] = -INFINITY;
-            /* pass 2: column maxima; exp(s - m) with the rounding error of
-             * s - m kept by TwoSum and applied as exp(d) * (1 + lo) */
+            /* pass 2: column maxima; exp(s - m) = exp(d) * (1 + lo) */
             for (int32_t r = 0; r < ldq; r++) mc[r] = -INFINITY, lc[r] = 0.0f;
             for (int32_t c = 0; c < nk; c++) {
                 const float *row = St + (int64_t)c * ldq;
@@ -442,15 +451,11 @@ static void global_partial_t(const spa_config *cfg, spa_scratch *s, const float 
                 for (int32_t r = 0; r < ldq; r++) mc[r] = row[r] > mc[r] ? row[r] : mc[r];
             }
             for (int32_t r = 0; r < ldq; r++) sh[r] = mc[r] == -INFINITY ? 0.0f : mc[r];
-            float *lo = s->cacc; /* [nk][ldq] would not fit: one key row at a time */
+            float *lo = s->lo; /* one key row at a time: ldq <= QT <= KC */
             for (int32_t c = 0; c < nk; c++) {
                 float *row = St + (int64_t)c * ldq;
 #pragma omp simd
-                for (int32_t r = 0; r < ldq; r++) {
-                    float dd = row[r] - sh[r], bb = dd - row[r];
-                    lo[r] = dd == -INFINITY ? 0.0f : (row[r] - (dd - bb)) + (-sh[r] - bb);
-                    row[r] = dd;
-                }
+                for (int32_t r = 0; r < ldq; r++) row[r] = shift_exact(row[r], sh[r], &lo[r]);
                 spa_vexp(row, ldq);
 #pragma omp simd
                 for (int32_t r = 0; r < ldq; r++) {
@@ -518,16 +523,9 @@ void spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, const floa
                     s->lcd[r] = 0.0;
                     continue;
                 }
-                /* s - mx rounded to float loses up to half an ulp of a
-                 * number as large as the logit range, and mx depends on the
-                 * split; keep the rounding error (TwoSum) and apply it as
-                 * exp(d + lo) = exp(d) * (1 + lo) */
+                /* exp(s - mx) = exp(d) * (1 + lo) */
                 float *lo = s->lo;
-                for (int32_t c = 0; c < nk; c++) {
-                    float d = row[c] - mx, bb = d - row[c];
-                    lo[c] = d == -INFINITY ? 0.0f : (row[c] - (d - bb)) + (-mx - bb);
-                    row[c] = d;
-                }
+                for (int32_t c = 0; c < nk; c++) row[c] = shift_exact(row[c], mx, &lo[c]);
                 spa_vexp(row, nk);
                 for (int32_t c = 0; c < nk; c++) sum += pd[c] = (double)row[c] * (1.0 + (double)lo[c]);
                 s->lcd[r] = sum;
