@@ -290,6 +290,46 @@ spa_err spa_io_write(MPI_Comm comm, const char *path, const spa_shape *shape,
 spa_err spa_io_gen(MPI_Comm comm, const char *path, int64_t n, int32_t heads, int32_t dim,
                    uint64_t seed, float temperature);
 
+/* ------------------------------------------ added for the command line */
+/* src/cli sees this header only; these were private helpers before. */
+
+/* Block layout files (SPEC 1.1, --layout and spa plan --export-layout). */
+
+/* Collective over comm: rank 0 reads the small file (default file driver)
+ * and broadcasts it; the outcome is agreed. Reads the dense form (`layout`,
+ * [H or 1, nb, nb], any integer or boolean type, values 0/1) or the sparse
+ * one (`kv_num_blocks` [H or 1, nb] + `kv_indices` [H or 1, nb, K], int32,
+ * with optional `full_kv_num_blocks` + `full_kv_indices`; a row is the
+ * union). nb must be ceil(n / block), heads 1 or `heads`, an attribute
+ * `block` when present must equal block. Every malformed case is
+ * SPA_ERR_INPUT with one message naming the dataset. *out is filled for
+ * spa_config_set_layout; free it with spa_layout_free. */
+spa_err spa_io_read_layout(MPI_Comm comm, const char *path, int32_t block, int64_t n,
+                           int32_t heads, spa_layout *out);
+
+/* Not collective. Writes the block layout of cfg (validated) in
+ * FlexAttention's form: int32 `full_kv_num_blocks` [H, nb],
+ * `full_kv_indices` [H, nb, K], `kv_num_blocks` [H, nb], `kv_indices`
+ * [H, nb, K'] from spa_pattern_export_row, unused entries 0, and the root
+ * attribute `block`. Atomic: written under a temporary name, renamed. */
+spa_err spa_io_export_layout(const char *path, const spa_config *cfg);
+
+/* Records a printf-style message as spa_last_error() and returns code;
+ * SPA_ERR_OTHER messages get " (file:line)". Not collective. */
+spa_err spa_set_error(spa_err code, const char *file, int line, const char *fmt, ...)
+#ifdef __GNUC__
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+
+/* Monotonic wall-clock seconds. */
+double spa_now(void);
+
+/* 64-byte aligned, zeroed memory (what the kernels expect of shards);
+ * spa_free accepts NULL. */
+void *spa_alloc(size_t bytes);
+void spa_free(void *p);
+
 #ifdef __cplusplus
 }
 #endif

@@ -7,6 +7,8 @@
  */
 #include "spa_impl.h"
 
+#include <string.h>
+
 #define SPA_NO_HDF5 "spa was built without HDF5: file input and output are unavailable " \
                     "(use the synthetic inputs: omit --input and --output)"
 
@@ -62,4 +64,21 @@ spa_err spa_io_gen(MPI_Comm comm, const char *path, int64_t n, int32_t heads, in
     (void)seed;
     (void)temperature;
     SPA_FAIL(SPA_ERR_USAGE, SPA_NO_HDF5);
+}
+
+spa_err spa_io_read_layout(MPI_Comm comm, const char *path, int32_t block, int64_t n,
+                           int32_t heads, spa_layout *out)
+{
+    (void)comm;
+    (void)block;
+    (void)n;
+    (void)heads;
+    if (out) memset(out, 0, sizeof *out);
+    SPA_FAIL(SPA_ERR_USAGE, "--layout '%s': spa was built without HDF5", path);
+}
+
+spa_err spa_io_export_layout(const char *path, const spa_config *cfg)
+{
+    (void)cfg;
+    SPA_FAIL(SPA_ERR_USAGE, "--export-layout '%s': spa was built without HDF5", path);
 }

@@ -1,8 +1,10 @@
 /* test_cli_plan.c - the analyses behind `spa plan` against brute force.
  *
  * For small patterns of every kind (block and radius windows, causal,
- * several global sets, partial last block), the per-block shortcuts of
- * cli_plan.c must equal what spa_pattern_attends says pair by pair:
+ * several global sets, partial last block, the strided, summary, dilated
+ * and layout rules, per-head @a:b ranges, no local window), the per-block
+ * shortcuts of cli_plan.c must equal what spa_pattern_attends says pair by
+ * pair, in every head:
  *   - key counts |S(i)| per row;
  *   - the block mask, at full size and downsampled;
  *   - hop counts, against Floyd-Warshall on the brute-force block graph.
@@ -20,20 +22,50 @@ typedef struct tcase {
     int64_t radius;
     int causal;
     const char *globals; /* NULL = default */
+    const char *rules;   /* "flag value ..." pairs for spa_config_add_rule, or NULL */
+    int layout;          /* 1: a seeded random block layout with one head, 2: with H */
 } tcase;
 
 static const tcase cases[] = {
-    {"bigbird", 700, 16, 3, 3, -1, 0, NULL},
-    {"bigbird-causal", 700, 16, 3, 3, -1, 1, NULL},
-    {"wide-window", 500, 16, 7, 2, -1, 0, "none"},
-    {"radius", 613, 16, 3, 3, 21, 0, "0,17,300:310"},
-    {"radius-causal", 613, 16, 3, 3, 40, 1, "5,600"},
-    {"radius-small", 400, 32, 3, 4, 5, 0, "none"},
-    {"local-only", 320, 16, 3, 0, -1, 0, "none"},
-    {"scattered-globals", 450, 8, 5, 6, -1, 1, "1,2,3,100,101,449"},
-    {"random-saturates", 200, 16, 1, 40, -1, 0, "0:3"},
-    {"one-block", 10, 16, 3, 3, -1, 0, NULL},
+    {"bigbird", 700, 16, 3, 3, -1, 0, NULL, NULL, 0},
+    {"bigbird-causal", 700, 16, 3, 3, -1, 1, NULL, NULL, 0},
+    {"wide-window", 500, 16, 7, 2, -1, 0, "none", NULL, 0},
+    {"radius", 613, 16, 3, 3, 21, 0, "0,17,300:310", NULL, 0},
+    {"radius-causal", 613, 16, 3, 3, 40, 1, "5,600", NULL, 0},
+    {"radius-small", 400, 32, 3, 4, 5, 0, "none", NULL, 0},
+    {"local-only", 320, 16, 3, 0, -1, 0, "none", NULL, 0},
+    {"scattered-globals", 450, 8, 5, 6, -1, 1, "1,2,3,100,101,449", NULL, 0},
+    {"random-saturates", 200, 16, 1, 40, -1, 0, "0:3", NULL, 0},
+    {"one-block", 10, 16, 3, 3, -1, 0, NULL, NULL, 0},
+    {"strided", 400, 16, 3, 2, -1, 0, "none", "local-blocks 0 stride 7", 0},
+    {"strided-causal", 400, 16, 3, 2, -1, 1, "3", "radius 9 stride 37", 0},
+    {"summary", 333, 16, 3, 1, -1, 0, "none", "local-blocks 1 summary 24:5", 0},
+    {"summary-causal", 333, 8, 3, 1, -1, 1, "none", "local-blocks 0 summary 40:40@1:2", 0},
+    {"dilated", 512, 16, 3, 0, -1, 0, "none", "local-blocks 0 dilated 32:4,128:8", 0},
+    {"dilated-causal", 300, 16, 3, 2, -1, 1, "299", "local-blocks 1@0:1 dilated 64:2,16:1@1:2", 0},
+    {"per-head", 480, 16, 3, 3, -1, 0, "0:5",
+     "local-blocks 3@0:1 radius 20@1:2 stride 50@1:2 random 0@0:1 random 5@1:2", 0},
+    {"no-rules", 200, 16, 3, 0, -1, 0, "none", "local-blocks 0", 0},
+    {"layout-one-head", 300, 16, 3, 0, -1, 0, "none", "local-blocks 0", 1},
+    {"layout-causal", 300, 16, 3, 1, -1, 1, "7", "local-blocks 1", 2},
 };
+
+/* A seeded layout: about a quarter of the block pairs, lay_heads heads. */
+static int add_layout(spa_config *cfg, int32_t lay_heads)
+{
+    int64_t nb = spa_nblocks(cfg), rows = (int64_t)lay_heads * nb, k = 0;
+    spa_layout lay = {lay_heads, nb, malloc(sizeof(int64_t) * (size_t)(rows + 1)),
+                      malloc(sizeof(int32_t) * (size_t)(rows * nb + 1))};
+    for (int64_t r = 0; r < rows; r++) {
+        lay.off[r] = k;
+        for (int64_t b = 0; b < nb; b++)
+            if (spa_rng(11, (uint64_t)r, (uint64_t)b, 0) % 4 == 0) lay.idx[k++] = (int32_t)b;
+    }
+    lay.off[rows] = k;
+    int ok = spa_config_set_layout(cfg, &lay) == SPA_OK;
+    spa_layout_free(&lay);
+    return ok;
+}
 
 static int setup(const tcase *t, spa_config *cfg)
 {
@@ -48,6 +80,20 @@ static int setup(const tcase *t, spa_config *cfg)
     cfg->seed = 7;
     cfg->causal = t->causal;
     if (t->globals && spa_config_set_globals(cfg, t->globals) != SPA_OK) return 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", t->rules ? t->rules : "");
+    static const char *const names[SPA_RULE_COUNT] = {"local-blocks", "radius", "random",
+                                                      "stride", "summary", "dilated"};
+    for (char *save = NULL, *f = strtok_r(buf, " ", &save); f; f = strtok_r(NULL, " ", &save)) {
+        char *v = strtok_r(NULL, " ", &save);
+        int r = 0;
+        while (r < SPA_RULE_COUNT && strcmp(names[r], f) != 0) r++;
+        if (!v || r == SPA_RULE_COUNT || spa_config_add_rule(cfg, (spa_rule)r, v) != SPA_OK) {
+            fprintf(stderr, "%s: bad rule '%s %s'\n", t->name, f, v ? v : "");
+            return 0;
+        }
+    }
+    if (t->layout && !add_layout(cfg, t->layout == 1 ? 1 : cfg->heads)) return 0;
     if (spa_config_validate(cfg) != SPA_OK) {
         fprintf(stderr, "%s: validate: %s\n", t->name, spa_last_error());
         return 0;
@@ -93,14 +139,14 @@ static unsigned char *brute_adjacency(const spa_config *cfg, int32_t h)
     return adj;
 }
 
-static int check_mask(const tcase *t, const spa_config *cfg, const unsigned char *adj)
+static int check_mask(const tcase *t, const spa_config *cfg, int32_t h, const unsigned char *adj)
 {
     int64_t nb = spa_nblocks(cfg), bad = 0;
     for (int64_t maxside = nb; maxside >= 1; maxside = maxside > 4 ? maxside / 3 : maxside - 1) {
         int64_t f, side = spa_cli_mask_side(nb, maxside, &f);
         unsigned char *pix = malloc((size_t)(side * side));
         unsigned char *want = calloc((size_t)(side * side), 1);
-        if (spa_cli_block_mask(cfg, 0, f, side, pix) != SPA_OK) {
+        if (spa_cli_block_mask(cfg, h, f, side, pix) != SPA_OK) {
             fprintf(stderr, "%s: mask: %s\n", t->name, spa_last_error());
             return 0;
         }
@@ -109,15 +155,15 @@ static int check_mask(const tcase *t, const spa_config *cfg, const unsigned char
                 if (adj[c * nb + b]) want[(c / f) * side + b / f] = 1;
         for (int64_t p = 0; p < side * side; p++)
             if ((pix[p] != 0) != want[p] && bad++ < 5)
-                fprintf(stderr, "%s: mask f=%lld pixel (%lld, %lld): got %d, brute force %d\n",
-                        t->name, (long long)f, (long long)(p / side), (long long)(p % side), pix[p],
+                fprintf(stderr, "%s: head %d mask f=%lld pixel (%lld, %lld): got %d, brute force %d\n",
+                        t->name, h, (long long)f, (long long)(p / side), (long long)(p % side), pix[p],
                         want[p]);
         free(pix), free(want);
     }
     return bad == 0;
 }
 
-static int check_hops(const tcase *t, const spa_config *cfg, const unsigned char *adj)
+static int check_hops(const tcase *t, const spa_config *cfg, int32_t h, const unsigned char *adj)
 {
     int64_t nb = spa_nblocks(cfg);
     const int64_t inf = 1 << 30;
@@ -142,7 +188,7 @@ static int check_hops(const tcase *t, const spa_config *cfg, const unsigned char
     free(d);
     double mean = reach ? sum / (double)reach : 0.0;
     spa_cli_hops r;
-    if (spa_cli_block_hops(cfg, 0, nb, &r) != SPA_OK) {
+    if (spa_cli_block_hops(cfg, h, nb, &r) != SPA_OK) {
         fprintf(stderr, "%s: hops: %s\n", t->name, spa_last_error());
         return 0;
     }
@@ -152,14 +198,14 @@ static int check_hops(const tcase *t, const spa_config *cfg, const unsigned char
              (r.mean - mean) * (r.mean - mean) < 1e-18;
     if (!ok)
         fprintf(stderr,
-                "%s: hops: got pairs %lld reachable %lld max %lld mean %.9f (histogram %lld); "
+                "%s: head %d hops: got pairs %lld reachable %lld max %lld mean %.9f (histogram %lld); "
                 "Floyd-Warshall %lld %lld %lld %.9f\n",
-                t->name, (long long)r.pairs, (long long)r.reachable, (long long)r.max, r.mean,
+                t->name, h, (long long)r.pairs, (long long)r.reachable, (long long)r.max, r.mean,
                 (long long)hsum, (long long)pairs, (long long)reach, (long long)max, mean);
     /* sampled roots are a subset: never more pairs, never a larger max */
     if (nb > 3) {
         spa_cli_hops s;
-        if (spa_cli_block_hops(cfg, 0, 3, &s) != SPA_OK || s.sources != 3 ||
+        if (spa_cli_block_hops(cfg, h, 3, &s) != SPA_OK || s.sources != 3 ||
             s.pairs != 3 * (nb - 1) || s.max > max) {
             fprintf(stderr, "%s: sampled hops: sources %lld pairs %lld max %lld (all: max %lld)\n",
                     t->name, (long long)s.sources, (long long)s.pairs, (long long)s.max,
@@ -179,15 +225,17 @@ int main(int argc, char **argv)
         spa_config cfg;
         int ok = setup(t, &cfg);
         if (ok) {
-            unsigned char *adj = brute_adjacency(&cfg, 0);
-            int ok_keys = check_keys(t, &cfg);
-            int ok_mask = check_mask(t, &cfg, adj);
-            int ok_hops = check_hops(t, &cfg, adj);
+            int ok_keys = check_keys(t, &cfg), ok_mask = 1, ok_hops = 1;
+            for (int32_t h = 0; h < cfg.heads; h++) {
+                unsigned char *adj = brute_adjacency(&cfg, h);
+                ok_mask &= check_mask(t, &cfg, h, adj);
+                ok_hops &= check_hops(t, &cfg, h, adj);
+                free(adj);
+            }
             ok = ok_keys && ok_mask && ok_hops;
             printf("%-18s n %4lld blocks %3lld: keys %s, mask %s, hops %s\n", t->name,
                    (long long)cfg.n, (long long)spa_nblocks(&cfg), ok_keys ? "ok" : "FAIL",
                    ok_mask ? "ok" : "FAIL", ok_hops ? "ok" : "FAIL");
-            free(adj);
         }
         failed += !ok;
         spa_config_free(&cfg);

@@ -2,22 +2,29 @@
  *
  * Everything here is computed per block, never per (i, j) pair, so a plan
  * for n = 10M takes seconds:
- *   - keys per query: |S(i)| as the size of a union of intervals (local
- *     range, drawn random blocks) plus the globals none of them covers;
+ *   - keys per query: spa_pattern_block_keys, |S(i)| per row of a block;
  *   - bytes per rank: spa_commplan_build for every rank of P;
- *   - block mask: per query block, its window range, random blocks, the
- *     global columns and, for blocks holding a global row, the whole row;
- *   - hops: BFS on the block graph, where a window or a global row is a
- *     range of blocks that a "next unvisited" forest skips in O(1)
- *     amortised, so one BFS costs O(nb * (R + 1)) whatever the window.
- * Block-level hops are exact for --local-blocks without --causal (all
- * non-global rows of a block share one key set) and a lower bound on the
- * token-level hops otherwise.
+ *   - block mask and hops: the key blocks of query block c are the union
+ *     of four parts, each cheap to list:
+ *       local     one contiguous range (spa_pattern_local_range),
+ *       named     random, layout, strided and dilated blocks
+ *                 (spa_pattern_key_blocks), kept per head in compressed rows,
+ *       gathered  the blocks of G and of the head's summary columns, a
+ *                 column every row sees (under --causal: rows at or after it),
+ *       global    a block holding a global row attends every block (causal:
+ *                 up to its own);
+ *   - hops: BFS on that block graph, where a range of blocks is skipped
+ *     in O(1) amortised by a "next unvisited" forest, so one BFS costs
+ *     O(nb + named blocks) whatever the window.
+ * Block-level hops are exact for block-level rules without --causal and a
+ * lower bound on the token-level hops otherwise.
+ * --export-layout writes spa_pattern_export_row of every (h, c) through
+ * spa_io_export_layout.
  */
 #include "cli.h"
-#include "spa_impl.h"
 
 #include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -33,42 +40,129 @@ int64_t spa_cli_mask_side(int64_t nb, int64_t max_side, int64_t *factor)
     return (nb + f - 1) / f;
 }
 
-/* Key blocks [*k0, *k1] of the local rule of query block c (empty: k1 < k0). */
-static void local_blocks(const spa_config *cfg, int64_t c, int64_t *k0, int64_t *k1)
+/* Key blocks [*k0, *k1] of the local rule of (h, c) (empty: k1 < k0). */
+static void local_blocks(const spa_config *cfg, int32_t h, int64_t c, int64_t *k0, int64_t *k1)
 {
     int64_t j0, j1;
-    spa_pattern_local_range(cfg, c, &j0, &j1);
+    spa_pattern_local_range(cfg, h, c, &j0, &j1);
     *k0 = j0 / cfg->block;
     *k1 = j1 > j0 ? (j1 - 1) / cfg->block : *k0 - 1;
+}
+
+/* The block graph of one head, beside the local ranges:
+ *   named: row c lists idx[off[c] .. off[c + 1]), kind[] RANDOM or OTHER;
+ *          causal-filtered (no b > c);
+ *   gathered columns gcol[0 .. ngcol), ascending, gkind[] GLOBAL or OTHER. */
+typedef struct head_graph {
+    int64_t nb;
+    int64_t *off;
+    int32_t *idx;
+    unsigned char *kind;
+    int64_t *gcol;
+    unsigned char *gkind;
+    int64_t ngcol;
+} head_graph;
+
+static void graph_free(head_graph *g)
+{
+    free(g->off), free(g->idx), free(g->kind), free(g->gcol), free(g->gkind);
+    memset(g, 0, sizeof *g);
+}
+
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+static spa_err graph_build(const spa_config *cfg, int32_t h, head_graph *g)
+{
+    int64_t nb = spa_nblocks(cfg), cap = 0, len = 0;
+    memset(g, 0, sizeof *g);
+    g->nb = nb;
+    int32_t *kb = malloc(sizeof(int32_t) * (size_t)nb);
+    unsigned char *full = malloc((size_t)nb);
+    int32_t *rnd = malloc(sizeof(int32_t) * (size_t)(cfg->random_max > 0 ? cfg->random_max : 1));
+    g->off = malloc(sizeof(int64_t) * (size_t)(nb + 1));
+    g->gcol = malloc(sizeof(int64_t) * (size_t)(cfg->nkv_tokens > 0 ? cfg->nkv_tokens : 1));
+    g->gkind = malloc((size_t)(cfg->nkv_tokens > 0 ? cfg->nkv_tokens : 1));
+    int ok = kb && full && rnd && g->off && g->gcol && g->gkind;
+    for (int64_t c = 0; ok && c < nb; c++) {
+        g->off[c] = len;
+        int64_t m = spa_pattern_key_blocks(cfg, h, c, kb, full);
+        int32_t r = spa_pattern_random_blocks(cfg, h, c, rnd);
+        qsort(rnd, (size_t)r, sizeof *rnd, cmp_i32);
+        if (len + m > cap) {
+            int64_t ncap = 2 * (len + m) + 64;
+            int32_t *ni = realloc(g->idx, sizeof(int32_t) * (size_t)ncap);
+            if (ni) g->idx = ni;
+            unsigned char *nk = realloc(g->kind, (size_t)ncap);
+            if (nk) g->kind = nk;
+            ok = ni && nk;
+            if (!ok) break;
+            cap = ncap;
+        }
+        for (int64_t k = 0; k < m; k++) {
+            if (cfg->causal && kb[k] > c) continue; /* no pair j <= i */
+            g->idx[len] = kb[k];
+            g->kind[len++] = bsearch(&kb[k], rnd, (size_t)r, sizeof *rnd, cmp_i32)
+                                 ? SPA_CLI_PIX_RANDOM : SPA_CLI_PIX_OTHER;
+        }
+    }
+    if (ok) {
+        g->off[nb] = len;
+        for (int64_t t = 0; t < cfg->nkv_tokens; t++) {
+            int64_t j = cfg->kv_tokens[t], b = j / cfg->block;
+            if (!spa_pattern_is_gathered(cfg, h, j)) continue;
+            unsigned char kind = spa_pattern_is_global(cfg, j) ? SPA_CLI_PIX_GLOBAL : SPA_CLI_PIX_OTHER;
+            if (g->ngcol > 0 && g->gcol[g->ngcol - 1] == b) {
+                g->gkind[g->ngcol - 1] |= kind;
+            } else {
+                g->gcol[g->ngcol] = b;
+                g->gkind[g->ngcol++] = kind;
+            }
+        }
+    }
+    free(kb), free(full), free(rnd);
+    if (!ok) {
+        graph_free(g);
+        CLI_FAIL(SPA_ERR_OTHER, "out of memory for the block graph of head %d", h);
+    }
+    return SPA_OK;
 }
 
 spa_err spa_cli_block_mask(const spa_config *cfg, int32_t h, int64_t f, int64_t side,
                            unsigned char *pix)
 {
     int64_t nb = spa_nblocks(cfg);
-    SPA_REQUIRE(f >= 1 && side == (nb + f - 1) / f, SPA_ERR_OTHER, "bad mask geometry");
+    CLI_REQUIRE(f >= 1 && side == (nb + f - 1) / f, SPA_ERR_OTHER, "bad mask geometry");
+    head_graph g;
+    CLI_CHECK(graph_build(cfg, h, &g));
     memset(pix, 0, (size_t)(side * side));
-    int32_t *rnd = malloc(sizeof(int32_t) * (size_t)(cfg->random > 0 ? cfg->random : 1));
-    /* gmin[x]: smallest global block in column x (nb = none); rowall[y]:
-     * last column reached by a global row in image row y (-1 = none) */
+    /* gmin[x]: smallest gathered block in column x (nb = none), gk[x] the
+     * kinds there; rowall[y]: last column reached by a global row in image
+     * row y (-1 = none) */
     int64_t *gmin = malloc(sizeof(int64_t) * (size_t)side);
+    unsigned char *gk = calloc((size_t)side, 1);
     int64_t *rowall = malloc(sizeof(int64_t) * (size_t)side);
-    if (!rnd || !gmin || !rowall) {
-        free(rnd), free(gmin), free(rowall);
-        SPA_FAIL(SPA_ERR_OTHER, "out of memory for the block mask");
+    if (!gk || !gmin || !rowall) {
+        free(gk), free(gmin), free(rowall);
+        graph_free(&g);
+        CLI_FAIL(SPA_ERR_OTHER, "out of memory for the block mask");
     }
     for (int64_t x = 0; x < side; x++) gmin[x] = nb, rowall[x] = -1;
-    for (int64_t g = cfg->nglobal_blocks - 1; g >= 0; g--)
-        gmin[cfg->global_blocks[g] / f] = cfg->global_blocks[g];
+    for (int64_t k = g.ngcol - 1; k >= 0; k--) {
+        gmin[g.gcol[k] / f] = g.gcol[k];
+        gk[g.gcol[k] / f] |= g.gkind[k];
+    }
 
     for (int64_t c = 0; c < nb; c++) {
         unsigned char *row = pix + (c / f) * side;
         int64_t k0, k1;
-        local_blocks(cfg, c, &k0, &k1);
+        local_blocks(cfg, h, c, &k0, &k1);
         for (int64_t x = k0 >= 0 ? k0 / f : 0; k1 >= k0 && x <= k1 / f; x++)
             row[x] |= SPA_CLI_PIX_LOCAL;
-        int32_t m = spa_pattern_random_blocks(cfg, h, c, rnd);
-        for (int32_t q = 0; q < m; q++) row[rnd[q] / f] |= SPA_CLI_PIX_RANDOM;
+        for (int64_t k = g.off[c]; k < g.off[c + 1]; k++) row[g.idx[k] / f] |= g.kind[k];
         if (spa_pattern_block_has_global(cfg, c)) {
             /* a global row attends every key (causal: up to itself, block c) */
             int64_t last = (cfg->causal ? c : nb - 1) / f;
@@ -76,14 +170,15 @@ spa_err spa_cli_block_mask(const spa_config *cfg, int32_t h, int64_t f, int64_t 
         }
     }
     for (int64_t y = 0; y < side; y++) {
-        /* every row attends the global columns (causal: blocks <= its own) */
+        /* every row sees the gathered columns (causal: blocks <= its own) */
         int64_t cmax = (y + 1) * f - 1 < nb - 1 ? (y + 1) * f - 1 : nb - 1;
         unsigned char *row = pix + y * side;
         for (int64_t x = 0; x < side; x++)
-            if (gmin[x] < nb && (!cfg->causal || gmin[x] <= cmax)) row[x] |= SPA_CLI_PIX_GLOBAL;
+            if (gmin[x] < nb && (!cfg->causal || gmin[x] <= cmax)) row[x] |= gk[x];
         for (int64_t x = 0; x <= rowall[y]; x++) row[x] |= SPA_CLI_PIX_GLOBAL;
     }
-    free(rnd), free(gmin), free(rowall);
+    free(gk), free(gmin), free(rowall);
+    graph_free(&g);
     return SPA_OK;
 }
 
@@ -99,7 +194,6 @@ static int64_t next_free(int64_t *nxt, int64_t x)
 
 typedef struct bfs_work {
     int64_t *dist, *nxt, *queue;
-    int32_t *rnd;
 } bfs_work;
 
 static void bfs_visit(bfs_work *w, int64_t b, int64_t d, int64_t *tail)
@@ -117,25 +211,24 @@ static void bfs_range(bfs_work *w, int64_t lo, int64_t hi, int64_t d, int64_t *t
 }
 
 /* Distances from query block s along c -> b (c attends some key of b). */
-static void bfs(const spa_config *cfg, int32_t h, int64_t s, bfs_work *w)
+static void bfs(const spa_config *cfg, int32_t h, const head_graph *g, int64_t s, bfs_work *w)
 {
-    int64_t nb = spa_nblocks(cfg), head = 0, tail = 0, gdone = 0;
+    int64_t nb = g->nb, head = 0, tail = 0, gdone = 0;
     for (int64_t b = 0; b <= nb; b++) w->nxt[b] = b;
     for (int64_t b = 0; b < nb; b++) w->dist[b] = -1;
     bfs_visit(w, s, 0, &tail);
     while (head < tail) {
         int64_t c = w->queue[head++], d = w->dist[c] + 1, k0, k1;
-        local_blocks(cfg, c, &k0, &k1);
+        local_blocks(cfg, h, c, &k0, &k1);
         bfs_range(w, k0, k1, d, &tail);
-        int32_t m = spa_pattern_random_blocks(cfg, h, c, w->rnd);
-        for (int32_t q = 0; q < m; q++)
-            if (w->dist[w->rnd[q]] < 0) bfs_visit(w, w->rnd[q], d, &tail);
-        /* global columns: sorted, and causal reach is the prefix <= c, so
+        for (int64_t k = g->off[c]; k < g->off[c + 1]; k++)
+            if (w->dist[g->idx[k]] < 0) bfs_visit(w, g->idx[k], d, &tail);
+        /* gathered columns: sorted, and causal reach is the prefix <= c, so
          * each is pushed once over the whole BFS */
-        for (; gdone < cfg->nglobal_blocks; gdone++) {
-            int64_t g = cfg->global_blocks[gdone];
-            if (cfg->causal && g > c) break;
-            if (w->dist[g] < 0) bfs_visit(w, g, d, &tail);
+        for (; gdone < g->ngcol; gdone++) {
+            int64_t b = g->gcol[gdone];
+            if (cfg->causal && b > c) break;
+            if (w->dist[b] < 0) bfs_visit(w, b, d, &tail);
         }
         if (spa_pattern_block_has_global(cfg, c)) bfs_range(w, 0, cfg->causal ? c : nb - 1, d, &tail);
     }
@@ -147,6 +240,8 @@ spa_err spa_cli_block_hops(const spa_config *cfg, int32_t h, int64_t sources, sp
     memset(r, 0, sizeof *r);
     if (sources < 1 || sources > nb) sources = nb;
     r->sources = sources;
+    head_graph g;
+    CLI_CHECK(graph_build(cfg, h, &g));
     int64_t hmax = 0, pairs = 0, reach = 0, hist[16] = {0};
     double sum = 0;
     spa_err err = SPA_OK;
@@ -156,15 +251,14 @@ spa_err spa_cli_block_hops(const spa_config *cfg, int32_t h, int64_t sources, sp
         w.dist = malloc(sizeof(int64_t) * (size_t)nb);
         w.nxt = malloc(sizeof(int64_t) * (size_t)(nb + 1));
         w.queue = malloc(sizeof(int64_t) * (size_t)nb);
-        w.rnd = malloc(sizeof(int32_t) * (size_t)(cfg->random > 0 ? cfg->random : 1));
-        int ok = w.dist && w.nxt && w.queue && w.rnd;
+        int ok = w.dist && w.nxt && w.queue;
         int64_t lhist[16] = {0};
 #pragma omp for schedule(dynamic, 1)
         for (int64_t k = 0; k < sources; k++) {
             if (!ok) continue;
             /* evenly spaced roots, centred in their stride */
             int64_t s = sources == nb ? k : (2 * k + 1) * nb / (2 * sources);
-            bfs(cfg, h, s, &w);
+            bfs(cfg, h, &g, s, &w);
             for (int64_t b = 0; b < nb; b++) {
                 if (b == s) continue;
                 pairs++;
@@ -181,9 +275,10 @@ spa_err spa_cli_block_hops(const spa_config *cfg, int32_t h, int64_t sources, sp
             if (!ok) err = SPA_ERR_OTHER;
             for (int d = 0; d < 16; d++) hist[d] += lhist[d];
         }
-        free(w.dist), free(w.nxt), free(w.queue), free(w.rnd);
+        free(w.dist), free(w.nxt), free(w.queue);
     }
-    SPA_REQUIRE(err == SPA_OK, SPA_ERR_OTHER, "out of memory for the hop counts");
+    graph_free(&g);
+    CLI_REQUIRE(err == SPA_OK, SPA_ERR_OTHER, "out of memory for the hop counts");
     r->pairs = pairs;
     r->reachable = reach;
     r->max = hmax;
@@ -196,16 +291,10 @@ spa_err spa_cli_block_hops(const spa_config *cfg, int32_t h, int64_t sources, sp
 /* Writes with libpng; on a libpng error jumps back and reports it. */
 static int png_write_file(FILE *fp, const unsigned char *pix, int64_t side, unsigned char *rgb)
 {
-    static const unsigned char color[8][3] = {
-        {255, 255, 255}, /* none */
-        {31, 119, 180},  /* local */
-        {255, 127, 14},  /* global */
-        {255, 127, 14},  /* global + local */
-        {214, 39, 40},   /* random */
-        {31, 119, 180},  /* random + local */
-        {255, 127, 14},  /* random + global */
-        {255, 127, 14},
-    };
+    /* one colour per pixel, by priority: global, local, random, other */
+    static const unsigned char white[3] = {255, 255, 255}, global[3] = {255, 127, 14},
+                               local[3] = {31, 119, 180}, random[3] = {214, 39, 40},
+                               other[3] = {44, 160, 44};
     png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
     if (!png) return 0;
     png_infop info = png_create_info_struct(png);
@@ -219,7 +308,14 @@ static int png_write_file(FILE *fp, const unsigned char *pix, int64_t side, unsi
     png_write_info(png, info);
     for (int64_t y = 0; y < side; y++) {
         for (int64_t x = 0; x < side; x++)
-            memcpy(rgb + 3 * x, color[pix[y * side + x] & 7], 3);
+        {
+            unsigned p = pix[y * side + x];
+            const unsigned char *c = p & SPA_CLI_PIX_GLOBAL ? global
+                                     : p & SPA_CLI_PIX_LOCAL ? local
+                                     : p & SPA_CLI_PIX_RANDOM ? random
+                                     : p & SPA_CLI_PIX_OTHER ? other : white;
+            memcpy(rgb + 3 * x, c, 3);
+        }
         png_write_row(png, rgb);
     }
     png_write_end(png, NULL);
@@ -236,7 +332,7 @@ spa_err spa_cli_write_png(const char *path, const unsigned char *pix, int64_t si
     unsigned char *rgb = malloc((size_t)(3 * side));
     if (!tmp || !rgb) {
         free(tmp), free(rgb);
-        SPA_FAIL(SPA_ERR_OTHER, "out of memory for the image");
+        CLI_FAIL(SPA_ERR_OTHER, "out of memory for the image");
     }
     snprintf(tmp, len, "%s.tmp%ld", path, (long)getpid());
     FILE *fp = fopen(tmp, "wb");
@@ -245,11 +341,11 @@ spa_err spa_cli_write_png(const char *path, const unsigned char *pix, int64_t si
     if (ok && rename(tmp, path) != 0) ok = 0;
     if (!ok) remove(tmp);
     free(tmp), free(rgb);
-    SPA_REQUIRE(ok, SPA_ERR_OTHER, "cannot write the image '%s'", path);
+    CLI_REQUIRE(ok, SPA_ERR_OTHER, "cannot write the image '%s'", path);
     return SPA_OK;
 #else
     (void)pix, (void)side;
-    SPA_FAIL(SPA_ERR_USAGE, "--image '%s': this spa was built without libpng", path);
+    CLI_FAIL(SPA_ERR_USAGE, "--image '%s': this spa was built without libpng", path);
 #endif
 }
 
@@ -264,7 +360,8 @@ spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out)
     const spa_config *cfg = &o->cfg;
     int64_t nb = spa_nblocks(cfg), n = cfg->n, B = cfg->block;
     double t_start = spa_now();
-    if (o->image) SPA_CHECK(spa_cli_check_output("image", o->image, NULL));
+    if (o->image) CLI_CHECK(spa_cli_check_output("image", o->image, NULL));
+    if (o->export_layout) CLI_CHECK(spa_cli_check_output("export-layout", o->export_layout, NULL));
     if (o->threads > 0) omp_set_num_threads(o->threads);
 
     /* pass 1: keys per query over every token and head */
@@ -272,13 +369,12 @@ spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out)
     int fail = 0;
 #pragma omp parallel reduction(min : kmin) reduction(max : kmax) reduction(+ : ksum, fail)
     {
-        int32_t *rnd = malloc(sizeof(int32_t) * (size_t)(cfg->random > 0 ? cfg->random : 1));
         int64_t *cnt = malloc(sizeof(int64_t) * (size_t)B);
-        if (!rnd || !cnt) fail = 1;
+        if (!cnt) fail = 1;
 #pragma omp for collapse(2) schedule(dynamic, 64)
         for (int32_t h = 0; h < cfg->heads; h++)
             for (int64_t c = 0; c < nb; c++) {
-                if (!rnd || !cnt) continue;
+                if (!cnt) continue;
                 int64_t rows = (c + 1) * B < n ? B : n - c * B;
                 spa_pattern_block_keys(cfg, h, c, cnt);
                 for (int64_t r = 0; r < rows; r++) {
@@ -287,9 +383,9 @@ spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out)
                     if (cnt[r] > kmax) kmax = cnt[r];
                 }
             }
-        free(rnd), free(cnt);
+        free(cnt);
     }
-    SPA_REQUIRE(!fail, SPA_ERR_OTHER, "out of memory for the key counts");
+    CLI_REQUIRE(!fail, SPA_ERR_OTHER, "out of memory for the key counts");
     double rows = (double)n * cfg->heads;
     double dense = cfg->causal ? (double)n * ((double)n + 1) / 2 : (double)n * (double)n;
     double density = (double)ksum / (dense * cfg->heads);
@@ -301,7 +397,7 @@ spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out)
     int64_t tot[3] = {0, 0, 0}, mx[3] = {0, 0, 0};
     if (P > 0) {
         rb = calloc((size_t)P, sizeof *rb);
-        SPA_REQUIRE(rb, SPA_ERR_OTHER, "out of memory for %d ranks", P);
+        CLI_REQUIRE(rb, SPA_ERR_OTHER, "out of memory for %d ranks", P);
         for (int r = 0; r < P; r++) {
             spa_commplan plan;
             spa_err e = spa_commplan_build(cfg, P, r, &plan);
@@ -345,22 +441,35 @@ spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out)
             return e;
         }
     }
+
+    /* pass 5: the layout in FlexAttention's form */
+    if (o->export_layout) {
+        spa_err e = spa_io_export_layout(o->export_layout, cfg);
+        if (e != SPA_OK) {
+            free(rb);
+            return e;
+        }
+    }
     double seconds = spa_now() - t_start;
 
-    const char *local_name = cfg->radius < 0 ? "local_blocks" : "radius";
-    long long local_val = cfg->radius < 0 ? (long long)cfg->local_blocks : (long long)cfg->radius;
+    int64_t lsize;
+    const char *mode = spa_cli_local_mode(cfg, &lsize);
+    char *flags = spa_cli_pattern_flags(cfg);
     if (o->json) {
         fprintf(out,
                 "{\"command\": \"plan\", \"version\": \"%s\", \"n\": %lld, \"heads\": %d, "
-                "\"dim\": %d, \"block\": %d, \"blocks\": %lld, \"%s\": %lld, \"random\": %d, "
+                "\"dim\": %d, \"block\": %d, \"blocks\": %lld, \"local_mode\": \"%s\", "
+                "\"local_size\": %lld, \"random\": %d, "
                 "\"seed\": %llu, \"causal\": %s, \"globals\": %lld, \"global_blocks\": %lld, "
                 "\"scale\": %.9g, \"keys_min\": %lld, \"keys_mean\": %.6f, \"keys_max\": %lld, "
                 "\"pairs\": %lld, \"density\": %.9g, \"flops\": %.0f, \"seconds\": %.6f",
                 SPA_VERSION, (long long)n, cfg->heads, cfg->dim, cfg->block, (long long)nb,
-                local_name, local_val, cfg->random, (unsigned long long)cfg->seed,
+                mode, (long long)lsize, cfg->random_max, (unsigned long long)cfg->seed,
                 cfg->causal ? "true" : "false", (long long)cfg->nglobals,
                 (long long)cfg->nglobal_blocks, (double)cfg->scale, (long long)kmin,
                 (double)ksum / rows, (long long)kmax, (long long)ksum, density, flops, seconds);
+        spa_cli_json_str(out, "pattern", flags);
+        spa_cli_json_str(out, "export_layout", o->export_layout);
         if (P > 0) {
             fprintf(out, ", \"ranks\": %d, \"per_rank\": [", P);
             for (int r = 0; r < P; r++)
@@ -392,12 +501,11 @@ spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out)
                     (long long)side, (long long)side, (long long)f);
         fprintf(out, "}\n");
     } else {
-        fprintf(out, "pattern: n %lld, heads %d, dim %d, block %d (%lld blocks), %s %lld, random %d, "
-                     "seed %llu, globals %lld (in %lld blocks), %s\n",
+        fprintf(out, "pattern: n %lld, heads %d, dim %d, block %d (%lld blocks), globals %lld (in %lld "
+                     "blocks), %s\n  %s\n",
                 (long long)n, cfg->heads, cfg->dim, cfg->block, (long long)nb,
-                cfg->radius < 0 ? "local-blocks" : "radius", local_val, cfg->random,
-                (unsigned long long)cfg->seed, (long long)cfg->nglobals,
-                (long long)cfg->nglobal_blocks, cfg->causal ? "causal" : "not causal");
+                (long long)cfg->nglobals, (long long)cfg->nglobal_blocks,
+                cfg->causal ? "causal" : "not causal", flags ? flags : "?");
         fprintf(out, "keys per query: min %lld, mean %.2f, max %lld (over %lld tokens x %d heads)\n",
                 (long long)kmin, (double)ksum / rows, (long long)kmax, (long long)n, cfg->heads);
         fprintf(out, "density: %.6g of %s attention (%lld of %.6g pairs)\n", density,
@@ -430,7 +538,9 @@ spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out)
         if (o->image)
             fprintf(out, "image: %s, %lld x %lld pixels, %lld x %lld blocks per pixel\n", o->image,
                     (long long)side, (long long)side, (long long)f, (long long)f);
+        if (o->export_layout) fprintf(out, "layout written: %s\n", o->export_layout);
     }
+    free(flags);
     free(rb);
     return SPA_OK;
 }

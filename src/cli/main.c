@@ -44,7 +44,7 @@ int main(int argc, char **argv)
             /* one process computes the whole report; the others wait for its code */
             spa_err local = SPA_OK;
             if (rank == 0) {
-                local = spa_config_validate(&o.cfg);
+                local = spa_cli_pattern(MPI_COMM_SELF, &o);
                 if (local == SPA_OK) local = spa_cli_plan(&o, stdout);
                 fflush(stdout);
             }

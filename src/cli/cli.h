@@ -2,7 +2,9 @@
  * plan analyses behind `spa plan` (key counts, block mask, hop counts).
  *
  * main.c only initialises MPI, dispatches and reports the error; the
- * commands live in cli_*.c so that tests can call the analyses directly.
+ * commands live in cli_*.c (the spa_cli_lib target) so that tests can call
+ * the analyses directly. The command line is a client of the library: it
+ * includes the public spa.h only.
  */
 #ifndef SPA_CLI_H
 #define SPA_CLI_H
@@ -10,6 +12,19 @@
 #include "spa.h"
 
 #include <stdio.h>
+
+/* The library's error idiom, for the command line: record a message as
+ * spa_last_error() and return its code. */
+#define CLI_FAIL(code, ...) return spa_set_error((code), __FILE__, __LINE__, __VA_ARGS__)
+#define CLI_CHECK(call)                                                                            \
+    do {                                                                                           \
+        spa_err cli_e_ = (call);                                                                   \
+        if (cli_e_ != SPA_OK) return cli_e_;                                                       \
+    } while (0)
+#define CLI_REQUIRE(cond, code, ...)                                                               \
+    do {                                                                                           \
+        if (!(cond)) CLI_FAIL((code), __VA_ARGS__);                                                \
+    } while (0)
 
 typedef enum spa_cli_cmd {
     SPA_CLI_NONE = 0,
@@ -23,6 +38,8 @@ typedef struct spa_cli_opts {
     spa_cli_cmd cmd;
     spa_config cfg;        /* pattern flags and n, heads, dim */
     const char *input, *output, *image;
+    const char *layout;    /* --layout file, read by spa_cli_pattern */
+    const char *export_layout; /* plan --export-layout */
     int json, progress, stats, help, version, no_overlap;
     int threads;           /* 0 = OpenMP default */
     double temperature;    /* scale of the synthetic q and k */
@@ -35,6 +52,24 @@ typedef struct spa_cli_opts {
  * spa_config_free). SPA_ERR_USAGE with a message on bad flags. Does not
  * validate the config: n may still come from an input file. */
 spa_err spa_cli_parse(int argc, char **argv, spa_cli_opts *o);
+
+/* Collective over comm. Validates o->cfg (n, heads and dim final) and,
+ * with --layout, reads the layout file and validates again with it. Every
+ * rank returns the same code: SPA_ERR_USAGE for bad pattern flags,
+ * SPA_ERR_INPUT for a bad layout file. */
+spa_err spa_cli_pattern(MPI_Comm comm, spa_cli_opts *o);
+
+/* The pattern as the flags that give it, e.g. "--block 64 --local-blocks
+ * 3@0:4 --stride 362@4:8 --random 3 --seed 0 --globals none --causal".
+ * cfg validated. Returns a malloc'ed string (NULL when out of memory). */
+char *spa_cli_pattern_flags(const spa_config *cfg);
+
+/* The local rule shared by every head: "blocks" (*size = W), "radius"
+ * (*size = R), "none", or "per-head" when heads differ (*size = -1). */
+const char *spa_cli_local_mode(const spa_config *cfg, int64_t *size);
+
+/* Writes `, "key": "s"` with JSON escapes, or `, "key": null`. */
+void spa_cli_json_str(FILE *f, const char *key, const char *s);
 
 /* Help text of one command (SPA_CLI_NONE: the overview). */
 void spa_cli_help(FILE *f, spa_cli_cmd cmd);
@@ -54,8 +89,9 @@ spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out);
 
 /* ------------------------------------------------------- plan analyses */
 
-/* Pixel kinds of the block mask. */
-enum { SPA_CLI_PIX_LOCAL = 1, SPA_CLI_PIX_GLOBAL = 2, SPA_CLI_PIX_RANDOM = 4 };
+/* Pixel kinds of the block mask. OTHER: the strided, summary, dilated
+ * and layout rules. */
+enum { SPA_CLI_PIX_LOCAL = 1, SPA_CLI_PIX_GLOBAL = 2, SPA_CLI_PIX_RANDOM = 4, SPA_CLI_PIX_OTHER = 8 };
 
 /* Side of the block-mask image: ceil(nb / f) with f = ceil(nb / max_side). */
 int64_t spa_cli_mask_side(int64_t nb, int64_t max_side, int64_t *factor);

@@ -12,10 +12,10 @@
  * flops and checksum are already global in spa_stats.
  */
 #include "cli.h"
-#include "spa_impl.h"
 
 #include <math.h>
 #include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -71,21 +71,6 @@ static void json_num(FILE *f, const char *key, double v)
     else fprintf(f, ", \"%s\": null", key);
 }
 
-static void json_str(FILE *f, const char *key, const char *s)
-{
-    if (!s) {
-        fprintf(f, ", \"%s\": null", key);
-        return;
-    }
-    fprintf(f, ", \"%s\": \"", key);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
-        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
-        else fputc(*p, f);
-    }
-    fputc('"', f);
-}
-
 /* Rank 0 only. extra prints command-specific fields (JSON) or lines. */
 static void print_report(const spa_cli_opts *o, const cli_report *rep, const char *cmd,
                          void (*extra)(FILE *, const spa_cli_opts *, int json, const void *),
@@ -96,6 +81,9 @@ static void print_report(const spa_cli_opts *o, const cli_report *rep, const cha
     double gflops = s->seconds_total > 0 ? (double)s->flops / s->seconds_total * 1e-9 : 0.0;
     const char *transport = rep->rma_all ? "rma" : "p2p";
     FILE *f = stdout;
+    int64_t lsize;
+    const char *mode = spa_cli_local_mode(cfg, &lsize);
+    char *flags = spa_cli_pattern_flags(cfg);
     if (o->json) {
         fprintf(f, "{\"command\": \"%s\", \"version\": \"%s\", \"n\": %lld, \"heads\": %d, "
                    "\"dim\": %d, \"ranks\": %d, \"threads\": %d",
@@ -117,24 +105,21 @@ static void print_report(const spa_cli_opts *o, const cli_report *rep, const cha
         json_num(f, "gflops", gflops);
         json_num(f, "checksum", s->checksum);
         fprintf(f, ", \"peak_rss_bytes\": %lld, \"block\": %d", (long long)rep->peak_rss, cfg->block);
-        if (cfg->radius < 0) fprintf(f, ", \"local_blocks\": %d", cfg->local_blocks);
-        else fprintf(f, ", \"radius\": %lld", (long long)cfg->radius);
+        if (strcmp(mode, "blocks") == 0 || strcmp(mode, "none") == 0)
+            fprintf(f, ", \"local_blocks\": %lld", (long long)lsize);
+        else if (strcmp(mode, "radius") == 0)
+            fprintf(f, ", \"radius\": %lld", (long long)lsize);
         fprintf(f, ", \"random\": %d, \"seed\": %llu, \"causal\": %s, \"globals\": %lld",
-                cfg->random, (unsigned long long)cfg->seed, cfg->causal ? "true" : "false",
+                cfg->random_max, (unsigned long long)cfg->seed, cfg->causal ? "true" : "false",
                 (long long)cfg->nglobals);
         json_num(f, "scale", (double)cfg->scale);
+        spa_cli_json_str(f, "pattern", flags);
         if (extra) extra(f, o, 1, extra_arg);
         fprintf(f, "}\n");
     } else {
         fprintf(f, "spa %s: n %lld, heads %d, dim %d, %d ranks x %d threads\n", cmd,
                 (long long)cfg->n, cfg->heads, cfg->dim, rep->ranks, s->threads);
-        if (cfg->radius < 0)
-            fprintf(f, "pattern: block %d, local-blocks %d", cfg->block, cfg->local_blocks);
-        else
-            fprintf(f, "pattern: block %d, radius %lld", cfg->block, (long long)cfg->radius);
-        fprintf(f, ", random %d, seed %llu, %lld globals%s\n", cfg->random,
-                (unsigned long long)cfg->seed, (long long)cfg->nglobals,
-                cfg->causal ? ", causal" : "");
+        fprintf(f, "pattern: %s (%lld globals)\n", flags ? flags : "?", (long long)cfg->nglobals);
         fprintf(f, "seconds (slowest rank): total %.4f, compute %.4f, halo %.4f, global %.4f, "
                    "rma %.4f, wait %.4f, io %.4f\n",
                 s->seconds_total, s->seconds_compute, s->seconds_halo, s->seconds_global,
@@ -149,6 +134,7 @@ static void print_report(const spa_cli_opts *o, const cli_report *rep, const cha
         if (extra) extra(f, o, 0, extra_arg);
         fprintf(f, "checksum %.17g\n", s->checksum);
     }
+    free(flags);
     fflush(f);
 }
 
@@ -208,7 +194,7 @@ static spa_err shards_alloc(spa_ctx ctx, const spa_config *cfg, int64_t rows, sh
     }
     s->out = spa_alloc(bytes);
     s->lse = spa_alloc((size_t)cfg->heads * (size_t)rows * sizeof(float));
-    SPA_REQUIRE(s->q && s->k && s->v && s->out && s->lse, SPA_ERR_OTHER,
+    CLI_REQUIRE(s->q && s->k && s->v && s->out && s->lse, SPA_ERR_OTHER,
                 "out of memory for the shards (5 x %.3g GB)", (double)bytes * 1e-9);
     return SPA_OK;
 }
@@ -243,8 +229,8 @@ static void run_extra(FILE *f, const spa_cli_opts *o, int json, const void *arg)
 {
     (void)arg;
     if (json) {
-        json_str(f, "input", o->input);
-        json_str(f, "output", o->output);
+        spa_cli_json_str(f, "input", o->input);
+        spa_cli_json_str(f, "output", o->output);
         json_num(f, "temperature", o->input ? NAN : o->temperature);
     } else {
         if (o->input) fprintf(f, "input %s\n", o->input);
@@ -256,7 +242,7 @@ static void run_extra(FILE *f, const spa_cli_opts *o, int json, const void *arg)
  * rank's shards: the set-up run and bench share. */
 static spa_err open_ctx(MPI_Comm comm, spa_cli_opts *o, spa_ctx *ctx, shards *sh, int64_t *t0, int64_t *t1)
 {
-    spa_err err = spa_agree(comm, spa_config_validate(&o->cfg));
+    spa_err err = spa_cli_pattern(comm, o);
     if (err) return err;
     err = spa_agree(comm, spa_ctx_create(comm, &o->cfg, o->threads, ctx));
     if (err) return err;
