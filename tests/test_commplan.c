@@ -1,14 +1,27 @@
 /* test_commplan.c - the communication plan for every P from 1 to 64, on
  * one process: coverage, symmetry of sends and receives, deduplication of
- * random blocks, and byte counts. */
+ * fetched blocks, the spread rows, and byte counts.
+ *
+ * What a rank needs is computed once per config by brute force over
+ * spa_pattern_attends (independent of P): for every (head, query block,
+ * key block), the smallest and largest key of the key block that a
+ * non-global row of the query block attends and that is not gathered.
+ * Against it, for every P and rank:
+ *   - every needed key of an owned non-spread query block is resident
+ *     (own shard or halo, [ext0, ext1)), gathered (cfg->kv_tokens), or in a
+ *     fetched run; and a (head, block) is fetched only when some such key of
+ *     it is not resident, and only once;
+ *   - the spread rows are exactly the rows of G in every head plus the
+ *     non-global rows of spread blocks, the same list on every rank;
+ *   - bytes_halo, bytes_rma and bytes_global are the sums over the lists. */
 #include "cases.h"
 
-static int fails, checks;
+static int fails, checks, max_print = 30; /* SPA_TEST_VERBOSE=1 prints every failure */
 #define EXPECT(cond, ...)                                                                          \
     do {                                                                                           \
         checks++;                                                                                  \
         if (!(cond)) {                                                                             \
-            if (fails++ < 20) {                                                                    \
+            if (fails++ < max_print) {                                                             \
                 printf("FAIL %s:%d: ", __FILE__, __LINE__);                                        \
                 printf(__VA_ARGS__);                                                               \
                 printf("\n");                                                                      \
@@ -16,20 +29,55 @@ static int fails, checks;
         }                                                                                          \
     } while (0)
 
-static int fetched(const spa_commplan *p, int32_t h, int64_t b)
+/* The needs of a config, a pure function of the pattern. */
+typedef struct needs {
+    int64_t nb;
+    int64_t *lo, *hi;       /* [H][nb][nb]: needed non-gathered keys of key block b of (h, c), or -1 */
+    unsigned char *spread;  /* [H][nb] spa_pattern_spread */
+    unsigned char *kv;      /* [n] gathered */
+} needs;
+
+static int needs_build(const spa_config *cfg, needs *nd)
 {
-    for (int i = 0; i < p->nruns; i++)
-        if (p->runs[i].h == h && b >= p->runs[i].b0 && b < p->runs[i].b0 + p->runs[i].nblk) return 1;
-    return 0;
+    const int64_t n = cfg->n, B = cfg->block, nb = spa_nblocks(cfg), H = cfg->heads;
+    nd->nb = nb;
+    nd->lo = malloc((size_t)(H * nb * nb) * sizeof *nd->lo);
+    nd->hi = malloc((size_t)(H * nb * nb) * sizeof *nd->hi);
+    nd->spread = malloc((size_t)(H * nb));
+    nd->kv = calloc((size_t)n, 1);
+    if (!nd->lo || !nd->hi || !nd->spread || !nd->kv) return 0;
+    for (int64_t g = 0; g < cfg->nkv_tokens; g++) nd->kv[cfg->kv_tokens[g]] = 1;
+    for (int64_t x = 0; x < H * nb * nb; x++) nd->lo[x] = nd->hi[x] = -1;
+    for (int32_t h = 0; h < H; h++)
+        for (int64_t c = 0; c < nb; c++) {
+            nd->spread[h * nb + c] = (unsigned char)spa_pattern_spread(cfg, h, c);
+            int64_t *lo = nd->lo + (h * nb + c) * nb, *hi = nd->hi + (h * nb + c) * nb;
+            for (int64_t i = c * B; i < (c + 1) * B && i < n; i++) {
+                if (spa_pattern_is_global(cfg, i)) continue;
+                for (int64_t j = 0; j < n; j++) {
+                    if (nd->kv[j] || !spa_pattern_attends(cfg, h, i, j)) continue;
+                    int64_t b = j / B;
+                    if (lo[b] < 0 || j < lo[b]) lo[b] = j;
+                    if (j > hi[b]) hi[b] = j;
+                }
+            }
+        }
+    return 1;
 }
 
-static void check_config(const spa_config *cfg, int P, int *max_halo_ranks)
+static void needs_free(needs *nd)
+{
+    free(nd->lo), free(nd->hi), free(nd->spread), free(nd->kv);
+}
+
+static void check_config(const char *name, const spa_config *cfg, const needs *nd, int P, int *max_halo_ranks,
+                         int64_t *nfetched_total)
 {
     spa_commplan *pl = calloc((size_t)P, sizeof *pl);
     const int64_t B = cfg->block, n = cfg->n, nb = spa_nblocks(cfg), H = cfg->heads, D = cfg->dim;
     int64_t covered = 0, minb = nb, maxb = 0;
     for (int r = 0; r < P; r++) {
-        EXPECT(spa_commplan_build(cfg, P, r, &pl[r]) == SPA_OK, "build");
+        EXPECT(spa_commplan_build(cfg, P, r, &pl[r]) == SPA_OK, "%s P=%d: build: %s", name, P, spa_last_error());
         int64_t nbr = pl[r].b1 - pl[r].b0;
         minb = nbr < minb ? nbr : minb;
         maxb = nbr > maxb ? nbr : maxb;
@@ -40,11 +88,22 @@ static void check_config(const spa_config *cfg, int P, int *max_halo_ranks)
     EXPECT(covered == nb, "shards cover %lld of %lld blocks", (long long)covered, (long long)nb);
     EXPECT(maxb - minb <= 1, "shard sizes differ by %lld blocks", (long long)(maxb - minb));
 
+    /* the spread rows every rank lists: G in every head, and the non-global
+     * rows of spread blocks */
+    int64_t want_spread = 0;
+    for (int32_t h = 0; h < H; h++)
+        for (int64_t i = 0; i < n; i++) want_spread += spa_pattern_is_global(cfg, i) || nd->spread[h * nb + i / B];
+    unsigned char *seen = malloc((size_t)(H * n));
+    unsigned char *fmark = malloc((size_t)(H * nb));
+
     for (int r = 0; r < P; r++) {
         const spa_commplan *p = &pl[r];
         /* halo pieces tile [ext0, t0) and [t1, ext1) and come from the owners */
         int64_t want = (p->t0 - p->ext0) + (p->ext1 - p->t1), got = 0, bytes = 0;
         int ranks = 0;
+        if (p->t1 > p->t0)
+            EXPECT(p->ext0 <= p->t0 && p->ext1 >= p->t1, "%s P=%d rank %d: extent [%lld, %lld) misses the shard", name,
+                   P, r, (long long)p->ext0, (long long)p->ext1);
         for (int i = 0; i < p->nrecv; i++) {
             const spa_xfer *x = &p->recv[i];
             got += x->t1 - x->t0;
@@ -69,44 +128,114 @@ static void check_config(const spa_config *cfg, int P, int *max_halo_ranks)
             for (int i = 0; i < pl[s].nrecv; i++) nsent += pl[s].recv[i].rank == r;
         EXPECT(nsent == p->nsend, "rank %d sends %d pieces, %lld are expected", r, p->nsend, (long long)nsent);
 
-        /* every key an owned block needs is resident or fetched, and
-         * nothing is fetched twice or needlessly */
-        int32_t rb[128];
+        /* fetched runs: sorted, disjoint, from the owner, counted */
         int64_t nfetch = 0, rbytes = 0;
+        memset(fmark, 0, (size_t)(H * nb));
         for (int i = 0; i < p->nruns; i++) {
             const spa_run_blk *x = &p->runs[i];
+            EXPECT(x->h >= 0 && x->h < H && x->b0 >= 0 && x->nblk >= 1 && x->b0 + x->nblk <= nb,
+                   "%s: run (h %d, b0 %lld, nblk %lld) out of range", name, x->h, (long long)x->b0,
+                   (long long)x->nblk);
+            if (!(x->h >= 0 && x->h < H && x->b0 >= 0 && x->nblk >= 1 && x->b0 + x->nblk <= nb)) continue;
             nfetch += x->nblk;
             for (int64_t b = x->b0; b < x->b0 + x->nblk; b++) {
                 int64_t a = b * B, e = a + B < n ? a + B : n;
                 rbytes += (e - a) * D * 4 * 2;
-                EXPECT(!(a >= p->ext0 && e <= p->ext1), "block %lld fetched though resident", (long long)b);
-                EXPECT(spa_partition_owner(cfg, P, a) == x->rank, "run from the wrong owner");
+                EXPECT(!fmark[x->h * nb + b], "%s P=%d rank %d: (h %d, block %lld) fetched twice", name, P, r, x->h,
+                       (long long)b);
+                fmark[x->h * nb + b] = 1;
+                EXPECT(spa_partition_owner(cfg, P, a) == x->rank && x->rank != r,
+                       "%s P=%d rank %d: block %lld fetched from rank %d, owner %d", name, P, r, (long long)b,
+                       x->rank, spa_partition_owner(cfg, P, a));
             }
             if (i) {
                 const spa_run_blk *y = &p->runs[i - 1];
                 EXPECT(y->h < x->h || (y->h == x->h && y->b0 + y->nblk <= x->b0), "runs overlap or unsorted");
             }
         }
-        EXPECT(nfetch == p->nfetch, "nfetch");
+        *nfetched_total += nfetch;
+        EXPECT(nfetch == p->nfetch, "nfetch %lld, runs hold %lld", (long long)p->nfetch, (long long)nfetch);
         EXPECT(rbytes == p->bytes_rma, "bytes_rma %lld != %lld", (long long)p->bytes_rma, (long long)rbytes);
-        for (int32_t h = 0; h < H; h++)
-            for (int64_t c = p->b0; c < p->b1; c++) {
-                int64_t j0, j1;
-                spa_pattern_local_range(cfg, c, &j0, &j1);
-                EXPECT(j0 >= p->ext0 && j1 <= p->ext1, "local range of %lld outside the extent", (long long)c);
-                int32_t m = spa_pattern_random_blocks(cfg, h, c, rb);
-                for (int32_t i = 0; i < m; i++) {
-                    int64_t a = (int64_t)rb[i] * B, e = a + B < n ? a + B : n;
-                    EXPECT((a >= p->ext0 && e <= p->ext1) || fetched(p, h, rb[i]), "block %d of (%d, %lld) missing",
-                           rb[i], h, (long long)c);
+
+        /* every needed key of an owned non-spread block is resident,
+         * gathered or fetched; a block is fetched only when needed */
+        const int64_t res0 = p->ext0, res1 = p->ext1;
+        int reported = 0;
+        for (int32_t h = 0; h < H; h++) {
+            for (int64_t b = 0; b < nb; b++) {
+                int remote = 0; /* some owned non-spread block needs a key of b outside [res0, res1) */
+                int64_t who = -1;
+                for (int64_t c = p->b0; c < p->b1 && !remote; c++) {
+                    if (nd->spread[h * nb + c]) continue;
+                    int64_t lo = nd->lo[(h * nb + c) * nb + b], hi = nd->hi[(h * nb + c) * nb + b];
+                    if (lo >= 0 && (lo < res0 || hi >= res1)) remote = 1, who = c;
                 }
+                if (remote && !fmark[h * nb + b] && reported++ < 2)
+                    EXPECT(0, "%s P=%d rank %d: block %lld of head %d is needed by query block %lld outside [%lld, "
+                              "%lld), but not fetched",
+                           name, P, r, (long long)b, h, (long long)who, (long long)res0, (long long)res1);
+                if (!remote && fmark[h * nb + b] && reported++ < 2)
+                    EXPECT(0, "%s P=%d rank %d: block %lld of head %d fetched, but no owned non-spread query block "
+                              "needs a key of it outside [%lld, %lld) that is not gathered",
+                           name, P, r, (long long)b, h, (long long)res0, (long long)res1);
             }
-        int64_t own = 0;
-        for (int64_t g = 0; g < cfg->nglobals; g++) own += cfg->globals[g] >= p->t0 && cfg->globals[g] < p->t1;
-        EXPECT(own == p->nglobal_own, "nglobal_own");
-        int64_t gb = P > 1 ? (cfg->nglobals - own) * H * D * 4 * 3 + cfg->nglobals * H * (D + 2) * 8 : 0;
-        EXPECT(gb == p->bytes_global, "bytes_global");
+            for (int64_t c = p->b0; c < p->b1; c++) {
+                if (nd->spread[h * nb + c]) continue;
+                int64_t j0, j1;
+                spa_pattern_local_range(cfg, h, c, &j0, &j1);
+                EXPECT(j0 == j1 || (j0 >= p->ext0 && j1 <= p->ext1), "%s: local range of %lld outside the extent",
+                       name, (long long)c);
+            }
+        }
+
+        /* spread rows */
+        EXPECT(p->nspread == want_spread, "%s P=%d rank %d: %lld spread rows, want %lld", name, P, r,
+               (long long)p->nspread, (long long)want_spread);
+        memset(seen, 0, (size_t)(H * n));
+        int64_t own = 0, bad = 0;
+        for (int64_t k = 0; k < p->nspread; k++) {
+            const spa_spread_row *x = &p->spread[k];
+            if (x->h < 0 || x->h >= H || x->tok < 0 || x->tok >= n) {
+                bad++;
+                continue;
+            }
+            int ok = (spa_pattern_is_global(cfg, x->tok) || nd->spread[x->h * nb + x->tok / B]) &&
+                     !seen[x->h * n + x->tok] && x->tile >= 0 && x->tile < p->nspread_tiles;
+            if (k) {
+                const spa_spread_row *y = &p->spread[k - 1];
+                ok &= y->tile < x->tile || (y->tile == x->tile && y->tok < x->tok && y->h == x->h);
+            }
+            if (!ok && bad < 2)
+                printf("     %s P=%d rank %d: spread row %lld (tok %lld, h %d, tile %d) not expected, repeated or "
+                       "out of order\n",
+                       name, P, r, (long long)k, (long long)x->tok, x->h, x->tile);
+            bad += !ok;
+            seen[x->h * n + x->tok] = 1;
+            own += x->tok >= p->t0 && x->tok < p->t1;
+        }
+        EXPECT(bad == 0, "%s P=%d rank %d: %lld bad spread rows", name, P, r, (long long)bad);
+        EXPECT(own == p->nspread_own, "nspread_own %lld, want %lld", (long long)p->nspread_own, (long long)own);
+        if (r > 0)
+            EXPECT(p->nspread == pl[0].nspread && p->nspread_tiles == pl[0].nspread_tiles &&
+                       (p->nspread == 0 || !memcmp(p->spread, pl[0].spread, (size_t)p->nspread * sizeof *p->spread)),
+                   "%s P=%d: rank %d's spread rows differ from rank 0's", name, P, r);
+
+        /* gathered tokens and bytes_global: K and V of the gathered tokens
+         * not owned, q of the spread rows not owned, and one (max, sum,
+         * acc[D]) double partial per spread row merged (every rank merges
+         * every spread row) */
+        int64_t kown = 0, gown = 0;
+        for (int64_t g = 0; g < cfg->nkv_tokens; g++) kown += cfg->kv_tokens[g] >= p->t0 && cfg->kv_tokens[g] < p->t1;
+        for (int64_t g = 0; g < cfg->nglobals; g++) gown += cfg->globals[g] >= p->t0 && cfg->globals[g] < p->t1;
+        EXPECT(kown == p->nkv_own, "nkv_own %lld != %lld", (long long)p->nkv_own, (long long)kown);
+        EXPECT(gown == p->nglobal_own, "nglobal_own");
+        int64_t gb = P > 1 ? (cfg->nkv_tokens - kown) * H * D * 4 * 2 + (want_spread - own) * D * 4 +
+                                 want_spread * (D + 2) * 8
+                           : 0;
+        EXPECT(gb == p->bytes_global, "%s P=%d rank %d: bytes_global %lld, want %lld", name, P, r,
+               (long long)p->bytes_global, (long long)gb);
     }
+    free(seen), free(fmark);
     for (int r = 0; r < P; r++) spa_commplan_free(&pl[r]);
     free(pl);
 }
@@ -114,24 +243,43 @@ static void check_config(const spa_config *cfg, int P, int *max_halo_ranks)
 int main(void)
 {
     const test_case extra[] = {
-        {"radius_spans_ranks", 1024, 2, 8, 16, 0, 300, "500:510", 3, 0, 1},
-        {"wide_window", 2048, 2, 8, 16, 9, -1, NULL, 8, 0, 1},
-        {"causal_wide", 2048, 2, 8, 16, 0, 200, NULL, 5, 1, 1},
+        {"radius_spans_ranks", 1024, 2, 8, 16, 0, 300, "500:510", 3, 0, 1, NULL, 0},
+        {"wide_window", 2048, 2, 8, 16, 9, -1, NULL, 8, 0, 1, NULL, 0},
+        {"causal_wide", 2048, 2, 8, 16, 0, 200, NULL, 5, 1, 1, NULL, 0},
+        /* strided keys one shard away, with a halo of radius 40 */
+        {"stride_in_halo", 1024, 1, 8, 16, 0, 40, "none", 0, 0, 1, "stride=300", 0},
+        /* summary columns and globals in blocks that are also fetched */
+        {"summary_fetched", 1024, 2, 8, 16, 3, -1, "200,800", 2, 0, 1, "summary=128:3;dilated=256:16", 0},
     };
+    const int nextra = (int)(sizeof extra / sizeof *extra);
+    if (getenv("SPA_TEST_VERBOSE")) max_print = 1 << 30;
     int max_halo_ranks = 0;
-    for (int P = 1; P <= 64; P++) {
-        for (int i = 0; i < spa_ncases; i++) {
-            spa_config cfg;
-            if (case_config(&spa_cases[i], 5, &cfg) != SPA_OK) continue;
-            check_config(&cfg, P, &max_halo_ranks);
+    for (int i = 0; i < spa_ncases + nextra; i++) {
+        const test_case *tc = i < spa_ncases ? &spa_cases[i] : &extra[i - spa_ncases];
+        spa_config cfg;
+        if (case_config(tc, 5, &cfg) != SPA_OK) {
+            EXPECT(0, "%s: %s", tc->name, spa_last_error());
             spa_config_free(&cfg);
+            continue;
         }
-        for (int i = 0; i < 3; i++) {
-            spa_config cfg;
-            case_config(&extra[i], 5, &cfg);
-            check_config(&cfg, P, &max_halo_ranks);
-            spa_config_free(&cfg);
+        needs nd;
+        EXPECT(needs_build(&cfg, &nd), "out of memory");
+        int f0 = fails;
+        int64_t fetched = 0;
+        for (int P = 1; P <= 64; P++) check_config(tc->name, &cfg, &nd, P, &max_halo_ranks, &fetched);
+        if (fails > f0) printf("     in case %s\n", tc->name);
+        /* a case with strided, dilated or layout blocks fetches at some P,
+         * unless every query block is spread (a strided rule with S much
+         * smaller than n/nb touches every block) */
+        if ((tc->rules && (strstr(tc->rules, "stride") || strstr(tc->rules, "dilated"))) || tc->layout) {
+            int64_t nonspread = 0, nb = spa_nblocks(&cfg);
+            for (int64_t x = 0; x < cfg.heads * nb; x++) nonspread += !nd.spread[x];
+            printf("%-24s fetched %lld blocks over P = 1..64; %lld of %lld query blocks not spread\n", tc->name,
+                   (long long)fetched, (long long)nonspread, (long long)(cfg.heads * nb));
+            EXPECT(fetched > 0 || nonspread == 0, "%s: nothing fetched at any P", tc->name);
         }
+        needs_free(&nd);
+        spa_config_free(&cfg);
     }
     /* the halo must have reached past a neighbour somewhere */
     EXPECT(max_halo_ranks >= 3, "no halo spans 3 ranks (max %d)", max_halo_ranks);
