@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Drives the spa program for the CLI tests.
 
-    cli_test.py [launch options] exit CODE [--touch F] [--expect-file F] -- ARGS...
+    cli_test.py [launch options] exit CODE [--touch F] [--expect-file F] [--gen F] -- ARGS...
     cli_test.py [launch options] CHECK [-- extra spa flags]
 
 `exit` runs `spa ARGS` and requires exit code CODE, an empty stdout and
 exactly one line on stderr that mentions an error, starting "spa: error:".
+--gen F first writes a small valid input F (spa gen, 2 heads) for ARGS.
 The other checks run spa and verify what it prints or writes. Every spa
 launch has a timeout, so a hang fails the test instead of stalling it.
 With --np 1, spa runs without a launcher (as one rank); otherwise under
@@ -88,7 +89,12 @@ def cmd_exit(opt, rest):
     ap.add_argument("code", type=int)
     ap.add_argument("--touch", action="append", default=[])
     ap.add_argument("--expect-file", action="append", default=[])
+    ap.add_argument("--gen", action="append", default=[])
     a = ap.parse_args(opt.pre)
+    for f in a.gen:
+        p = launch(opt, ["gen", "--n", "256", "--heads", "2", "--dim", "8", "--output", f], np=1)
+        if not check(p.returncode == 0, "spa gen writes the input %s" % f):
+            finish()
     args = rest
     kept = {}
     for f in a.touch:
@@ -124,10 +130,13 @@ def cmd_help(opt, rest):
                 "--temperature", "--progress"],
         "gen": ["--output", "--n", "--heads", "--dim", "--seed", "--temperature"],
         "bench": ["--n", "--heads", "--dim", "--json", "--threads", "--warmup", "--reps"],
-        "plan": ["--n", "--heads", "--ranks", "--stats", "--image", "--json"],
+        "plan": ["--n", "--heads", "--ranks", "--stats", "--image", "--json", "--export-layout",
+                 "full_kv_num_blocks", "full_kv_indices"],
     }
     pattern = ["--block", "--local-blocks", "--radius", "--globals", "--random", "--seed",
-               "--causal", "--scale"]
+               "--causal", "--scale", "--stride", "--summary", "--dilated", "--layout",
+               "@a:b", "-inf", "kv_num_blocks", "kv_indices", "[H or 1, nb, nb]",
+               "(i - j) mod S == 0", "j mod L >= L - C", "(p - s*w) mod r == h mod r"]
     p = launch(opt, ["--help"])
     check(p.returncode == 0, "spa --help exits 0")
     for c in flags:

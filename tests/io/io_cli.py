@@ -6,6 +6,9 @@
     io_cli.py [launch options] oracle     spa's output against dense numpy
     io_cli.py [launch options] sample     make_sample reproduces data/
     io_cli.py [launch options] gen        spa gen: same bytes at P ranks as at 1
+    io_cli.py [launch options] layout_errors  every malformed --layout file: exit 3
+    io_cli.py [launch options] layout     --layout dense = sparse = numpy; the output
+                                          records the pattern; export -> import
 
 Launch options: --spa EXE --mpiexec EXE --np P --workdir DIR [--data DIR]
 [--make-sample EXE]. With --np 1 spa runs without a launcher (as one
@@ -427,6 +430,330 @@ def cmd_oracle(opt):
     finish()
 
 
+# ------------------------------------------------------------------ layout
+
+LAY_N, LAY_H, LAY_D, LAY_B = 300, 2, 8, 32
+LAY_NB = (LAY_N + LAY_B - 1) // LAY_B  # 10 blocks, the last one partial
+
+
+def lay_file(path, attrs=None, **datasets):
+    """An HDF5 file holding the given datasets (numpy arrays) and root attributes."""
+    with h5py.File(path, "w") as f:
+        for k, v in datasets.items():
+            f.create_dataset(k, data=v)
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+
+
+def dense_to_sparse(lay, rng=None):
+    """dense [Hl, nb, nb] -> (num [Hl, nb], idx [Hl, nb, K]) int32, indices in
+    a shuffled order when rng is given, padded with 0."""
+    Hl, nb, _ = lay.shape
+    K = max(1, int(lay.sum(axis=2).max()))
+    num = lay.sum(axis=2).astype("i4")
+    idx = np.zeros((Hl, nb, K), "i4")
+    for h in range(Hl):
+        for c in range(nb):
+            b = np.nonzero(lay[h, c])[0]
+            if rng is not None:
+                rng.shuffle(b)
+            idx[h, c, :len(b)] = b
+    return num, idx
+
+
+def cmd_layout_errors(opt):
+    """Every malformed layout: exit 3, one line naming the dataset, the old
+    output untouched, no temporary file left."""
+    w = opt.workdir
+    good = os.path.join(w, "good.h5")
+    out = os.path.join(w, "kept.h5")
+    write_input(good, shape=(LAY_H, LAY_N, LAY_D))
+    nb = LAY_NB
+    ok = np.zeros((1, nb, nb), "i1")
+    ok[0, np.arange(nb), np.arange(nb)] = 1
+    num, idx = dense_to_sparse(ok)
+
+    def with_value(a, where, v):
+        a = a.copy()
+        a[where] = v
+        return a
+
+    bad = {}  # name -> (datasets, attrs, words)
+    bad["dense_value_2"] = (dict(layout=with_value(ok, (0, 3, 4), 2)), None,
+                            ["'layout'", "[0, 3, 4]", "0 or 1"])
+    bad["dense_value_negative"] = (dict(layout=with_value(ok, (0, 9, 0), -1)), None, ["'layout'"])
+    bad["dense_float"] = (dict(layout=ok.astype("f4")), None, ["'layout'"])
+    bad["dense_rank_2"] = (dict(layout=ok[0]), None, ["'layout'", "[10, 10]"])
+    bad["dense_columns"] = (dict(layout=ok[:, :, :9]), None, ["'layout'", "[1, 10, 9]"])
+    bad["dense_nb_mismatch"] = (dict(layout=np.ones((1, 11, 11), "i1")), None,
+                                ["'layout'", "[1, 11, 11]", "ceil"])
+    bad["dense_heads_3"] = (dict(layout=np.ones((3, nb, nb), "u1")), None, ["'layout'", "heads"])
+    bad["dense_and_sparse"] = (dict(layout=ok, kv_num_blocks=num, kv_indices=idx), None,
+                               ["'layout'", "'kv_num_blocks'"])
+    bad["block_attribute"] = (dict(layout=ok), {"block": 64}, ["'block'", "64"])
+    bad["block_attribute_text"] = (dict(layout=ok), {"block": "32"}, ["'block'"])
+    bad["index_outside"] = (dict(kv_num_blocks=num, kv_indices=with_value(idx, (0, 2, 0), nb)), None,
+                            ["'kv_indices'", "[0, 2, 0]"])
+    bad["index_negative"] = (dict(kv_num_blocks=num, kv_indices=with_value(idx, (0, 5, 0), -2)), None,
+                             ["'kv_indices'", "-2"])
+    rep_idx = np.zeros((1, nb, 2), "i4")
+    rep_num = np.ones((1, nb), "i4")
+    rep_num[0, 4] = 2  # row 4 lists block 0 twice
+    bad["index_repeated"] = (dict(kv_num_blocks=rep_num, kv_indices=rep_idx), None,
+                             ["'kv_indices'", "repeats"])
+    bad["num_beyond_k"] = (dict(kv_num_blocks=with_value(num, (0, 1), 2), kv_indices=idx), None,
+                           ["'kv_num_blocks'", "[0, 1]"])
+    bad["num_negative"] = (dict(kv_num_blocks=with_value(num, (0, 7), -1), kv_indices=idx), None,
+                           ["'kv_num_blocks'"])
+    bad["indices_missing"] = (dict(kv_num_blocks=num), None, ["'kv_indices'"])
+    bad["num_missing"] = (dict(kv_indices=idx), None, ["'kv_num_blocks'"])
+    bad["full_indices_missing"] = (dict(kv_num_blocks=num, kv_indices=idx, full_kv_num_blocks=num),
+                                   None, ["'full_kv_indices'"])
+    bad["full_num_missing"] = (dict(kv_num_blocks=num, kv_indices=idx, full_kv_indices=idx), None,
+                               ["'full_kv_num_blocks'"])
+    bad["full_repeated"] = (dict(kv_num_blocks=num, kv_indices=idx, full_kv_num_blocks=rep_num,
+                                 full_kv_indices=rep_idx), None, ["'full_kv_indices'", "repeats"])
+    bad["num_shape"] = (dict(kv_num_blocks=num[:, :9], kv_indices=idx), None,
+                        ["'kv_num_blocks'", "[1, 9]"])
+    bad["indices_rank"] = (dict(kv_num_blocks=num, kv_indices=idx[0]), None, ["'kv_indices'"])
+    bad["heads_differ"] = (dict(kv_num_blocks=num, kv_indices=np.concatenate([idx, idx])), None,
+                           ["'kv_indices'", "heads"])
+    bad["num_float"] = (dict(kv_num_blocks=num.astype("f8"), kv_indices=idx), None, ["'kv_num_blocks'"])
+    bad["no_datasets"] = (dict(other=np.zeros(3)), None, ["'layout'", "'kv_num_blocks'"])
+    bad["layout_is_group"] = (None, None, ["'layout'"])
+
+    def make(path, datasets, attrs):
+        if datasets is None:  # a group called layout
+            with h5py.File(path, "w") as f:
+                f.create_group("layout")
+        else:
+            lay_file(path, attrs, **datasets)
+
+    def expect(args, words, keep):
+        before = read_bytes(keep) if keep else None
+        p = launch(opt, args)
+        check(p.returncode == 3, "exit code 3 (got %d)" % p.returncode)
+        check(p.stdout.strip() == "", "nothing on stdout")
+        lines = [l for l in p.stderr.splitlines() if l.strip()]
+        check(len(lines) == 1, "exactly one line on stderr (got %d)" % len(lines))
+        if lines:
+            check(lines[0].startswith("spa: error: "), "the line starts with 'spa: error: '")
+            for word in words:
+                check(word in lines[0], "the message names %s" % word)
+        if keep:
+            check(read_bytes(keep) == before, "%s is left byte for byte as it was" % keep)
+        check(not temp_files(w), "no temporary file left in %s" % w)
+
+    flags = ["--block", str(LAY_B), "--local-blocks", "0", "--globals", "none", "--random", "0"]
+    for k, (name, (datasets, attrs, words)) in enumerate(bad.items()):
+        print("-- layout error:", name)
+        path = os.path.join(w, "lay_%s.h5" % name)
+        make(path, datasets, attrs)
+        with open(out, "wb") as fh:
+            fh.write(b"the previous output\n")
+        # alternate the file input and the synthetic one (n from --n)
+        if k % 2 == 0:
+            args = ["run", "--input", good, "--output", out, "--layout", path] + flags
+        else:
+            args = ["run", "--n", str(LAY_N), "--heads", str(LAY_H), "--dim", str(LAY_D),
+                    "--output", out, "--layout", path] + flags
+        expect(args, words, out)
+    print("-- layout error through spa plan and spa bench")
+    path = os.path.join(w, "lay_dense_value_2.h5")
+    expect(["plan", "--n", str(LAY_N), "--heads", "2", "--layout", path] + flags,
+           ["'layout'"], None)
+    expect(["bench", "--n", str(LAY_N), "--heads", "2", "--dim", "8", "--reps", "1",
+            "--layout", path] + flags, ["'layout'"], None)
+    print("-- missing layout file, and one that is not HDF5")
+    expect(["run", "--input", good, "--layout", os.path.join(w, "no_such_layout.h5")] + flags,
+           ["no_such_layout.h5"], None)
+    garbage = os.path.join(w, "garbage_layout.h5")
+    with open(garbage, "w") as fh:
+        fh.write("not hdf5\n")
+    expect(["run", "--input", good, "--layout", garbage] + flags, ["not an HDF5 file"], None)
+    print("-- a layout with 1 head for n = 300 does not fit n = 400")
+    lay_file(os.path.join(w, "lay_ok.h5"), layout=ok)
+    expect(["run", "--n", "400", "--heads", "2", "--dim", "8", "--layout",
+            os.path.join(w, "lay_ok.h5")] + flags, ["'layout'", "[1, 10, 10]"], None)
+    finish()
+
+
+def layout_mask(lay, n, B, H, causal):
+    """Token mask [H, n, n] of a block layout [Hl, nb, nb]."""
+    blk = np.arange(n) // B
+    masks = []
+    for h in range(H):
+        L = lay[h if lay.shape[0] > 1 else 0].astype(bool)
+        m = L[blk[:, None], blk[None, :]]
+        if causal:
+            m = m & (np.arange(n)[None, :] <= np.arange(n)[:, None])
+        masks.append(m)
+    return np.array(masks)
+
+
+def dense_masked(q, k, v, mask, scale):
+    """dense() with empty rows: out 0, lse -inf."""
+    s = scale * np.einsum("hid,hjd->hij", q, k)
+    s = np.where(mask, s, -np.inf)
+    m = s.max(axis=2, keepdims=True)
+    empty = ~mask.any(axis=2, keepdims=True)
+    m = np.where(empty, 0.0, m)
+    p = np.where(mask, np.exp(s - m), 0.0)
+    z = p.sum(axis=2, keepdims=True)
+    out = np.einsum("hij,hjd->hid", p / np.where(empty, 1.0, z), v)
+    lse = np.where(empty, -np.inf, m + np.log(np.where(empty, 1.0, z)))[..., 0]
+    return out, lse
+
+
+def compare_lse(name, got, want, rel):
+    """lse with empty rows: -inf exactly where expected, the rest compared."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    ninf = np.isneginf(want)
+    check(np.array_equal(np.isneginf(got), ninf),
+          "%s is -inf exactly on the %d empty rows" % (name, int(ninf.sum())))
+    compare(name + " (finite rows)", np.where(ninf, 0.0, got), np.where(ninf, 0.0, want), rel)
+
+
+def read_out(path):
+    with h5py.File(path, "r") as f:
+        return f["out"][()], f["lse"][()]
+
+
+def cmd_layout(opt):
+    w = opt.workdir
+    n, H, D, B, nb = LAY_N, LAY_H, LAY_D, LAY_B, LAY_NB
+    inp = os.path.join(w, "in.h5")
+    write_input(inp, shape=(H, n, D), seed=3)
+    with h5py.File(inp, "r") as f:
+        q, k, v = (f[x][()].astype("f8") for x in "qkv")
+    scale = 1 / np.sqrt(D)
+    rng = np.random.default_rng(7)
+    base = ["--block", str(B), "--local-blocks", "0", "--globals", "none", "--random", "0"]
+
+    def run(out, flags):
+        if os.path.exists(out):
+            os.remove(out)
+        p = launch(opt, ["run", "--input", inp, "--output", out] + flags)
+        return check(p.returncode == 0, "exit code 0 for %s (got %d)" % (" ".join(flags), p.returncode))
+
+    for causal in (False, True):
+        for heads in (1, H):
+            tag = "%s_h%d" % ("causal" if causal else "full", heads)
+            print("-- layout, dense against sparse against numpy:", tag)
+            lay = (rng.random((heads, nb, nb)) < 0.3).astype(bool)
+            lay[0, 4, :] = False  # an empty row
+            lay[0, 0, :] = True   # a dense row
+            dense_f, sparse_f = os.path.join(w, "dense_%s.h5" % tag), os.path.join(w, "sparse_%s.h5" % tag)
+            lay_file(dense_f, {"block": B}, layout=lay)  # bool: h5py's enum
+            # sparse: a random split of every row into a partial and a full
+            # list, sharing some blocks (the row is their union), shuffled
+            part = lay & (rng.random(lay.shape) < 0.6)
+            full = (lay & ~part) | (part & (rng.random(lay.shape) < 0.3))
+            pn, pi = dense_to_sparse(part, rng)
+            fn, fi = dense_to_sparse(full, rng)
+            pi = np.concatenate([pi, np.full(pi.shape[:2] + (2,), 7, "i4")], axis=2)  # padding is ignored
+            lay_file(sparse_f, None, kv_num_blocks=pn, kv_indices=pi, full_kv_num_blocks=fn,
+                     full_kv_indices=fi)
+            extra = ["--causal"] if causal else []
+            o1, o2 = os.path.join(w, "out_dense_%s.h5" % tag), os.path.join(w, "out_sparse_%s.h5" % tag)
+            if not (run(o1, base + extra + ["--layout", dense_f]) and
+                    run(o2, base + extra + ["--layout", sparse_f])):
+                continue
+            a_out, a_lse = read_out(o1)
+            b_out, b_lse = read_out(o2)
+            check(np.array_equal(a_out, b_out) and np.array_equal(a_lse, b_lse),
+                  "dense and sparse forms give the same out and lse, bit for bit")
+            ref_out, ref_lse = dense_masked(q, k, v, layout_mask(lay, n, B, H, causal), scale)
+            compare("out", a_out, ref_out, 1e-5)
+            compare_lse("lse", a_lse, ref_lse, 1e-5)
+            check(np.all(a_out[0, 4 * B:5 * B] == 0), "the empty row block has out = 0")
+            with h5py.File(o1, "r") as f:
+                a = f.attrs
+                check(attr_str(a, "layout") == dense_f, "attribute layout names the file")
+                check(attr_str(a, "local_blocks_spec") == "0" and attr_str(a, "random_spec") == "0",
+                      "attributes local_blocks_spec and random_spec hold the flags")
+                check(attr_str(a, "local_mode") == "none", "local_mode is none")
+                check(f["plan/random_blocks"].shape == (H, nb, 0), "random_blocks is [H, nb, 0]")
+                num, idx = f["plan/kv_num_blocks"][()], f["plan/kv_indices"][()]
+                check(num.dtype == np.int32 and idx.dtype == np.int32, "plan layout is int32")
+                got = np.zeros(lay.shape, bool)
+                for h in range(num.shape[0]):
+                    for c in range(nb):
+                        got[h, c, idx[h, c, :num[h, c]]] = True
+                check(num.shape == (heads, nb) and np.array_equal(got, lay),
+                      "plan/kv_num_blocks and plan/kv_indices hold the layout")
+
+    print("-- the output records every rule")
+    out = os.path.join(w, "out_rules.h5")
+    flags = ["--block", str(B), "--local-blocks", "3@0:1", "--radius", "9@1:2", "--random", "2@0:1",
+             "--random", "5@1:2", "--stride", "17", "--summary", "32:4@1:2", "--dilated", "64:2,16:1",
+             "--globals", "0:3"]
+    if run(out, flags):
+        with h5py.File(out, "r") as f:
+            a = f.attrs
+            want = {"local_blocks_spec": "3@0:1", "radius_spec": "9@1:2", "random_spec": "2@0:1 5@1:2",
+                    "stride_spec": "17", "summary_spec": "32:4@1:2", "dilated_spec": "64:2,16:1"}
+            for key, val in want.items():
+                check(attr_str(a, key) == val, "attribute %s = %r (got %r)" % (key, val, attr_str(a, key)))
+            check(attr_str(a, "local_mode") == "per-head" and int(a["local_size"]) == -1,
+                  "local_mode per-head, local_size -1")
+            check(int(a["random"]) == 5, "random is the largest per-head count")
+            check("layout" not in a, "no layout attribute without --layout")
+            rb = f["plan/random_blocks"][()]
+            check(rb.shape == (H, nb, 5), "random_blocks is [H, nb, 5]")
+            check(np.all(rb[0, :, 2:] == -1), "head 0 (2 random blocks) is -1 padded")
+            check(np.any(rb[1, :, 2:] >= 0), "head 1 draws more than head 0's 2")
+
+    print("-- export -> import round trip")
+    cases = [
+        ("default", ["--block", str(B)], []),
+        ("causal", ["--block", str(B), "--causal", "--local-blocks", "3", "--random", "2",
+                    "--globals", "0:32"], ["--causal"]),
+        ("per_head", ["--block", str(B), "--local-blocks", "3@0:1", "--local-blocks", "1@1:2",
+                      "--random", "1@0:1", "--random", "3@1:2", "--globals", "256:300"], []),
+        ("layout_itself", ["--block", str(B), "--local-blocks", "0", "--globals", "none", "--random",
+                           "0", "--layout", os.path.join(w, "dense_causal_h2.h5"), "--causal"],
+         ["--causal"]),
+    ]
+    for name, pat, extra in cases:
+        print("--- round trip:", name)
+        lay = os.path.join(w, "export_%s.h5" % name)
+        if os.path.exists(lay):
+            os.remove(lay)
+        p = launch(opt, ["plan", "--n", str(n), "--heads", str(H), "--dim", str(D),
+                         "--export-layout", lay] + pat)
+        if not check(p.returncode == 0 and os.path.exists(lay), "plan --export-layout writes %s" % lay):
+            continue
+        check(not temp_files(w), "no temporary file left")
+        with h5py.File(lay, "r") as f:
+            for ds, rank in (("full_kv_num_blocks", 2), ("full_kv_indices", 3), ("kv_num_blocks", 2),
+                             ("kv_indices", 3)):
+                check(ds in f and f[ds].dtype == np.int32 and f[ds].shape[:2] == (H, nb)
+                      and f[ds].ndim == rank, "%s is int32 [H, nb%s]" % (ds, ", K" if rank == 3 else ""))
+            check(int(f.attrs.get("block", -1)) == B, "attribute block = %d" % B)
+            if "kv_num_blocks" in f and "full_kv_num_blocks" in f:
+                pn, pi = f["kv_num_blocks"][()], f["kv_indices"][()]
+                fn, fi = f["full_kv_num_blocks"][()], f["full_kv_indices"][()]
+                disjoint = all(not set(pi[h, c, :pn[h, c]]) & set(fi[h, c, :fn[h, c]])
+                               for h in range(H) for c in range(nb))
+                check(disjoint, "full and partial lists are disjoint")
+        o1, o2 = os.path.join(w, "rt_orig_%s.h5" % name), os.path.join(w, "rt_back_%s.h5" % name)
+        if not (run(o1, pat) and run(o2, base + extra + ["--layout", lay])):
+            continue
+        a_out, a_lse = read_out(o1)
+        b_out, b_lse = read_out(o2)
+        compare("out", b_out, a_out, 1e-5)
+        compare_lse("lse", b_lse, a_lse, 1e-5)
+    finish()
+
+
+def attr_str(attrs, key):
+    v = attrs.get(key)
+    if isinstance(v, bytes):
+        return v.decode()
+    return None if v is None else str(v)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spa", required=True)
@@ -435,13 +762,15 @@ def main():
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--data")
     ap.add_argument("--make-sample")
-    ap.add_argument("check", choices=["errors", "regress", "oracle", "sample", "gen"])
+    ap.add_argument("check", choices=["errors", "regress", "oracle", "sample", "gen", "layout_errors",
+                                      "layout"])
     opt = ap.parse_args()
     os.makedirs(opt.workdir, exist_ok=True)
     for stale in temp_files(opt.workdir):
         os.remove(stale)
     {"errors": cmd_errors, "regress": cmd_regress, "oracle": cmd_oracle,
-     "sample": cmd_sample, "gen": cmd_gen}[opt.check](opt)
+     "sample": cmd_sample, "gen": cmd_gen, "layout_errors": cmd_layout_errors,
+     "layout": cmd_layout}[opt.check](opt)
 
 
 if __name__ == "__main__":
