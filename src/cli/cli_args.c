@@ -516,7 +516,8 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
         "  --random R         per head and query block, R distinct key blocks drawn\n"
         "                     from the blocks outside the head's local window (its own\n"
         "                     block alone when it has none) that hold no global token;\n"
-        "                     all of them when fewer are eligible (default 3)\n"
+        "                     all of them when fewer are eligible; with --causal\n"
+        "                     only blocks that end before that window (default 3)\n"
         "  --stride S         S >= 2: i attends every j with (i - j) mod S == 0\n"
         "  --summary L:C      1 <= C <= L: i attends every j with j mod L >= L - C,\n"
         "                     the last C tokens of every L-token chunk (seen by all,\n"
@@ -607,6 +608,7 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
     default:
         fprintf(f, "usage: spa <command> [flags]\n\n"
                    "Sparse parallel attention: local window + global tokens + random links,\n"
+                   "strided, summary, dilated and layout rules, per head if wished,\n"
                    "across MPI ranks (mpirun -n P spa ...; plain 'spa' runs as one rank).\n\n"
                    "Commands:\n"
                    "  run     compute attention on synthetic or HDF5 inputs\n"
