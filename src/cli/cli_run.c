@@ -267,7 +267,10 @@ spa_err spa_cli_run(MPI_Comm comm, spa_cli_opts *o)
     spa_err err = SPA_OK;
 
     if (o->output) {
-        err = spa_agree(comm, spa_cli_check_output("output", o->output, o->input));
+        err = spa_cli_check_output("output", o->output, o->input);
+        /* the layout is an input too: never replace it with the result */
+        if (err == SPA_OK && o->layout) err = spa_cli_check_output("output", o->output, o->layout);
+        err = spa_agree(comm, err);
         if (err) goto done;
     }
     if (o->input) {
