@@ -33,6 +33,7 @@ static int fails, checks, max_print = 30; /* SPA_TEST_VERBOSE=1 prints every fai
 typedef struct needs {
     int64_t nb;
     int64_t *lo, *hi;       /* [H][nb][nb]: needed non-gathered keys of key block b of (h, c), or -1 */
+    unsigned char *att;     /* [H][nb][nb] 1: a non-global row attends a key of b; 2: only global rows do */
     unsigned char *spread;  /* [H][nb] spa_pattern_spread */
     unsigned char *kv;      /* [n] gathered */
 } needs;
@@ -44,18 +45,25 @@ static int needs_build(const spa_config *cfg, needs *nd)
     nd->lo = malloc((size_t)(H * nb * nb) * sizeof *nd->lo);
     nd->hi = malloc((size_t)(H * nb * nb) * sizeof *nd->hi);
     nd->spread = malloc((size_t)(H * nb));
+    nd->att = calloc((size_t)(H * nb * nb), 1);
     nd->kv = calloc((size_t)n, 1);
-    if (!nd->lo || !nd->hi || !nd->spread || !nd->kv) return 0;
+    if (!nd->lo || !nd->hi || !nd->spread || !nd->att || !nd->kv) return 0;
     for (int64_t g = 0; g < cfg->nkv_tokens; g++) nd->kv[cfg->kv_tokens[g]] = 1;
     for (int64_t x = 0; x < H * nb * nb; x++) nd->lo[x] = nd->hi[x] = -1;
     for (int32_t h = 0; h < H; h++)
         for (int64_t c = 0; c < nb; c++) {
             nd->spread[h * nb + c] = (unsigned char)spa_pattern_spread(cfg, h, c);
             int64_t *lo = nd->lo + (h * nb + c) * nb, *hi = nd->hi + (h * nb + c) * nb;
+            unsigned char *att = nd->att + (h * nb + c) * nb;
             for (int64_t i = c * B; i < (c + 1) * B && i < n; i++) {
-                if (spa_pattern_is_global(cfg, i)) continue;
+                if (spa_pattern_is_global(cfg, i)) {
+                    for (int64_t b = 0; b < nb; b++) att[b] |= att[b] ? 0 : 2;
+                    continue;
+                }
                 for (int64_t j = 0; j < n; j++) {
-                    if (nd->kv[j] || !spa_pattern_attends(cfg, h, i, j)) continue;
+                    if (!spa_pattern_attends(cfg, h, i, j)) continue;
+                    att[j / B] = 1;
+                    if (nd->kv[j]) continue;
                     int64_t b = j / B;
                     if (lo[b] < 0 || j < lo[b]) lo[b] = j;
                     if (j > hi[b]) hi[b] = j;
@@ -67,7 +75,7 @@ static int needs_build(const spa_config *cfg, needs *nd)
 
 static void needs_free(needs *nd)
 {
-    free(nd->lo), free(nd->hi), free(nd->spread), free(nd->kv);
+    free(nd->lo), free(nd->hi), free(nd->spread), free(nd->att), free(nd->kv);
 }
 
 static void check_config(const char *name, const spa_config *cfg, const needs *nd, int P, int *max_halo_ranks,
@@ -174,10 +182,19 @@ static void check_config(const char *name, const spa_config *cfg, const needs *n
                     EXPECT(0, "%s P=%d rank %d: block %lld of head %d is needed by query block %lld outside [%lld, "
                               "%lld), but not fetched",
                            name, P, r, (long long)b, h, (long long)who, (long long)res0, (long long)res1);
-                if (!remote && fmark[h * nb + b] && reported++ < 2)
+                if (!remote && fmark[h * nb + b] && reported++ < 2) {
+                    /* why not: the owned non-spread blocks' rows that attend a key of b */
+                    int why = 0;
+                    for (int64_t c = p->b0; c < p->b1; c++)
+                        if (!nd->spread[h * nb + c] && nd->att[(h * nb + c) * nb + b])
+                            why = why == 1 ? 1 : nd->att[(h * nb + c) * nb + b];
                     EXPECT(0, "%s P=%d rank %d: block %lld of head %d fetched, but no owned non-spread query block "
-                              "needs a key of it outside [%lld, %lld) that is not gathered",
-                           name, P, r, (long long)b, h, (long long)res0, (long long)res1);
+                              "needs a key of it outside [%lld, %lld) that is not gathered (%s)",
+                           name, P, r, (long long)b, h, (long long)res0, (long long)res1,
+                           why == 1   ? "the keys of it that non-global rows attend are resident or gathered"
+                           : why == 2 ? "only global rows attend it, and they take the spread path"
+                                      : "no owned row attends a key of it");
+                }
             }
             for (int64_t c = p->b0; c < p->b1; c++) {
                 if (nd->spread[h * nb + c]) continue;
