@@ -45,24 +45,73 @@ const char *spa_last_error(void);
 
 /* ------------------------------------------------------------------ config */
 
+/* The per-head rules of SPEC section 1.1. A flag's value may end in @a:b,
+ * which applies it to heads [a, b) only; spa_config_add_rule collects the
+ * values, spa_config_validate resolves them into one spa_head_rules per head. */
+typedef enum spa_rule {
+    SPA_RULE_LOCAL_BLOCKS = 0, /* --local-blocks W (odd, or 0 = none) */
+    SPA_RULE_RADIUS,           /* --radius R */
+    SPA_RULE_RANDOM,           /* --random R */
+    SPA_RULE_STRIDE,           /* --stride S (S >= 2) */
+    SPA_RULE_SUMMARY,          /* --summary L:C (1 <= C <= L) */
+    SPA_RULE_DILATED,          /* --dilated w:r[,w:r...] (1 <= r <= w) */
+    SPA_RULE_COUNT
+} spa_rule;
+
+enum { SPA_MAX_DILATED = 8 };
+
+/* The rules of one head, resolved. */
+typedef struct spa_head_rules {
+    int32_t local_blocks;  /* W >= 1 odd: block window; 0: none */
+    int64_t radius;        /* >= 0: radius rule; -1: none (at most one local rule) */
+    int32_t random;        /* random blocks per query block */
+    int64_t stride;        /* S >= 2; 0: none */
+    int64_t sum_l, sum_c;  /* summary L:C; 0: none */
+    int32_t ndilated;      /* (w, r) pairs */
+    int64_t dil_w[SPA_MAX_DILATED], dil_r[SPA_MAX_DILATED];
+} spa_head_rules;
+
+/* A block layout in compressed rows: row (h, c) lists the key blocks
+ * idx[off[h * nb + c] .. off[h * nb + c + 1]), sorted and unique.
+ * heads is 1 (the layout applies to every head) or H; 0 = no layout. */
+typedef struct spa_layout {
+    int32_t heads;
+    int64_t nb;
+    int64_t *off;          /* [heads * nb + 1] */
+    int32_t *idx;          /* [off[heads * nb]] */
+} spa_layout;
+
 typedef struct spa_config {
     int64_t n;            /* tokens */
     int32_t heads;        /* H: independent problems */
     int32_t dim;          /* D: head dimension */
     int32_t block;        /* B: block size, default 64 */
-    int32_t local_blocks; /* W: odd, used when radius < 0; default 3 */
+    /* The all-heads values of the first three rules, used for a rule with no
+     * spa_config_add_rule value (the API's short form). */
+    int32_t local_blocks; /* W: odd, or 0 = none; used when radius < 0; default 3 */
     int64_t radius;       /* R >= 0 selects radius mode; -1 = block mode */
     int32_t random;       /* random blocks per (head, query block), default 3 */
     uint64_t seed;        /* keys the random-link generator, default 0 */
     int causal;           /* keep only j <= i */
     float scale;          /* 0 means 1/sqrt(D) once validated */
     char *globals_spec;   /* NULL = default (first and last block); "none" */
+    /* Flag values per rule, as given: several values joined by ';'. NULL
+     * when the flag was not given. Set with spa_config_add_rule. */
+    char *rule_spec[SPA_RULE_COUNT];
+    spa_layout layout;    /* --layout; heads == 0 when none */
+    char *layout_name;    /* the layout's file, recorded in the output */
     /* Filled by spa_config_validate: sorted unique global token indices,
      * and the sorted unique blocks that hold at least one of them. */
     int64_t *globals;
     int64_t nglobals;
     int64_t *global_blocks;
     int64_t nglobal_blocks;
+    spa_head_rules *hr;   /* [heads] the rules of each head */
+    int32_t random_max;   /* max over heads of hr[h].random */
+    /* Tokens whose K and V every rank gathers once: G and every head's
+     * summary columns, sorted unique. */
+    int64_t *kv_tokens;
+    int64_t nkv_tokens;
 } spa_config;
 
 /* Defaults of SPEC section 1: n = 131072, H = 4, D = 64, B = 64, W = 3,
@@ -77,7 +126,18 @@ spa_err spa_config_set_globals(spa_config *cfg, const char *spec);
  * gets the same answer on the same flags. */
 spa_err spa_config_validate(spa_config *cfg);
 
-/* Deep copy (globals included). */
+/* Adds one value of a per-head rule flag, in the command line's syntax
+ * ("3", "3@0:4", "64:8", "2048:1,4096:2@0:2"). Parsed by validate. */
+spa_err spa_config_add_rule(spa_config *cfg, spa_rule rule, const char *value);
+
+/* Copies a layout into cfg (NULL removes it). Checked against n and the
+ * block by validate. */
+spa_err spa_config_set_layout(spa_config *cfg, const spa_layout *lay);
+
+/* Frees a layout's arrays. Accepts NULL. */
+void spa_layout_free(spa_layout *lay);
+
+/* Deep copy (globals, rules and layout included). */
 spa_err spa_config_copy(spa_config *dst, const spa_config *src);
 
 /* Frees what validate and set_globals allocated. Accepts NULL. */
@@ -104,28 +164,58 @@ int spa_pattern_is_global(const spa_config *cfg, int64_t j);
 /* 1 when block b holds a global token. */
 int spa_pattern_block_has_global(const spa_config *cfg, int64_t b);
 
-/* The local block window of query block c: blocks [*b0, *b1] inclusive. */
-void spa_pattern_window(const spa_config *cfg, int64_t c, int64_t *b0, int64_t *b1);
+/* 1 when token j is in G or is a summary column of head h: its K and V
+ * are gathered by every rank. */
+int spa_pattern_is_gathered(const spa_config *cfg, int32_t h, int64_t j);
+
+/* The local block window of query block c in head h: blocks [*b0, *b1]
+ * inclusive. A head without a local rule gets {c} (the random rule's
+ * window, SPEC 1.1). */
+void spa_pattern_window(const spa_config *cfg, int32_t h, int64_t c, int64_t *b0, int64_t *b1);
 
 /* Union over the rows of block c of their local key ranges, as the
- * half-open token range [*j0, *j1); causal-clipped. */
-void spa_pattern_local_range(const spa_config *cfg, int64_t c, int64_t *j0, int64_t *j1);
+ * half-open token range [*j0, *j1); causal-clipped. Empty (j0 == j1) when
+ * head h has no local rule. */
+void spa_pattern_local_range(const spa_config *cfg, int32_t h, int64_t c, int64_t *j0, int64_t *j1);
 
 /* Random key blocks of (head h, query block c), sorted ascending.
- * blocks[] has room for cfg->random entries. Returns how many were drawn. */
+ * blocks[] has room for cfg->random_max entries. Returns how many were drawn. */
 int32_t spa_pattern_random_blocks(const spa_config *cfg, int32_t h, int64_t c, int32_t *blocks);
+
+/* The key blocks of (h, c) that the block-level and residue rules name:
+ * random and layout blocks (full[k] = 1: every row attends the whole
+ * block, up to causality) and the blocks holding a strided or dilated key
+ * of some row of c (full[k] = 0). Sorted ascending, unique; blocks[] and
+ * full[] have room for nb entries. The local window and the gathered
+ * tokens are not included. Returns the count. */
+int64_t spa_pattern_key_blocks(const spa_config *cfg, int32_t h, int64_t c, int32_t *blocks,
+                               unsigned char *full);
+
+/* 1 when query block c of head h attends so much of the sequence that its
+ * rows take the spread path (partials over every rank's shard, merged by
+ * log-sum-exp) instead of fetching their keys. A pure function of the
+ * pattern: the same on every rank count. */
+int spa_pattern_spread(const spa_config *cfg, int32_t h, int64_t c);
 
 /* Whether key j is in S(i) for head h, straight from the SPEC's rules.
  * Slow; for the reference and tests. */
 int spa_pattern_attends(const spa_config *cfg, int32_t h, int64_t i, int64_t j);
 
 /* |S(i)| of each token i of query block c, head h: counts[i - c*B].
- * Counted from ranges, O(B * (R + log |G|)). */
+ * Set semantics: a key that several rules select counts once. */
 void spa_pattern_block_keys(const spa_config *cfg, int32_t h, int64_t c, int64_t *counts);
 
 /* |S(i)| summed over the tokens of query blocks [c0, c1) of head h (for
- * FLOP counts); -1 when out of memory. Cost O(B * (c1 - c0) * log |G|). */
+ * FLOP counts); -1 when out of memory. */
 int64_t spa_pattern_pairs(const spa_config *cfg, int32_t h, int64_t c0, int64_t c1);
+
+/* The block layout of (h, c) in FlexAttention's form (SPEC 1.1, spa plan
+ * --export-layout): full[] the key blocks in which every existing token
+ * pair is attended, part[] those in which some but not all are. Both have
+ * room for nb entries and come out ascending. Returns 0, or -1 when out
+ * of memory. */
+int spa_pattern_export_row(const spa_config *cfg, int32_t h, int64_t c, int32_t *full, int64_t *nfull,
+                           int32_t *part, int64_t *npart);
 
 /* --------------------------------------------------------------- partition */
 
@@ -162,20 +252,40 @@ typedef struct spa_run_blk {
     int64_t b0, nblk;
 } spa_run_blk;
 
-/* Who sends what to rank r, a pure function of (cfg, P, r). */
+/* One row of the spread path: token tok of head h. */
+typedef struct spa_spread_row {
+    int64_t tok;
+    int32_t h;
+    int32_t tile;               /* rows of one tile share h and their query block's rules */
+} spa_spread_row;
+
+/* Who sends what to rank r, a pure function of (cfg, P, r). One
+ * description of four kinds of transfer:
+ *   halo      contiguous key ranges from the neighbours (two-sided)
+ *   gathered  K and V of cfg->kv_tokens (G and summary columns), allgathered once
+ *   fetched   remote key blocks of the random, strided, dilated and layout
+ *             rules, each fetched once per rank, coalesced into runs
+ *   spread    query rows that attend most of the sequence (G, dense layout
+ *             rows): their q is allgathered, every rank reduces them over its
+ *             own shard, and the partials are merged by log-sum-exp */
 typedef struct spa_commplan {
     int P, rank;
     int64_t b0, b1, t0, t1;     /* owned blocks and tokens */
-    int64_t ext0, ext1;         /* keys the owned local windows need: own + halo */
+    int64_t ext0, ext1;         /* keys the owned local windows need, every head: own + halo */
     int nrecv, nsend;           /* halo pieces, sorted by rank then t0 */
     spa_xfer *recv, *send;
+    int64_t nkv_own;            /* gathered tokens this rank owns */
     int64_t nglobal_own;        /* global tokens this rank owns */
+    int64_t nspread;            /* spread rows of every rank, in tile order */
+    spa_spread_row *spread;     /* [nspread]: sorted by (tile, tok) */
+    int32_t nspread_tiles;
+    int64_t nspread_own;        /* of them, rows this rank owns */
     int64_t nfetch;             /* distinct (head, block) pairs fetched */
     int nruns;                  /* coalesced runs of them */
     spa_run_blk *runs;          /* sorted by (h, b0) */
     /* Bytes this rank receives (SPEC section 3 fields). K and V both count.
-     * bytes_global is the allgather of K,V of G plus this rank's share of
-     * the global-row partials it contributes to the merge. */
+     * bytes_global is the allgather of K, V of the gathered tokens and q of
+     * the spread rows, plus the partials of every spread row it merges. */
     int64_t bytes_halo, bytes_global, bytes_rma;
 } spa_commplan;
 

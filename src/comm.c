@@ -1,15 +1,16 @@
-/* comm.c - every MPI call of a run: halo, globals, random links.
+/* comm.c - every MPI call of a run: halo, gathered tokens, fetched blocks,
+ * the merge of the spread rows.
  *
  * Set-up allocates every buffer and datatype once; a run only posts,
  * waits and counts bytes. The byte counters add up what was actually
  * posted, so a test can hold them to the plan's prediction.
  *
- * Random links use one window over each rank's K and V (MPI_Win_allocate,
+ * Fetched blocks use one window over each rank's K and V (MPI_Win_allocate,
  * pre-touched, one lock_all epoch for the context's life) and one MPI_Get
  * per coalesced run of blocks. Where the window cannot be created (osc/rdma
  * over TCP between nodes) the same runs go two-sided.
  */
-#include "runtime.h"
+#include "comm.h"
 
 #include <string.h>
 
@@ -29,194 +30,13 @@ static int64_t run_tokens(const spa_config *cfg, const spa_run_blk *r)
     return (e < cfg->n ? e : cfg->n) - a;
 }
 
-static spa_err setup_p2p(spa_ctx ctx)
+spa_err spa_comm_dup(MPI_Comm comm, MPI_Comm *dup, int *P, int *rank)
 {
-    /* tell every owner which runs I need; it learns what to serve */
-    const spa_commplan *pl = &ctx->plan;
-    int P = ctx->P;
-    int *scount = calloc((size_t)P, sizeof(int)), *rcount = calloc((size_t)P, sizeof(int));
-    int *sdisp = calloc((size_t)P, sizeof(int)), *rdisp = calloc((size_t)P, sizeof(int));
-    int64_t *req = malloc((size_t)(pl->nruns + 1) * 3 * sizeof(int64_t));
-    if (!scount || !rcount || !sdisp || !rdisp || !req) {
-        free(scount), free(rcount), free(sdisp), free(rdisp), free(req);
-        SPA_FAIL(SPA_ERR_OTHER, "out of memory");
-    }
-    for (int i = 0; i < pl->nruns; i++) scount[pl->runs[i].rank] += 3;
-    for (int s = 1; s < P; s++) sdisp[s] = sdisp[s - 1] + scount[s - 1];
-    int *fill = calloc((size_t)P, sizeof(int));
-    if (!fill) {
-        free(scount), free(rcount), free(sdisp), free(rdisp), free(req);
-        SPA_FAIL(SPA_ERR_OTHER, "out of memory");
-    }
-    for (int i = 0; i < pl->nruns; i++) {
-        const spa_run_blk *r = &pl->runs[i];
-        int64_t *d = req + sdisp[r->rank] + fill[r->rank];
-        d[0] = r->h, d[1] = r->b0, d[2] = r->nblk;
-        fill[r->rank] += 3;
-    }
-    free(fill);
-    spa_err e = SPA_OK;
-    int m = MPI_Alltoall(scount, 1, MPI_INT, rcount, 1, MPI_INT, ctx->comm);
-    int total = 0;
-    for (int s = 0; s < P; s++) rdisp[s] = total, total += rcount[s];
-    int64_t *got = malloc((size_t)(total + 1) * sizeof(int64_t));
-    if (m == MPI_SUCCESS && got)
-        m = MPI_Alltoallv(req, scount, sdisp, MPI_INT64_T, got, rcount, rdisp, MPI_INT64_T, ctx->comm);
-    if (m != MPI_SUCCESS || !got) e = spa_mpi_error(m, "MPI_Alltoallv (random-link requests)", __FILE__, __LINE__);
-    ctx->nserve = total / 3;
-    ctx->serve = malloc((size_t)(ctx->nserve + 1) * 4 * sizeof(int64_t));
-    if (e == SPA_OK && ctx->serve)
-        for (int s = 0, k = 0; s < P; s++)
-            for (int i = 0; i < rcount[s]; i += 3, k++) {
-                int64_t *d = ctx->serve + 4 * k, *g = got + rdisp[s] + i;
-                d[0] = s, d[1] = g[0], d[2] = g[1], d[3] = g[2];
-            }
-    ctx->rreqs = malloc((size_t)(2 * (pl->nruns + ctx->nserve) + 1) * sizeof(MPI_Request));
-    if (e == SPA_OK && (!ctx->serve || !ctx->rreqs)) e = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
-    free(scount), free(rcount), free(sdisp), free(rdisp), free(req), free(got);
-    return e;
-}
-
-spa_err spa_comm_setup(spa_ctx ctx)
-{
-    const spa_config *cfg = &ctx->cfg;
-    const spa_commplan *pl = &ctx->plan;
-    const int64_t H = cfg->heads, D = cfg->dim, B = cfg->block, G = cfg->nglobals, P = ctx->P;
-    MPI_Comm_set_errhandler(ctx->comm, MPI_ERRORS_RETURN);
-
-    /* halo */
-    ctx->nleft = pl->t0 - pl->ext0;
-    ctx->nright = pl->ext1 - pl->t1;
-    ctx->hl_k = spa_alloc((size_t)(H * ctx->nleft * D) * sizeof(float));
-    ctx->hl_v = spa_alloc((size_t)(H * ctx->nleft * D) * sizeof(float));
-    ctx->hr_k = spa_alloc((size_t)(H * ctx->nright * D) * sizeof(float));
-    ctx->hr_v = spa_alloc((size_t)(H * ctx->nright * D) * sizeof(float));
-    ctx->reqs = malloc((size_t)(2 * (pl->nrecv + pl->nsend) + 1) * sizeof(MPI_Request));
-    SPA_REQUIRE(ctx->hl_k && ctx->hl_v && ctx->hr_k && ctx->hr_v && ctx->reqs, SPA_ERR_OTHER,
-                "out of memory for the halo");
-    ctx->seg[0] = (spa_keyseg){pl->ext0, pl->t0, ctx->hl_k, ctx->hl_v, ctx->nleft * D};
-    ctx->seg[1] = (spa_keyseg){pl->t0, pl->t1, NULL, NULL, ctx->n_own * D};
-    ctx->seg[2] = (spa_keyseg){pl->t1, pl->ext1, ctx->hr_k, ctx->hr_v, ctx->nright * D};
-    ctx->src.nseg = 3;
-    ctx->src.seg = ctx->seg;
-
-    /* globals */
-    ctx->gq = spa_alloc((size_t)(H * G * D) * sizeof(float));
-    ctx->gk = spa_alloc((size_t)(H * G * D) * sizeof(float));
-    ctx->gv = spa_alloc((size_t)(H * G * D) * sizeof(float));
-    ctx->gstage = spa_alloc((size_t)(3 * H * G * D) * sizeof(float));
-    ctx->part = spa_alloc((size_t)(H * G * (D + 2)) * sizeof(double));
-    ctx->gcount = calloc((size_t)P, sizeof(int));
-    ctx->gdispl = calloc((size_t)P, sizeof(int));
-    SPA_REQUIRE(ctx->gq && ctx->gk && ctx->gv && ctx->gstage && ctx->part && ctx->gcount && ctx->gdispl,
-                SPA_ERR_OTHER, "out of memory for the global tokens");
-    SPA_REQUIRE(3 * H * G * D < INT32_MAX, SPA_ERR_USAGE, "too many global tokens for one Allgatherv");
-    for (int s = 0, g = 0; s < P; s++) {
-        int64_t b0, b1, t0, t1;
-        spa_partition(cfg, (int)P, s, &b0, &b1, &t0, &t1);
-        int cnt = 0;
-        while (g < G && cfg->globals[g] < t1) g++, cnt++;
-        ctx->gcount[s] = (int)(cnt * 3 * H * D);
-        ctx->gdispl[s] = s ? ctx->gdispl[s - 1] + ctx->gcount[s - 1] : 0;
-    }
-    ctx->src.gk = ctx->gk;
-    ctx->src.gv = ctx->gv;
-    SPA_MPI_CHECK(MPI_Type_contiguous((int)(D + 2), MPI_DOUBLE, &ctx->part_type));
-    SPA_MPI_CHECK(MPI_Type_commit(&ctx->part_type));
-    SPA_MPI_CHECK(MPI_Op_create(merge_op, 1, &ctx->part_op));
-
-    /* fetched random blocks: slots in plan order, (head, block) ascending */
-    int64_t nf = pl->nfetch;
-    ctx->fk = spa_alloc((size_t)(nf * B * D) * sizeof(float));
-    ctx->fv = spa_alloc((size_t)(nf * B * D) * sizeof(float));
-    ctx->fblock = malloc((size_t)(nf + 1) * sizeof(int64_t));
-    ctx->fhead_off = calloc((size_t)(H + 1), sizeof(int64_t));
-    ctx->run_slot = malloc((size_t)(pl->nruns + 1) * sizeof(int64_t));
-    SPA_REQUIRE(ctx->fk && ctx->fv && ctx->fblock && ctx->fhead_off && ctx->run_slot, SPA_ERR_OTHER,
-                "out of memory for %lld fetched blocks", (long long)nf);
-    int64_t slot = 0;
-    for (int i = 0; i < pl->nruns; i++) {
-        ctx->run_slot[i] = slot;
-        for (int64_t b = 0; b < pl->runs[i].nblk; b++) ctx->fblock[slot++] = pl->runs[i].b0 + b;
-        ctx->fhead_off[pl->runs[i].h + 1] += pl->runs[i].nblk;
-    }
-    for (int64_t h = 0; h < H; h++) ctx->fhead_off[h + 1] += ctx->fhead_off[h];
-    ctx->src.fblock = ctx->fblock;
-    ctx->src.fhead_off = ctx->fhead_off;
-    ctx->src.fk = ctx->fk;
-    ctx->src.fv = ctx->fv;
-
-    return SPA_OK;
-}
-
-spa_err spa_comm_connect(spa_ctx ctx)
-{
-    const spa_config *cfg = &ctx->cfg;
-    const int64_t H = cfg->heads, D = cfg->dim;
-    /* the window, or the two-sided fallback */
-    const char *tr = getenv("SPA_RANDOM_TRANSPORT");
-    int want_rma = !(tr && strcmp(tr, "p2p") == 0), ok = 0;
-    if (want_rma) {
-        MPI_Aint bytes = (MPI_Aint)(2 * H * ctx->n_own * D) * (MPI_Aint)sizeof(float);
-        int m = MPI_Win_allocate(bytes, (int)sizeof(float), MPI_INFO_NULL, ctx->comm, &ctx->wbase, &ctx->win);
-        ok = m == MPI_SUCCESS;
-        if (ok) MPI_Win_set_errhandler(ctx->win, MPI_ERRORS_RETURN);
-    }
-    int all_ok = 0;
-    SPA_MPI_CHECK(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, ctx->comm));
-    if (!all_ok && ok) MPI_Win_free(&ctx->win);
-    ctx->rma = all_ok;
-    if (ctx->rma) {
-        /* pre-touch, so the first gets do not fault the target's pages in */
-        memset(ctx->wbase, 0, (size_t)(2 * H * ctx->n_own * D) * sizeof(float));
-        SPA_MPI_CHECK(MPI_Win_lock_all(MPI_MODE_NOCHECK, ctx->win));
-    } else {
-        SPA_CHECK(setup_p2p(ctx));
-    }
-    return SPA_OK;
-}
-
-void spa_comm_teardown(spa_ctx ctx)
-{
-    if (ctx->win != MPI_WIN_NULL && ctx->rma) {
-        MPI_Win_unlock_all(ctx->win);
-        MPI_Win_free(&ctx->win);
-    }
-    if (ctx->part_type != MPI_DATATYPE_NULL) MPI_Type_free(&ctx->part_type);
-    if (ctx->part_op != MPI_OP_NULL) MPI_Op_free(&ctx->part_op);
-    spa_free(ctx->hl_k), spa_free(ctx->hl_v), spa_free(ctx->hr_k), spa_free(ctx->hr_v);
-    spa_free(ctx->gq), spa_free(ctx->gk), spa_free(ctx->gv), spa_free(ctx->gstage), spa_free(ctx->part);
-    spa_free(ctx->fk), spa_free(ctx->fv);
-    free(ctx->reqs), free(ctx->gcount), free(ctx->gdispl), free(ctx->fblock), free(ctx->fhead_off);
-    free(ctx->run_slot), free(ctx->serve), free(ctx->rreqs);
-}
-
-spa_err spa_comm_globals(spa_ctx ctx, const float *q, const float *k, const float *v)
-{
-    const spa_config *cfg = &ctx->cfg;
-    const spa_commplan *pl = &ctx->plan;
-    const int64_t H = cfg->heads, D = cfg->dim, G = cfg->nglobals, n_own = ctx->n_own;
-    double t = spa_now();
-    /* stage my globals token-major, [g][tensor][h][D], so each rank's part
-     * is one contiguous piece of the Allgatherv */
-    const float *src[3] = {q, k, v};
-    float *dst[3] = {ctx->gq, ctx->gk, ctx->gv};
-    int64_t g0 = ctx->gdispl[ctx->rank] / (3 * H * D);
-    for (int64_t g = g0; g < G && cfg->globals[g] < pl->t1; g++)
-        for (int x = 0; x < 3; x++)
-            for (int64_t h = 0; h < H; h++)
-                memcpy(ctx->gstage + ((g * 3 + x) * H + h) * D, src[x] + (h * n_own + cfg->globals[g] - pl->t0) * D,
-                       (size_t)D * sizeof(float));
-    if (ctx->P > 1 && G > 0) {
-        SPA_MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, ctx->gstage, ctx->gcount, ctx->gdispl, MPI_FLOAT,
-                                     ctx->comm));
-        ctx->st->bytes_global += (G - pl->nglobal_own) * 3 * H * D * (int64_t)sizeof(float);
-    }
-    for (int64_t g = 0; g < G; g++)
-        for (int x = 0; x < 3; x++)
-            for (int64_t h = 0; h < H; h++)
-                memcpy(dst[x] + (h * G + g) * D, ctx->gstage + ((g * 3 + x) * H + h) * D, (size_t)D * sizeof(float));
-    ctx->st->seconds_global += spa_now() - t;
+    *dup = MPI_COMM_NULL;
+    SPA_MPI_CHECK(MPI_Comm_dup(comm, dup));
+    SPA_MPI_CHECK(MPI_Comm_set_errhandler(*dup, MPI_ERRORS_RETURN));
+    SPA_MPI_CHECK(MPI_Comm_size(*dup, P));
+    SPA_MPI_CHECK(MPI_Comm_rank(*dup, rank));
     return SPA_OK;
 }
 
@@ -229,124 +49,366 @@ static spa_err head_type(int64_t len, int64_t stride, int64_t H, int64_t D, MPI_
     return SPA_OK;
 }
 
+static spa_err setup_halo(spa_comm *c)
+{
+    const spa_commplan *pl = c->plan;
+    const int64_t H = c->cfg->heads, D = c->cfg->dim;
+    c->nleft = pl->t0 - pl->ext0;
+    c->nright = pl->ext1 - pl->t1;
+    c->hl_k = spa_alloc((size_t)(H * c->nleft * D) * sizeof(float));
+    c->hl_v = spa_alloc((size_t)(H * c->nleft * D) * sizeof(float));
+    c->hr_k = spa_alloc((size_t)(H * c->nright * D) * sizeof(float));
+    c->hr_v = spa_alloc((size_t)(H * c->nright * D) * sizeof(float));
+    c->reqs = malloc((size_t)(2 * (pl->nrecv + pl->nsend) + 1) * sizeof(MPI_Request));
+    c->rtype = malloc((size_t)(pl->nrecv + 1) * sizeof(MPI_Datatype));
+    c->stype = malloc((size_t)(pl->nsend + 1) * sizeof(MPI_Datatype));
+    SPA_REQUIRE(c->hl_k && c->hl_v && c->hr_k && c->hr_v && c->reqs && c->rtype && c->stype, SPA_ERR_OTHER,
+                "out of memory for the halo");
+    for (int i = 0; i < pl->nrecv; i++) c->rtype[i] = MPI_DATATYPE_NULL;
+    for (int i = 0; i < pl->nsend; i++) c->stype[i] = MPI_DATATYPE_NULL;
+    for (int i = 0; i < pl->nrecv; i++) {
+        const spa_xfer *x = &pl->recv[i];
+        SPA_CHECK(head_type(x->t1 - x->t0, x->t0 < pl->t0 ? c->nleft : c->nright, H, D, &c->rtype[i]));
+    }
+    for (int i = 0; i < pl->nsend; i++)
+        SPA_CHECK(head_type(pl->send[i].t1 - pl->send[i].t0, c->n_own, H, D, &c->stype[i]));
+    return SPA_OK;
+}
+
+static spa_err setup_gather(spa_comm *c)
+{
+    const spa_config *cfg = c->cfg;
+    const spa_commplan *pl = c->plan;
+    const int64_t H = cfg->heads, D = cfg->dim, NK = cfg->nkv_tokens, NS = pl->nspread, P = c->P;
+    c->gk = spa_alloc((size_t)(H * NK * D) * sizeof(float));
+    c->gv = spa_alloc((size_t)(H * NK * D) * sizeof(float));
+    c->sq = spa_alloc((size_t)(NS * D) * sizeof(float));
+    c->stage = spa_alloc((size_t)(NK * 2 * H * D + NS * D) * sizeof(float));
+    c->gcount = calloc((size_t)P, sizeof(int));
+    c->gdispl = calloc((size_t)P, sizeof(int));
+    c->kv_first = calloc((size_t)P + 1, sizeof(int64_t));
+    c->spos = malloc((size_t)(NS + 1) * sizeof(int64_t));
+    int64_t *scount = calloc((size_t)P, sizeof(int64_t));
+    if (!(c->gk && c->gv && c->sq && c->stage && c->gcount && c->gdispl && c->kv_first && c->spos && scount)) {
+        free(scount);
+        SPA_FAIL(SPA_ERR_OTHER, "out of memory for the gathered tokens");
+    }
+    SPA_REQUIRE(NK * 2 * H * D + NS * D < INT32_MAX, SPA_ERR_USAGE,
+                "too many gathered tokens and spread rows for one Allgatherv");
+    /* each rank's part: its gathered tokens, then its spread rows */
+    for (int64_t k = 0; k < NS; k++) scount[spa_partition_owner(cfg, (int)P, pl->spread[k].tok)]++;
+    int64_t g = 0, displ = 0;
+    for (int s = 0; s < P; s++) {
+        int64_t b0, b1, t0, t1;
+        spa_partition(cfg, (int)P, s, &b0, &b1, &t0, &t1);
+        c->kv_first[s] = g;
+        while (g < NK && cfg->kv_tokens[g] < t1) g++;
+        c->gcount[s] = (int)((g - c->kv_first[s]) * 2 * H * D + scount[s] * D);
+        c->gdispl[s] = (int)displ;
+        displ += c->gcount[s];
+    }
+    c->kv_first[P] = NK;
+    memset(scount, 0, (size_t)P * sizeof *scount);
+    for (int64_t k = 0; k < NS; k++) {
+        int s = spa_partition_owner(cfg, (int)P, pl->spread[k].tok);
+        c->spos[k] = c->gdispl[s] + (c->kv_first[s + 1] - c->kv_first[s]) * 2 * H * D + scount[s]++ * D;
+    }
+    free(scount);
+    SPA_MPI_CHECK(MPI_Type_contiguous((int)(D + 2), MPI_DOUBLE, &c->part_type));
+    SPA_MPI_CHECK(MPI_Type_commit(&c->part_type));
+    SPA_MPI_CHECK(MPI_Op_create(merge_op, 1, &c->part_op));
+    return SPA_OK;
+}
+
+static spa_err setup_fetch(spa_comm *c)
+{
+    const spa_commplan *pl = c->plan;
+    const int64_t H = c->cfg->heads, D = c->cfg->dim, B = c->cfg->block, nf = pl->nfetch;
+    c->fk = spa_alloc((size_t)(nf * B * D) * sizeof(float));
+    c->fv = spa_alloc((size_t)(nf * B * D) * sizeof(float));
+    c->fblock = malloc((size_t)(nf + 1) * sizeof(int64_t));
+    c->fhead_off = calloc((size_t)(H + 1), sizeof(int64_t));
+    c->run_slot = malloc((size_t)(pl->nruns + 1) * sizeof(int64_t));
+    SPA_REQUIRE(c->fk && c->fv && c->fblock && c->fhead_off && c->run_slot, SPA_ERR_OTHER,
+                "out of memory for %lld fetched blocks", (long long)nf);
+    int64_t slot = 0;
+    for (int i = 0; i < pl->nruns; i++) {
+        c->run_slot[i] = slot;
+        for (int64_t b = 0; b < pl->runs[i].nblk; b++) c->fblock[slot++] = pl->runs[i].b0 + b;
+        c->fhead_off[pl->runs[i].h + 1] += pl->runs[i].nblk;
+    }
+    for (int64_t h = 0; h < H; h++) c->fhead_off[h + 1] += c->fhead_off[h];
+    return SPA_OK;
+}
+
+spa_err spa_comm_create(MPI_Comm dup, const spa_config *cfg, const spa_commplan *plan, spa_comm **out)
+{
+    spa_comm *c = calloc(1, sizeof *c);
+    *out = c;
+    SPA_REQUIRE(c, SPA_ERR_OTHER, "out of memory");
+    c->comm = dup;
+    c->cfg = cfg;
+    c->plan = plan;
+    c->P = plan->P;
+    c->rank = plan->rank;
+    c->n_own = plan->t1 - plan->t0;
+    c->win = MPI_WIN_NULL;
+    c->part_type = MPI_DATATYPE_NULL;
+    c->part_op = MPI_OP_NULL;
+    SPA_CHECK(setup_halo(c));
+    SPA_CHECK(setup_gather(c));
+    return setup_fetch(c);
+}
+
+static spa_err setup_p2p(spa_comm *c)
+{
+    /* tell every owner which runs I need; it learns what to serve */
+    const spa_commplan *pl = c->plan;
+    int P = c->P;
+    int *scount = calloc((size_t)P, sizeof(int)), *rcount = calloc((size_t)P, sizeof(int));
+    int *sdisp = calloc((size_t)P, sizeof(int)), *rdisp = calloc((size_t)P, sizeof(int));
+    int *fill = calloc((size_t)P, sizeof(int));
+    int64_t *req = malloc((size_t)(pl->nruns + 1) * 3 * sizeof(int64_t));
+    if (!scount || !rcount || !sdisp || !rdisp || !fill || !req) {
+        free(scount), free(rcount), free(sdisp), free(rdisp), free(fill), free(req);
+        SPA_FAIL(SPA_ERR_OTHER, "out of memory");
+    }
+    for (int i = 0; i < pl->nruns; i++) scount[pl->runs[i].rank] += 3;
+    for (int s = 1; s < P; s++) sdisp[s] = sdisp[s - 1] + scount[s - 1];
+    for (int i = 0; i < pl->nruns; i++) {
+        const spa_run_blk *r = &pl->runs[i];
+        int64_t *d = req + sdisp[r->rank] + fill[r->rank];
+        d[0] = r->h, d[1] = r->b0, d[2] = r->nblk;
+        fill[r->rank] += 3;
+    }
+    spa_err e = SPA_OK;
+    int m = MPI_Alltoall(scount, 1, MPI_INT, rcount, 1, MPI_INT, c->comm);
+    int total = 0;
+    for (int s = 0; s < P; s++) rdisp[s] = total, total += rcount[s];
+    int64_t *got = malloc((size_t)(total + 1) * sizeof(int64_t));
+    if (m == MPI_SUCCESS && got)
+        m = MPI_Alltoallv(req, scount, sdisp, MPI_INT64_T, got, rcount, rdisp, MPI_INT64_T, c->comm);
+    if (e == SPA_OK && (m != MPI_SUCCESS || !got))
+        e = spa_mpi_error(m, "MPI_Alltoallv (random-link requests)", __FILE__, __LINE__);
+    c->nserve = total / 3;
+    c->serve = malloc((size_t)(c->nserve + 1) * 4 * sizeof(int64_t));
+    c->rreqs = malloc((size_t)(2 * (pl->nruns + c->nserve) + 1) * sizeof(MPI_Request));
+    if (e == SPA_OK && (!c->serve || !c->rreqs))
+        e = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
+    if (e == SPA_OK)
+        for (int s = 0, k = 0; s < P; s++)
+            for (int i = 0; i < rcount[s]; i += 3, k++) {
+                int64_t *d = c->serve + 4 * k, *g = got + rdisp[s] + i;
+                d[0] = s, d[1] = g[0], d[2] = g[1], d[3] = g[2];
+            }
+    free(scount), free(rcount), free(sdisp), free(rdisp), free(fill), free(req), free(got);
+    return e;
+}
+
+spa_err spa_comm_connect(spa_comm *c)
+{
+    const int64_t H = c->cfg->heads, D = c->cfg->dim;
+    const char *tr = getenv("SPA_RANDOM_TRANSPORT");
+    int want_rma = !(tr && strcmp(tr, "p2p") == 0), ok = 0;
+    if (want_rma) {
+        MPI_Aint bytes = (MPI_Aint)(2 * H * c->n_own * D) * (MPI_Aint)sizeof(float);
+        int m = MPI_Win_allocate(bytes, (int)sizeof(float), MPI_INFO_NULL, c->comm, &c->wbase, &c->win);
+        ok = m == MPI_SUCCESS;
+        if (ok) ok = MPI_Win_set_errhandler(c->win, MPI_ERRORS_RETURN) == MPI_SUCCESS;
+    }
+    int all_ok = 0;
+    SPA_MPI_CHECK(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, c->comm));
+    if (!all_ok && c->win != MPI_WIN_NULL) SPA_MPI_CHECK(MPI_Win_free(&c->win));
+    c->rma = all_ok;
+    if (c->rma) {
+        /* pre-touch, so the first gets do not fault the target's pages in */
+        memset(c->wbase, 0, (size_t)(2 * H * c->n_own * D) * sizeof(float));
+        SPA_MPI_CHECK(MPI_Win_lock_all(MPI_MODE_NOCHECK, c->win));
+        return SPA_OK;
+    }
+    return setup_p2p(c);
+}
+
+void spa_comm_destroy(spa_comm **pc)
+{
+    spa_comm *c = pc ? *pc : NULL;
+    if (!c) return;
+    if (c->win != MPI_WIN_NULL) {
+        if (c->rma) MPI_Win_unlock_all(c->win);
+        MPI_Win_free(&c->win);
+    }
+    if (c->part_type != MPI_DATATYPE_NULL) MPI_Type_free(&c->part_type);
+    if (c->part_op != MPI_OP_NULL) MPI_Op_free(&c->part_op);
+    for (int i = 0; c->rtype && i < c->plan->nrecv; i++)
+        if (c->rtype[i] != MPI_DATATYPE_NULL) MPI_Type_free(&c->rtype[i]);
+    for (int i = 0; c->stype && i < c->plan->nsend; i++)
+        if (c->stype[i] != MPI_DATATYPE_NULL) MPI_Type_free(&c->stype[i]);
+    spa_free(c->hl_k), spa_free(c->hl_v), spa_free(c->hr_k), spa_free(c->hr_v);
+    spa_free(c->gk), spa_free(c->gv), spa_free(c->sq), spa_free(c->stage);
+    spa_free(c->fk), spa_free(c->fv);
+    free(c->rtype), free(c->stype), free(c->reqs), free(c->gcount), free(c->gdispl), free(c->kv_first);
+    free(c->spos), free(c->fblock), free(c->fhead_off), free(c->run_slot), free(c->serve), free(c->rreqs);
+    if (c->comm != MPI_COMM_NULL) MPI_Comm_free(&c->comm);
+    free(c);
+    *pc = NULL;
+}
+
+spa_err spa_comm_gather(spa_comm *c, const float *q, const float *k, const float *v, spa_stats *st)
+{
+    const spa_config *cfg = c->cfg;
+    const spa_commplan *pl = c->plan;
+    const int64_t H = cfg->heads, D = cfg->dim, NK = cfg->nkv_tokens, NS = pl->nspread, n_own = c->n_own;
+    double t = spa_now();
+    /* stage my part: gathered tokens [tok][2][H][D], then spread rows */
+    const float *src[2] = {k, v};
+    float *my = c->stage + c->gdispl[c->rank];
+    for (int64_t g = c->kv_first[c->rank]; g < c->kv_first[c->rank + 1]; g++)
+        for (int x = 0; x < 2; x++)
+            for (int64_t h = 0; h < H; h++)
+                memcpy(my + (((g - c->kv_first[c->rank]) * 2 + x) * H + h) * D,
+                       src[x] + (h * n_own + cfg->kv_tokens[g] - pl->t0) * D, (size_t)D * sizeof(float));
+    for (int64_t r = 0; r < NS; r++) {
+        const spa_spread_row *w = &pl->spread[r];
+        if (w->tok >= pl->t0 && w->tok < pl->t1)
+            memcpy(c->stage + c->spos[r], q + ((int64_t)w->h * n_own + w->tok - pl->t0) * D, (size_t)D * sizeof(float));
+    }
+    if (c->P > 1 && NK + NS > 0) {
+        SPA_MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, c->stage, c->gcount, c->gdispl, MPI_FLOAT, c->comm));
+        st->bytes_global += (NK - pl->nkv_own) * 2 * H * D * (int64_t)sizeof(float) +
+                            (NS - pl->nspread_own) * D * (int64_t)sizeof(float);
+    }
+    float *dst[2] = {c->gk, c->gv};
+    for (int s = 0; s < c->P; s++)
+        for (int64_t g = c->kv_first[s]; g < c->kv_first[s + 1]; g++)
+            for (int x = 0; x < 2; x++)
+                for (int64_t h = 0; h < H; h++)
+                    memcpy(dst[x] + (h * NK + g) * D, c->stage + c->gdispl[s] + (((g - c->kv_first[s]) * 2 + x) * H + h) * D,
+                           (size_t)D * sizeof(float));
+    for (int64_t r = 0; r < NS; r++) memcpy(c->sq + r * D, c->stage + c->spos[r], (size_t)D * sizeof(float));
+    st->seconds_global += spa_now() - t;
+    return SPA_OK;
+}
+
 enum { TAG_HALO_K = 100, TAG_HALO_V, TAG_RAND_K, TAG_RAND_V };
 
-spa_err spa_comm_post(spa_ctx ctx, const float *k, const float *v)
+spa_err spa_comm_post(spa_comm *c, const float *k, const float *v, spa_stats *st)
 {
-    const spa_config *cfg = &ctx->cfg;
-    const spa_commplan *pl = &ctx->plan;
-    const int64_t H = cfg->heads, D = cfg->dim, B = cfg->block, n_own = ctx->n_own;
-    ctx->seg[1].k = k;
-    ctx->seg[1].v = v;
+    const spa_config *cfg = c->cfg;
+    const spa_commplan *pl = c->plan;
+    const int64_t H = cfg->heads, D = cfg->dim, B = cfg->block, n_own = c->n_own;
 
     /* halo */
     double t = spa_now();
-    ctx->nreqs = 0;
+    c->nreqs = 0;
     for (int i = 0; i < pl->nrecv; i++) {
         const spa_xfer *x = &pl->recv[i];
         int left = x->t0 < pl->t0;
-        int64_t len = x->t1 - x->t0, stride = left ? ctx->nleft : ctx->nright;
         int64_t off = (left ? x->t0 - pl->ext0 : x->t0 - pl->t1) * D;
-        MPI_Datatype ty;
-        SPA_CHECK(head_type(len, stride, H, D, &ty));
-        SPA_MPI_CHECK(MPI_Irecv((left ? ctx->hl_k : ctx->hr_k) + off, 1, ty, x->rank, TAG_HALO_K, ctx->comm,
-                                &ctx->reqs[ctx->nreqs++]));
-        SPA_MPI_CHECK(MPI_Irecv((left ? ctx->hl_v : ctx->hr_v) + off, 1, ty, x->rank, TAG_HALO_V, ctx->comm,
-                                &ctx->reqs[ctx->nreqs++]));
-        MPI_Type_free(&ty);
-        ctx->st->bytes_halo += 2 * H * len * D * (int64_t)sizeof(float);
+        SPA_MPI_CHECK(MPI_Irecv((left ? c->hl_k : c->hr_k) + off, 1, c->rtype[i], x->rank, TAG_HALO_K, c->comm,
+                                &c->reqs[c->nreqs++]));
+        SPA_MPI_CHECK(MPI_Irecv((left ? c->hl_v : c->hr_v) + off, 1, c->rtype[i], x->rank, TAG_HALO_V, c->comm,
+                                &c->reqs[c->nreqs++]));
+        st->bytes_halo += 2 * H * (x->t1 - x->t0) * D * (int64_t)sizeof(float);
     }
     for (int i = 0; i < pl->nsend; i++) {
         const spa_xfer *x = &pl->send[i];
-        MPI_Datatype ty;
-        SPA_CHECK(head_type(x->t1 - x->t0, n_own, H, D, &ty));
         int64_t off = (x->t0 - pl->t0) * D;
-        SPA_MPI_CHECK(MPI_Isend(k + off, 1, ty, x->rank, TAG_HALO_K, ctx->comm, &ctx->reqs[ctx->nreqs++]));
-        SPA_MPI_CHECK(MPI_Isend(v + off, 1, ty, x->rank, TAG_HALO_V, ctx->comm, &ctx->reqs[ctx->nreqs++]));
-        MPI_Type_free(&ty);
+        SPA_MPI_CHECK(MPI_Isend(k + off, 1, c->stype[i], x->rank, TAG_HALO_K, c->comm, &c->reqs[c->nreqs++]));
+        SPA_MPI_CHECK(MPI_Isend(v + off, 1, c->stype[i], x->rank, TAG_HALO_V, c->comm, &c->reqs[c->nreqs++]));
     }
-    ctx->st->seconds_halo += spa_now() - t;
+    st->seconds_halo += spa_now() - t;
 
-    /* random links */
+    /* fetched blocks */
     t = spa_now();
-    ctx->nrreqs = 0;
-    if (ctx->rma) {
+    c->nrreqs = 0;
+    if (c->rma) {
         /* everyone's gets of the previous run are done; expose this run's K, V */
-        SPA_MPI_CHECK(MPI_Barrier(ctx->comm));
+        SPA_MPI_CHECK(MPI_Barrier(c->comm));
         /* callers that filled spa_ctx_kv_buffers pass the window itself */
-        if (k != ctx->wbase) memcpy(ctx->wbase, k, (size_t)(H * n_own * D) * sizeof(float));
-        if (v != ctx->wbase + H * n_own * D)
-            memcpy(ctx->wbase + H * n_own * D, v, (size_t)(H * n_own * D) * sizeof(float));
-        SPA_MPI_CHECK(MPI_Win_sync(ctx->win));
-        SPA_MPI_CHECK(MPI_Barrier(ctx->comm));
+        if (k != c->wbase) memcpy(c->wbase, k, (size_t)(H * n_own * D) * sizeof(float));
+        if (v != c->wbase + H * n_own * D) memcpy(c->wbase + H * n_own * D, v, (size_t)(H * n_own * D) * sizeof(float));
+        SPA_MPI_CHECK(MPI_Win_sync(c->win));
+        SPA_MPI_CHECK(MPI_Barrier(c->comm));
     }
     for (int i = 0; i < pl->nruns; i++) {
         const spa_run_blk *r = &pl->runs[i];
         int64_t sb0, sb1, st0, st1;
-        spa_partition(cfg, ctx->P, r->rank, &sb0, &sb1, &st0, &st1);
+        spa_partition(cfg, c->P, r->rank, &sb0, &sb1, &st0, &st1);
         int64_t s_own = st1 - st0, cnt = run_tokens(cfg, r) * D;
-        float *fk = ctx->fk + ctx->run_slot[i] * B * D, *fv = ctx->fv + ctx->run_slot[i] * B * D;
-        if (ctx->rma) {
+        float *fk = c->fk + c->run_slot[i] * B * D, *fv = c->fv + c->run_slot[i] * B * D;
+        if (c->rma) {
             MPI_Aint disp = (MPI_Aint)((r->h * s_own + r->b0 * B - st0) * D);
-            SPA_MPI_CHECK(MPI_Get(fk, (int)cnt, MPI_FLOAT, r->rank, disp, (int)cnt, MPI_FLOAT, ctx->win));
+            SPA_MPI_CHECK(MPI_Get(fk, (int)cnt, MPI_FLOAT, r->rank, disp, (int)cnt, MPI_FLOAT, c->win));
             SPA_MPI_CHECK(MPI_Get(fv, (int)cnt, MPI_FLOAT, r->rank, disp + (MPI_Aint)(H * s_own * D), (int)cnt,
-                                  MPI_FLOAT, ctx->win));
+                                  MPI_FLOAT, c->win));
         } else {
-            SPA_MPI_CHECK(MPI_Irecv(fk, (int)cnt, MPI_FLOAT, r->rank, TAG_RAND_K, ctx->comm, &ctx->rreqs[ctx->nrreqs++]));
-            SPA_MPI_CHECK(MPI_Irecv(fv, (int)cnt, MPI_FLOAT, r->rank, TAG_RAND_V, ctx->comm, &ctx->rreqs[ctx->nrreqs++]));
+            SPA_MPI_CHECK(MPI_Irecv(fk, (int)cnt, MPI_FLOAT, r->rank, TAG_RAND_K, c->comm, &c->rreqs[c->nrreqs++]));
+            SPA_MPI_CHECK(MPI_Irecv(fv, (int)cnt, MPI_FLOAT, r->rank, TAG_RAND_V, c->comm, &c->rreqs[c->nrreqs++]));
         }
-        ctx->st->bytes_rma += 2 * cnt * (int64_t)sizeof(float);
+        st->bytes_rma += 2 * cnt * (int64_t)sizeof(float);
     }
-    if (!ctx->rma)
-        for (int i = 0; i < ctx->nserve; i++) {
-            const int64_t *d = ctx->serve + 4 * i; /* rank, h, b0, nblk */
+    if (!c->rma)
+        for (int i = 0; i < c->nserve; i++) {
+            const int64_t *d = c->serve + 4 * i; /* rank, h, b0, nblk */
             spa_run_blk r = {(int)d[0], (int32_t)d[1], d[2], d[3]};
             int64_t cnt = run_tokens(cfg, &r) * D, off = (r.h * n_own + r.b0 * B - pl->t0) * D;
-            SPA_MPI_CHECK(MPI_Isend(k + off, (int)cnt, MPI_FLOAT, r.rank, TAG_RAND_K, ctx->comm, &ctx->rreqs[ctx->nrreqs++]));
-            SPA_MPI_CHECK(MPI_Isend(v + off, (int)cnt, MPI_FLOAT, r.rank, TAG_RAND_V, ctx->comm, &ctx->rreqs[ctx->nrreqs++]));
+            SPA_MPI_CHECK(MPI_Isend(k + off, (int)cnt, MPI_FLOAT, r.rank, TAG_RAND_K, c->comm, &c->rreqs[c->nrreqs++]));
+            SPA_MPI_CHECK(MPI_Isend(v + off, (int)cnt, MPI_FLOAT, r.rank, TAG_RAND_V, c->comm, &c->rreqs[c->nrreqs++]));
         }
-    ctx->st->seconds_rma += spa_now() - t;
+    st->seconds_rma += spa_now() - t;
     return SPA_OK;
 }
 
-void spa_comm_poke(spa_ctx ctx)
+void spa_comm_poke(spa_comm *c)
 {
     /* Drives progress for transports that need the library entered: the
      * two-sided requests, and one-sided components (osc/pt2pt, osc/ucx)
-     * that serve other ranks' gets only from inside MPI calls. */
+     * that serve other ranks' gets only from inside MPI calls. Errors
+     * surface at spa_comm_complete. */
     int flag;
-    if (ctx->nreqs) MPI_Testall(ctx->nreqs, ctx->reqs, &flag, MPI_STATUSES_IGNORE);
-    if (ctx->nrreqs) MPI_Testall(ctx->nrreqs, ctx->rreqs, &flag, MPI_STATUSES_IGNORE);
-    if (ctx->rma) MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, ctx->comm, &flag, MPI_STATUS_IGNORE);
+    if (c->nreqs) MPI_Testall(c->nreqs, c->reqs, &flag, MPI_STATUSES_IGNORE);
+    if (c->nrreqs) MPI_Testall(c->nrreqs, c->rreqs, &flag, MPI_STATUSES_IGNORE);
+    if (c->rma) MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, c->comm, &flag, MPI_STATUS_IGNORE);
 }
 
-spa_err spa_comm_complete(spa_ctx ctx)
+spa_err spa_comm_complete(spa_comm *c, spa_stats *st)
 {
     double t = spa_now();
-    SPA_MPI_CHECK(MPI_Waitall(ctx->nreqs, ctx->reqs, MPI_STATUSES_IGNORE));
-    ctx->nreqs = 0;
+    SPA_MPI_CHECK(MPI_Waitall(c->nreqs, c->reqs, MPI_STATUSES_IGNORE));
+    c->nreqs = 0;
     double t2 = spa_now();
-    ctx->st->seconds_halo += t2 - t;
-    if (ctx->rma) SPA_MPI_CHECK(MPI_Win_flush_all(ctx->win));
-    else SPA_MPI_CHECK(MPI_Waitall(ctx->nrreqs, ctx->rreqs, MPI_STATUSES_IGNORE));
-    ctx->nrreqs = 0;
+    st->seconds_halo += t2 - t;
+    if (c->rma) SPA_MPI_CHECK(MPI_Win_flush_all(c->win));
+    else SPA_MPI_CHECK(MPI_Waitall(c->nrreqs, c->rreqs, MPI_STATUSES_IGNORE));
+    c->nrreqs = 0;
     double t3 = spa_now();
-    ctx->st->seconds_rma += t3 - t2;
-    ctx->st->seconds_wait += t3 - t;
+    st->seconds_rma += t3 - t2;
+    st->seconds_wait += t3 - t;
     return SPA_OK;
 }
 
-spa_err spa_comm_merge_globals(spa_ctx ctx)
+spa_err spa_comm_merge(spa_comm *c, double *part, spa_stats *st)
 {
-    const spa_config *cfg = &ctx->cfg;
-    const int64_t H = cfg->heads, D = cfg->dim, G = cfg->nglobals;
-    if (ctx->P == 1 || G == 0) return SPA_OK;
+    const int64_t NS = c->plan->nspread, D = c->cfg->dim;
+    if (c->P == 1 || NS == 0) return SPA_OK;
     double t = spa_now();
-    SPA_REQUIRE(H * G < INT32_MAX, SPA_ERR_USAGE, "too many global rows for one reduction");
-    SPA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, ctx->part, (int)(H * G), ctx->part_type, ctx->part_op, ctx->comm));
-    ctx->st->bytes_global += H * G * (D + 2) * (int64_t)sizeof(double);
+    SPA_REQUIRE(NS < INT32_MAX, SPA_ERR_USAGE, "too many spread rows for one reduction");
+    SPA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, part, (int)NS, c->part_type, c->part_op, c->comm));
+    st->bytes_global += NS * (D + 2) * (int64_t)sizeof(double);
     /* not counted in seconds_wait: this is the one synchronising step, and
      * its time is mostly waiting for the slowest rank's compute */
-    ctx->st->seconds_global += spa_now() - t;
+    st->seconds_global += spa_now() - t;
+    return SPA_OK;
+}
+
+spa_err spa_comm_sum_i64(spa_comm *c, int64_t local, int64_t *total)
+{
+    SPA_MPI_CHECK(MPI_Allreduce(&local, total, 1, MPI_INT64_T, MPI_SUM, c->comm));
+    return SPA_OK;
+}
+
+spa_err spa_comm_sum_f64(spa_comm *c, double local, double *total)
+{
+    SPA_MPI_CHECK(MPI_Allreduce(&local, total, 1, MPI_DOUBLE, MPI_SUM, c->comm));
     return SPA_OK;
 }

@@ -1,16 +1,20 @@
 /* kernel.c - block-sparse attention on one rank's memory (no MPI).
  *
  * For one (head, query block) the keys of S(i) are taken in a canonical
- * order that does not depend on the rank count:
+ * order that does not depend on the rank count, each key once (S(i) is a
+ * set):
  *   1. the block's local key range,
- *   2. the global tokens outside that range,
- *   3. the random blocks, ascending,
+ *   2. the gathered tokens (G, summary columns) outside that range,
+ *   3. the key blocks of the random, layout, strided and dilated rules,
+ *      ascending, without the tokens of 1 and 2,
  * and consumed in chunks of KC keys by an online (flash-style) softmax. A
  * chunk is a list of pieces of resident memory (own shard, halo, gathered
  * globals, fetched blocks), never a copy. Each chunk is reduced against its
  * own row maxima and then merged into the running (max, sum, acc), so the
  * floating-point order of every row is the same on any number of ranks and
- * threads.
+ * threads. Each key carries a class: 0 when every row of the block attends
+ * it (up to causality), 1 when the token rule (radius, strided, dilated)
+ * decides per row; only class-1 keys pay for the rule.
  *
  * The products run on the register-blocked kernels of microkernel.c when
  * D % 8 == 0, and on OpenBLAS sgemm otherwise (or with SPA_KERNEL=blas, so
@@ -30,7 +34,10 @@ struct spa_scratch {
     float *kc, *vc;  /* [KC][D] gathered keys and values */
     float *s;        /* [rows][KC] scores, then probabilities */
     int64_t *kj;     /* [KC] token index of each gathered key */
-    unsigned char *kmask; /* [KC] 1 = subject to the radius rule */
+    unsigned char *kcls;  /* [KC] 1 = the token rule decides per row */
+    int any_cls;          /* some key of the chunk has class 1 */
+    spa_patws *w;         /* pattern workspace */
+    spa_rowctx x;         /* the block's rule */
     float *m, *l;    /* [rows] running max and sum */
     float *acc;      /* [rows][D] running output */
     float *cacc, *mc, *lc; /* [rows][D], [rows], [rows]: one chunk's partial */
@@ -44,7 +51,6 @@ struct spa_scratch {
     int npiece;
     float *nan_row;  /* [D] NaN: stands for a key the plan failed to bring */
     int fast;        /* register-blocked products (D % 8 == 0, not SPA_KERNEL=blas) */
-    int32_t *rb;     /* [R] random blocks */
     int nk;          /* keys in the current chunk */
 };
 
@@ -62,7 +68,8 @@ spa_scratch *spa_scratch_create(const spa_config *cfg)
     s->vc = spa_alloc((size_t)SPA_KC * D * sizeof(float));
     s->s = spa_alloc((size_t)s->rows * SPA_KC * sizeof(float));
     s->kj = spa_alloc((size_t)SPA_KC * sizeof(int64_t));
-    s->kmask = spa_alloc(SPA_KC);
+    s->kcls = spa_alloc(SPA_KC);
+    s->w = spa_patws_create(cfg);
     s->m = spa_alloc((size_t)s->rows * sizeof(float));
     s->l = spa_alloc((size_t)s->rows * sizeof(float));
     s->acc = spa_alloc((size_t)s->rows * D * sizeof(float));
@@ -82,8 +89,7 @@ spa_scratch *spa_scratch_create(const spa_config *cfg)
     s->nan_row = spa_alloc((size_t)D * sizeof(float));
     if (s->nan_row)
         for (int32_t d = 0; d < D; d++) s->nan_row[d] = NAN;
-    s->rb = spa_alloc((size_t)(cfg->random + 1) * sizeof(int32_t));
-    if (!s->kc || !s->vc || !s->s || !s->kj || !s->kmask || !s->m || !s->l || !s->acc || !s->rb || !s->cacc ||
+    if (!s->kc || !s->vc || !s->s || !s->kj || !s->kcls || !s->m || !s->l || !s->acc || !s->w || !s->cacc ||
         !s->mc || !s->lc || !s->pd || !s->vd || !s->cd || !s->lcd || !s->lo || !s->qt ||
         !s->sh || !s->pk || !s->pv || !s->pn || !s->nan_row) {
         spa_scratch_destroy(s);
@@ -99,7 +105,8 @@ void spa_scratch_destroy(spa_scratch *s)
     spa_free(s->vc);
     spa_free(s->s);
     spa_free(s->kj);
-    spa_free(s->kmask);
+    spa_free(s->kcls);
+    spa_patws_destroy(s->w);
     spa_free(s->m);
     spa_free(s->l);
     spa_free(s->acc);
@@ -117,7 +124,6 @@ void spa_scratch_destroy(spa_scratch *s)
     spa_free(s->pv);
     spa_free(s->pn);
     spa_free(s->nan_row);
-    spa_free(s->rb);
     free(s);
 }
 
@@ -144,6 +150,29 @@ static void merge_chunk(spa_scratch *s, int32_t rows)
     }
 }
 
+/* Sets the scores of the chunk's keys that row i = ti0 + r does not attend
+ * to -inf. Score (r, c) sits at S[r * rs + c * cs]: rs = nk, cs = 1 for
+ * row-major scores, rs = 1, cs = ldq for transposed ones. Class-0 keys
+ * need only causality; class-1 keys ask the token rule. */
+static void mask_scores(const spa_config *cfg, const spa_scratch *s, int64_t ti0, int32_t rows, float *S,
+                        int64_t rs, int64_t cs)
+{
+    if (!cfg->causal && !s->any_cls) return;
+    for (int32_t c = 0; c < s->nk; c++) {
+        int64_t j = s->kj[c];
+        float *col = S + c * cs;
+        if (s->kcls[c]) {
+            for (int32_t r = 0; r < rows; r++) {
+                int64_t i = ti0 + r;
+                if ((cfg->causal && j > i) || !spa_rowctx_residue(&s->x, i, j)) col[r * rs] = -INFINITY;
+            }
+        } else if (cfg->causal && j > ti0) { /* rows i < j */
+            int32_t lim = j - ti0 < rows ? (int32_t)(j - ti0) : rows;
+            for (int32_t r = 0; r < lim; r++) col[r * rs] = -INFINITY;
+        }
+    }
+}
+
 /* One chunk of the online softmax for the query rows [ti0, ti0 + rows) of
  * a block, on OpenBLAS (any D).
  *   q: [rows][D];  s->kc, s->vc: [nk][D] gathered keys;  s->acc: [rows][D]
@@ -162,18 +191,7 @@ static void chunk_update(const spa_config *cfg, spa_scratch *s, const float *q, 
     /* pass 1 */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, nk, D, cfg->scale, q, D, s->kc, D,
                 0.0f, S, nk);
-    const int radius = cfg->radius >= 0;
-    if (cfg->causal || radius) {
-        for (int32_t r = 0; r < rows; r++) {
-            int64_t i = ti0 + r;
-            float *row = S + (int64_t)r * nk;
-            for (int32_t c = 0; c < nk; c++) {
-                int64_t j = s->kj[c], d = i > j ? i - j : j - i;
-                if ((cfg->causal && j > i) || (radius && s->kmask[c] && d > cfg->radius))
-                    row[c] = -INFINITY;
-            }
-        }
-    }
+    mask_scores(cfg, s, ti0, rows, S, nk, 1);
 
     /* pass 2 */
     for (int32_t r = 0; r < rows; r++) {
@@ -216,17 +234,7 @@ static void chunk_update_t(const spa_config *cfg, spa_scratch *s, int64_t ti0, i
     /* pass 1: scores and mask */
     for (int p = 0, j = 0; p < s->npiece; j += s->pn[p], p++)
         spa_mk_qk(s->pn[p], D, ldq, cfg->scale, s->pk[p], s->qt, St + (int64_t)j * ldq);
-    const int radius = cfg->radius >= 0;
-    if (cfg->causal || radius) {
-        for (int32_t c = 0; c < nk; c++) {
-            int64_t j = s->kj[c];
-            float *row = St + (int64_t)c * ldq;
-            for (int32_t r = 0; r < rows; r++) {
-                int64_t i = ti0 + r, d = i > j ? i - j : j - i;
-                if ((cfg->causal && j > i) || (radius && s->kmask[c] && d > cfg->radius)) row[r] = -INFINITY;
-            }
-        }
-    }
+    mask_scores(cfg, s, ti0, rows, St, 1, ldq);
 
     /* pass 2: column maxima, exp, column sums */
     for (int32_t r = 0; r < ldq; r++) mc[r] = -INFINITY;
@@ -287,6 +295,18 @@ static int64_t locate(const spa_config *cfg, const spa_keysrc *src, int32_t h, i
     return left < want ? left : want;
 }
 
+/* Index of the first element >= x in sorted a[0..len). */
+static int64_t lower_bound_tok(const int64_t *a, int64_t len, int64_t x)
+{
+    int64_t lo = 0, hi = len;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (a[mid] < x) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
 typedef struct block_job {
     const spa_config *cfg;
     const spa_keysrc *src;
@@ -311,12 +331,13 @@ static void flush_chunk(block_job *job)
     }
     s->nk = 0;
     s->npiece = 0;
+    s->any_cls = 0;
 }
 
 /* Appends cnt keys (tokens t0..) found at k, v ([cnt][D] rows) to the chunk.
  * Keys are not copied: a chunk is a list of pieces of resident memory,
  * merged when they are adjacent. */
-static void add_keys(block_job *job, const float *k, const float *v, int64_t t0, int32_t cnt, int radius_rule)
+static void add_keys(block_job *job, const float *k, const float *v, int64_t t0, int32_t cnt, int cls)
 {
     spa_scratch *s = job->s;
     const int32_t D = s->D;
@@ -328,16 +349,15 @@ static void add_keys(block_job *job, const float *k, const float *v, int64_t t0,
         s->pv[s->npiece] = v;
         s->pn[s->npiece++] = cnt;
     }
-    for (int32_t r = 0; r < cnt; r++) {
-        s->kj[s->nk + r] = t0 + r;
-        s->kmask[s->nk + r] = (unsigned char)(radius_rule && !spa_pattern_is_global(job->cfg, t0 + r));
-    }
+    for (int32_t r = 0; r < cnt; r++) s->kj[s->nk + r] = t0 + r;
+    memset(s->kcls + s->nk, cls, (size_t)cnt);
+    s->any_cls |= cls;
     s->nk += cnt;
 }
 
-/* Appends keys [t0, t1) of head h, flushing when the chunk is full.
- * radius_rule marks keys from the local range. */
-static void append_range(block_job *job, int64_t t0, int64_t t1, int radius_rule)
+/* Appends keys [t0, t1) of head h, all of class cls, flushing when the
+ * chunk is full. */
+static void append_range(block_job *job, int64_t t0, int64_t t1, int cls)
 {
     spa_scratch *s = job->s;
     while (t0 < t1) {
@@ -350,18 +370,50 @@ static void append_range(block_job *job, int64_t t0, int64_t t1, int radius_rule
             t0++;
             continue;
         }
-        add_keys(job, k, v, t0, (int32_t)got, radius_rule);
+        add_keys(job, k, v, t0, (int32_t)got, cls);
         t0 += got;
+    }
+}
+
+/* Appends [t0, t1) one key block at a time. Tokens gathered for the head
+ * are skipped (they come in step 2) or, with keep, appended as class 0:
+ * every row attends them. In a class-1 range, keys of full key blocks
+ * need no token rule either. */
+static void append_keys(block_job *job, int64_t t0, int64_t t1, int cls, int keep)
+{
+    const spa_config *cfg = job->cfg;
+    const spa_rowctx *x = &job->s->x;
+    int64_t g = lower_bound_tok(cfg->kv_tokens, cfg->nkv_tokens, t0);
+    while (t0 < t1) {
+        while (g < cfg->nkv_tokens && cfg->kv_tokens[g] < t1 && !spa_pattern_is_gathered(cfg, job->h, cfg->kv_tokens[g]))
+            g++;
+        int64_t e = g < cfg->nkv_tokens && cfg->kv_tokens[g] < t1 ? cfg->kv_tokens[g] : t1;
+        int64_t bend = (t0 / cfg->block + 1) * cfg->block;
+        if (e > bend) e = bend;
+        int c = cls;
+        if (c) {
+            int64_t k = spa_rowctx_find(x, t0 / cfg->block);
+            c = !(k >= 0 && x->kfull[k]);
+        }
+        append_range(job, t0, e, c);
+        t0 = e;
+        if (g < cfg->nkv_tokens && t0 == cfg->kv_tokens[g]) {
+            if (keep) append_range(job, t0, t0 + 1, 0);
+            t0++, g++;
+        }
     }
 }
 
 void spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch *s, int32_t h,
                       int64_t c, const float *q, float *out, float *lse)
 {
+    /* q, out: [rows][D] rows of block c;  lse: [rows] */
     const int32_t D = cfg->dim;
     const int64_t B = cfg->block, n = cfg->n, ti0 = c * B;
     const int32_t rows = (int32_t)(ti0 + B < n ? B : n - ti0);
     block_job job = {cfg, src, s, h, rows, ti0, q};
+    spa_rowctx_init(&s->x, cfg, h, c, s->w);
+    const spa_rowctx *x = &s->x;
 
     for (int32_t r = 0; r < rows; r++) {
         s->m[r] = -INFINITY;
@@ -370,39 +422,62 @@ void spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch 
     memset(s->acc, 0, (size_t)rows * D * sizeof(float));
     s->nk = 0;
     s->npiece = 0;
+    s->any_cls = 0;
     s->ldq = (rows + 15) / 16 * 16;
     if (s->fast)
         for (int32_t d = 0; d < D; d++)
             for (int32_t r = 0; r < s->ldq; r++) s->qt[(int64_t)d * s->ldq + r] = r < rows ? q[(int64_t)r * D + d] : 0.0f;
 
-    /* 1. local range */
-    int64_t j0, j1;
-    spa_pattern_local_range(cfg, c, &j0, &j1);
-    append_range(&job, j0, j1, cfg->radius >= 0);
+    /* 1. local range: the whole window for every row in block mode; the
+     *    token rule decides in radius mode */
+    if (x->hr->radius >= 0) append_keys(&job, x->j0, x->j1, 1, 1);
+    else append_range(&job, x->j0, x->j1, 0);
 
-    /* 2. globals outside the local range (causal: not after the last row) */
-    int64_t jmax = cfg->causal ? ti0 + rows : n;
-    for (int64_t g = 0; g < cfg->nglobals; g++) {
-        int64_t t = cfg->globals[g];
+    /* 2. gathered tokens outside the local range (causal: not after the last row) */
+    const int64_t jmax = cfg->causal ? ti0 + rows : n;
+    for (int64_t g = 0; g < cfg->nkv_tokens; g++) {
+        int64_t t = cfg->kv_tokens[g];
         if (t >= jmax) break;
-        if (t >= j0 && t < j1) continue;
+        if ((t >= x->j0 && t < x->j1) || !spa_pattern_is_gathered(cfg, h, t)) continue;
         if (s->nk == SPA_KC) flush_chunk(&job);
-        int64_t off = ((int64_t)h * cfg->nglobals + g) * D;
+        int64_t off = ((int64_t)h * cfg->nkv_tokens + g) * D;
         add_keys(&job, src->gk + off, src->gv + off, t, 1, 0);
     }
 
-    /* 3. random blocks, ascending */
-    int32_t m = spa_pattern_random_blocks(cfg, h, c, s->rb);
-    for (int32_t i = 0; i < m; i++) {
-        int64_t b0 = (int64_t)s->rb[i] * B, b1 = b0 + B < n ? b0 + B : n;
-        append_range(&job, b0, b1, 0);
+    /* 3. key blocks, ascending, without the local range */
+    for (int64_t k = 0; k < x->nkb; k++) {
+        int64_t b0 = (int64_t)x->kb[k] * B, b1 = b0 + B < jmax ? b0 + B : jmax;
+        int cls = !x->kfull[k];
+        if (b0 < x->j0) append_keys(&job, b0, b1 < x->j0 ? b1 : x->j0, cls, 0);
+        if (b1 > x->j1) append_keys(&job, b0 > x->j1 ? b0 : x->j1, b1, cls, 0);
     }
     flush_chunk(&job);
 
     for (int32_t r = 0; r < rows; r++) {
+        if (s->l[r] == 0.0f) { /* S(i) is empty */
+            memset(out + (int64_t)r * D, 0, (size_t)D * sizeof(float));
+            lse[r] = -INFINITY;
+            continue;
+        }
         float inv = 1.0f / s->l[r];
         for (int32_t d = 0; d < D; d++) out[(int64_t)r * D + d] = s->acc[(int64_t)r * D + d] * inv;
         lse[r] = s->m[r] + logf(s->l[r]);
+    }
+}
+
+/* The mask of spread rows gi[0..rows) against keys a .. a + nk - 1, laid
+ * out as in mask_scores. x == NULL: global rows, which attend every key
+ * (up to causality); else rows of x's block. */
+static void mask_rows(const spa_config *cfg, const spa_rowctx *x, const int64_t *gi, int32_t rows, int64_t a,
+                      int32_t nk, float *S, int64_t rs, int64_t cs)
+{
+    if (!x && !cfg->causal) return;
+    for (int32_t c = 0; c < nk; c++) {
+        int64_t j = a + c, kb = x ? spa_rowctx_find(x, j / cfg->block) : -1;
+        int every = !x || spa_pattern_is_gathered(cfg, x->h, j) || (kb >= 0 && x->kfull[kb]);
+        float *col = S + c * cs;
+        for (int32_t r = 0; r < rows; r++)
+            if ((cfg->causal && j > gi[r]) || (!every && !spa_rowctx_residue(x, gi[r], j))) col[r * rs] = -INFINITY;
     }
 }
 
@@ -422,8 +497,9 @@ static inline float shift_exact(float x, float m, float *lo)
  * of KC, so the split over ranks changes only the few chunks a shard
  * boundary cuts.
  *   qg: [ng][D];  k, v: [len][D];  part: [ng][D + 2] double */
-static void global_partial_t(const spa_config *cfg, spa_scratch *s, const float *qg, const int64_t *gidx,
-                             int64_t ng, const float *k, const float *v, int64_t j0, int64_t len, double *part)
+static void global_partial_t(const spa_config *cfg, spa_scratch *s, const spa_rowctx *x, const float *qg,
+                             const int64_t *gidx, int64_t ng, const float *k, const float *v, int64_t j0, int64_t len,
+                             double *part)
 {
     const int32_t D = cfg->dim, ld = D + 2;
     float *St = s->s, *mc = s->mc, *lc = s->lc, *sh = s->sh;
@@ -439,10 +515,7 @@ static void global_partial_t(const spa_config *cfg, spa_scratch *s, const float 
             const int32_t nk = (int32_t)(e - a);
             /* pass 1: scores, causal mask */
             spa_mk_qk(nk, D, ldq, cfg->scale, k + (a - j0) * D, s->qt, St);
-            if (cfg->causal)
-                for (int32_t c = 0; c < nk; c++)
-                    for (int32_t r = 0; r < rows; r++)
-                        if (a + c > gi[r]) St[(int64_t)c * ldq + r] = -INFINITY;
+            mask_rows(cfg, x, gi, rows, a, nk, St, 1, ldq);
             /* pass 2: column maxima; exp(s - m) = exp(d) * (1 + lo) */
             for (int32_t r = 0; r < ldq; r++) mc[r] = -INFINITY, lc[r] = 0.0f;
             for (int32_t c = 0; c < nk; c++) {
@@ -478,17 +551,22 @@ static void global_partial_t(const spa_config *cfg, spa_scratch *s, const float 
     }
 }
 
-void spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, const float *qg,
-                               const int64_t *gidx, int64_t ng, const float *k, const float *v,
-                               int64_t j0, int64_t len, double *part)
+void spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, int32_t h, int64_t c, const float *qg,
+                               const int64_t *gidx, int64_t ng, const float *k, const float *v, int64_t j0,
+                               int64_t len, double *part)
 {
+    const spa_rowctx *x = NULL;
+    if (c >= 0) { /* rows of a spread block: the block's rule */
+        spa_rowctx_init(&s->x, cfg, h, c, s->w);
+        x = &s->x;
+    }
     /* Global rows sum over every key, split differently on every rank
      * count; their probabilities and sums are accumulated in double so that
      * the split changes the result only at float32 rounding of the output.
      *   qg: [ng][D];  k, v: [len][D];  part: [ng][D + 2] (max, sum, acc[D]) */
     const int32_t D = cfg->dim, ld = D + 2;
     if (s->fast) {
-        global_partial_t(cfg, s, qg, gidx, ng, k, v, j0, len, part);
+        global_partial_t(cfg, s, x, qg, gidx, ng, k, v, j0, len, part);
         return;
     }
     for (int64_t g0 = 0; g0 < ng; g0 += SPA_QT) {
@@ -507,10 +585,7 @@ void spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, const floa
             /* pass 1: scores, causal mask */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, nk, D, cfg->scale, qg + g0 * D, D, kc,
                         D, 0.0f, S, nk);
-            if (cfg->causal)
-                for (int32_t r = 0; r < rows; r++)
-                    for (int32_t c = 0; c < nk; c++)
-                        if (a + c > gi[r]) S[(int64_t)r * nk + c] = -INFINITY;
+            mask_rows(cfg, x, gi, rows, a, nk, S, nk, 1);
             /* pass 2: chunk maxima, probabilities (float exp, double sums) */
             for (int32_t r = 0; r < rows; r++) {
                 float *row = S + (int64_t)r * nk, mx = -INFINITY;
@@ -544,6 +619,26 @@ void spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, const floa
             }
         }
     }
+}
+
+void spa_partial_init(double *part, int64_t count, int32_t D)
+{
+    for (int64_t i = 0; i < count; i++) {
+        double *p = part + i * (D + 2);
+        p[0] = -INFINITY;
+        memset(p + 1, 0, (size_t)(D + 1) * sizeof *p);
+    }
+}
+
+void spa_partial_finish(const double *p, int32_t D, float *out, float *lse)
+{
+    if (p[1] == 0.0) { /* S(i) is empty */
+        memset(out, 0, (size_t)D * sizeof *out);
+        *lse = -INFINITY;
+        return;
+    }
+    for (int32_t d = 0; d < D; d++) out[d] = (float)(p[2 + d] / p[1]);
+    *lse = (float)(p[0] + log(p[1]));
 }
 
 void spa_partial_merge(double *a, const double *b, int32_t D)

@@ -2,17 +2,17 @@
  *
  * Order of one run, chosen so the transfers overlap the work that does not
  * need them:
- *   1. allgather q, k, v of the global tokens (small, needed by every block)
- *   2. post the halo Irecv/Isend and the random-link MPI_Gets
+ *   1. allgather K, V of the gathered tokens and q of the spread rows
+ *      (small, needed by every block)
+ *   2. post the halo Irecv/Isend and the fetches of remote blocks
  *   3. compute the query blocks that need neither, then the partials of the
- *      global rows over this shard (pure local work)
- *   4. wait for the halo, flush the gets, compute the remaining blocks
- *   5. merge the global rows' partials by log-sum-exp (MPI_Allreduce)
+ *      spread rows over this shard (pure local work)
+ *   4. wait for the halo and the fetches, compute the remaining blocks
+ *   5. merge the spread rows' partials by log-sum-exp and finish them
  * The MPI calls themselves live in comm.c; this file is the schedule.
  */
 #include "runtime.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <string.h>
@@ -24,30 +24,69 @@ static spa_err setup_tasks(spa_ctx ctx)
     const spa_config *cfg = &ctx->cfg;
     const spa_commplan *pl = &ctx->plan;
     const int64_t B = cfg->block, n = cfg->n, nq = pl->b1 - pl->b0;
-    ctx->ntask = cfg->heads * nq;
-    ctx->task = malloc((size_t)(ctx->ntask + 1) * sizeof *ctx->task);
-    SPA_REQUIRE(ctx->task, SPA_ERR_OTHER, "out of memory");
-    int32_t *rb = malloc((size_t)(cfg->random + 1) * sizeof *rb);
-    SPA_REQUIRE(rb, SPA_ERR_OTHER, "out of memory");
+    ctx->task = malloc((size_t)(cfg->heads * nq + 1) * sizeof *ctx->task);
+    spa_patws *w = spa_patws_create(cfg);
+    if (!ctx->task || !w) {
+        spa_patws_destroy(w);
+        SPA_FAIL(SPA_ERR_OTHER, "out of memory");
+    }
     /* ready tasks first: they run while the transfers are in flight */
     int64_t nready = 0, k = 0;
     for (int pass = 0; pass < 2; pass++)
         for (int32_t h = 0; h < cfg->heads; h++)
             for (int64_t c = pl->b0; c < pl->b1; c++) {
+                if (spa_pattern_served_ws(cfg, h, c, w)) continue;
                 int64_t j0, j1;
-                spa_pattern_local_range(cfg, c, &j0, &j1);
-                int ready = j0 >= pl->t0 && j1 <= pl->t1;
-                int32_t m = spa_pattern_random_blocks(cfg, h, c, rb);
-                for (int32_t i = 0; i < m && ready; i++) {
-                    int64_t a = (int64_t)rb[i] * B, e = a + B < n ? a + B : n;
-                    ready = a >= pl->t0 && e <= pl->t1;
+                spa_pattern_local_range(cfg, h, c, &j0, &j1);
+                int ready = j1 <= j0 || (j0 >= pl->t0 && j1 <= pl->t1);
+                int64_t m = spa_pattern_key_blocks_ws(cfg, h, c, w);
+                for (int64_t i = 0; i < m && ready; i++) {
+                    int64_t a = (int64_t)w->kb[i] * B, e = a + B < n ? a + B : n;
+                    ready = (a >= pl->t0 && e <= pl->t1) || spa_pattern_gathered_in(cfg, h, a, e) == e - a;
                 }
                 if (ready == (pass == 0)) ctx->task[k++] = (spa_task){h, c};
                 nready += pass == 0 && ready;
             }
+    ctx->ntask = k;
     ctx->nready = nready;
-    free(rb);
+    spa_patws_destroy(w);
     return SPA_OK;
+}
+
+/* The spread rows' tokens and tiles, and their partials. */
+static spa_err setup_spread(spa_ctx ctx)
+{
+    const spa_commplan *pl = &ctx->plan;
+    ctx->stok = malloc((size_t)(pl->nspread + 1) * sizeof *ctx->stok);
+    ctx->tile_row = malloc((size_t)(pl->nspread_tiles + 1) * sizeof *ctx->tile_row);
+    ctx->part = spa_alloc((size_t)(pl->nspread * (ctx->cfg.dim + 2)) * sizeof(double));
+    SPA_REQUIRE(ctx->stok && ctx->tile_row && ctx->part, SPA_ERR_OTHER, "out of memory for the spread rows");
+    for (int64_t r = 0; r < pl->nspread; r++) {
+        ctx->stok[r] = pl->spread[r].tok;
+        if (r == 0 || pl->spread[r].tile != pl->spread[r - 1].tile) ctx->tile_row[pl->spread[r].tile] = r;
+    }
+    ctx->tile_row[pl->nspread_tiles] = pl->nspread;
+    return SPA_OK;
+}
+
+/* Where the kernel finds its keys: the halos, the shard (set per run),
+ * the gathered tokens and the fetched blocks, all owned by the comm layer. */
+static void setup_keys(spa_ctx ctx)
+{
+    const spa_commplan *pl = &ctx->plan;
+    const spa_comm *c = ctx->cm;
+    const int64_t D = ctx->cfg.dim;
+    ctx->seg[0] = (spa_keyseg){pl->ext0, pl->t0, c->hl_k, c->hl_v, c->nleft * D};
+    ctx->seg[1] = (spa_keyseg){pl->t0, pl->t1, NULL, NULL, ctx->n_own * D};
+    ctx->seg[2] = (spa_keyseg){pl->t1, pl->ext1, c->hr_k, c->hr_v, c->nright * D};
+    ctx->src.nseg = 3;
+    ctx->src.seg = ctx->seg;
+    ctx->src.gk = c->gk;
+    ctx->src.gv = c->gv;
+    ctx->src.fblock = c->fblock;
+    ctx->src.fhead_off = c->fhead_off;
+    ctx->src.fk = c->fk;
+    ctx->src.fv = c->fv;
 }
 
 spa_err spa_ctx_create(MPI_Comm comm, const spa_config *cfg, int threads, spa_ctx *out)
@@ -55,13 +94,12 @@ spa_err spa_ctx_create(MPI_Comm comm, const spa_config *cfg, int threads, spa_ct
     *out = NULL;
     spa_ctx ctx = calloc(1, sizeof *ctx);
     SPA_REQUIRE(ctx, SPA_ERR_OTHER, "out of memory");
-    spa_err e = SPA_OK;
-    ctx->win = MPI_WIN_NULL;
-    ctx->part_type = MPI_DATATYPE_NULL;
-    ctx->part_op = MPI_OP_NULL;
-    MPI_Comm_dup(comm, &ctx->comm);
-    MPI_Comm_size(ctx->comm, &ctx->P);
-    MPI_Comm_rank(ctx->comm, &ctx->rank);
+    MPI_Comm dup = MPI_COMM_NULL;
+    spa_err e = spa_comm_dup(comm, &dup, &ctx->P, &ctx->rank);
+    if (e != SPA_OK) {
+        free(ctx);
+        return e;
+    }
     ctx->overlap = 1;
     ctx->threads = threads > 0 ? threads : omp_get_max_threads();
     /* OpenBLAS runs inside our OpenMP loop over blocks: one thread each */
@@ -70,6 +108,9 @@ spa_err spa_ctx_create(MPI_Comm comm, const spa_config *cfg, int threads, spa_ct
     if ((e = spa_config_copy(&ctx->cfg, cfg)) != SPA_OK) goto fail;
     if ((e = spa_commplan_build(&ctx->cfg, ctx->P, ctx->rank, &ctx->plan)) != SPA_OK) goto fail;
     ctx->n_own = ctx->plan.t1 - ctx->plan.t0;
+    e = spa_comm_create(dup, &ctx->cfg, &ctx->plan, &ctx->cm);
+    dup = MPI_COMM_NULL; /* the comm layer owns it, even when it failed */
+    if (e != SPA_OK) goto fail;
 
     ctx->scr = calloc((size_t)ctx->threads, sizeof *ctx->scr);
     if (!ctx->scr) {
@@ -82,7 +123,8 @@ spa_err spa_ctx_create(MPI_Comm comm, const spa_config *cfg, int threads, spa_ct
             goto fail;
         }
     if ((e = setup_tasks(ctx)) != SPA_OK) goto fail;
-    if ((e = spa_comm_setup(ctx)) != SPA_OK) goto fail;
+    if ((e = setup_spread(ctx)) != SPA_OK) goto fail;
+    setup_keys(ctx);
 
     /* useful FLOPs of this rank's rows, summed once */
     int64_t pairs = 0;
@@ -97,16 +139,17 @@ spa_err spa_ctx_create(MPI_Comm comm, const spa_config *cfg, int threads, spa_ct
 
     /* Everything above was local. Agree before the first collective, so a
      * rank that failed cannot leave the others waiting inside it. */
-    e = spa_agree(ctx->comm, SPA_OK);
+    e = spa_agree(ctx->cm->comm, SPA_OK);
     if (e != SPA_OK) goto cleanup;
-    if ((e = spa_comm_connect(ctx)) != SPA_OK) goto cleanup;
-    MPI_Allreduce(&pairs, &ctx->pairs_total, 1, MPI_INT64_T, MPI_SUM, ctx->comm);
+    if ((e = spa_comm_connect(ctx->cm)) != SPA_OK) goto cleanup;
+    if ((e = spa_comm_sum_i64(ctx->cm, pairs, &ctx->pairs_total)) != SPA_OK) goto cleanup;
     *out = ctx;
     return SPA_OK;
 fail:
     /* creation failed on this rank: let the others know, then clean up */
-    spa_agree(ctx->comm, e);
+    spa_agree(ctx->cm ? ctx->cm->comm : comm, e);
 cleanup:
+    if (dup != MPI_COMM_NULL) MPI_Comm_free(&dup);
     spa_ctx_destroy(&ctx);
     return e;
 }
@@ -129,22 +172,25 @@ void spa_ctx_set_overlap(spa_ctx ctx, int on) { ctx->overlap = on; }
 
 void spa_ctx_kv_buffers(spa_ctx ctx, float **k, float **v)
 {
-    *k = ctx->rma ? ctx->wbase : NULL;
-    *v = ctx->rma ? ctx->wbase + (int64_t)ctx->cfg.heads * ctx->n_own * ctx->cfg.dim : NULL;
+    const spa_comm *c = ctx->cm;
+    *k = c->rma ? c->wbase : NULL;
+    *v = c->rma ? c->wbase + (int64_t)ctx->cfg.heads * ctx->n_own * ctx->cfg.dim : NULL;
 }
 
 void spa_ctx_destroy(spa_ctx *pctx)
 {
     spa_ctx ctx = pctx ? *pctx : NULL;
     if (!ctx) return;
-    spa_comm_teardown(ctx);
+    spa_comm_destroy(&ctx->cm);
     if (ctx->scr)
         for (int t = 0; t < ctx->threads; t++) spa_scratch_destroy(ctx->scr[t]);
     free(ctx->scr);
     free(ctx->task);
+    free(ctx->stok);
+    free(ctx->tile_row);
+    spa_free(ctx->part);
     spa_commplan_free(&ctx->plan);
     spa_config_free(&ctx->cfg);
-    if (ctx->comm != MPI_COMM_NULL) MPI_Comm_free(&ctx->comm);
     free(ctx);
     *pctx = NULL;
 }
@@ -168,7 +214,7 @@ static void compute_tasks(spa_ctx ctx, int64_t t0, int64_t t1, const float *q, f
 #pragma omp atomic
             done++;
             if (master) {
-                spa_comm_poke(ctx);
+                spa_comm_poke(ctx->cm);
                 if (ctx->progress) {
                     double now = spa_now();
                     if (now - ctx->progress_last > 0.1) {
@@ -185,85 +231,82 @@ static void compute_tasks(spa_ctx ctx, int64_t t0, int64_t t1, const float *q, f
     ctx->tasks_done += t1 - t0;
 }
 
-/* Partials of every global row over this shard: part[h][g] = (max, sum, acc). */
-static void global_partials(spa_ctx ctx, const float *k, const float *v)
+/* Partials of every spread row over this shard, tile by tile:
+ * part[row] = (max, sum, acc). */
+static void spread_partials(spa_ctx ctx, const float *k, const float *v)
 {
     const spa_config *cfg = &ctx->cfg;
-    const int64_t G = cfg->nglobals, D = cfg->dim, n_own = ctx->n_own, ld = D + 2;
-    const int64_t tiles = (G + 63) / 64;
-    for (int64_t i = 0; i < cfg->heads * G; i++) {
-        ctx->part[i * ld] = -INFINITY;
-        ctx->part[i * ld + 1] = 0.0f;
-        memset(&ctx->part[i * ld + 2], 0, (size_t)D * sizeof(double));
-    }
-    if (n_own == 0 || G == 0) return;
+    const spa_commplan *pl = &ctx->plan;
+    const int64_t D = cfg->dim, n_own = ctx->n_own, ld = D + 2;
+    const int64_t tiles = pl->nspread_tiles;
+    spa_partial_init(ctx->part, pl->nspread, (int32_t)D);
+    if (n_own == 0 || tiles == 0) return;
     /* Key spans aligned to absolute multiples of SPAN (itself a multiple of
      * the kernel's chunk) keep the chunks what they would be in one call,
      * and let thread 0 drive MPI progress between spans. */
     enum { SPAN = 8192 };
-    const int64_t p0 = ctx->plan.t0, p1 = ctx->plan.t1;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads) collapse(2)
-    for (int32_t h = 0; h < cfg->heads; h++)
-        for (int64_t t = 0; t < tiles; t++) {
-            int64_t g0 = t * 64, ng = G - g0 < 64 ? G - g0 : 64;
-            spa_scratch *s = ctx->scr[omp_get_thread_num()];
-            for (int64_t a = p0, e; a < p1; a = e) {
-                e = (a / SPAN + 1) * SPAN < p1 ? (a / SPAN + 1) * SPAN : p1;
-                const int64_t off = ((int64_t)h * n_own + (a - p0)) * D;
-                spa_kernel_global_partial(cfg, s, ctx->gq + ((int64_t)h * G + g0) * D, cfg->globals + g0, ng,
-                                          k + off, v + off, a, e - a, ctx->part + ((int64_t)h * G + g0) * ld);
-                if (omp_get_thread_num() == 0) spa_comm_poke(ctx);
-            }
+    const int64_t p0 = pl->t0, p1 = pl->t1;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads)
+    for (int64_t t = 0; t < tiles; t++) {
+        const int64_t r0 = ctx->tile_row[t], ng = ctx->tile_row[t + 1] - r0;
+        const int32_t h = pl->spread[r0].h;
+        const int64_t tok = pl->spread[r0].tok;
+        const int64_t c = spa_pattern_is_global(cfg, tok) ? -1 : tok / cfg->block;
+        spa_scratch *s = ctx->scr[omp_get_thread_num()];
+        for (int64_t a = p0, e; a < p1; a = e) {
+            e = (a / SPAN + 1) * SPAN < p1 ? (a / SPAN + 1) * SPAN : p1;
+            const int64_t off = ((int64_t)h * n_own + (a - p0)) * D;
+            spa_kernel_global_partial(cfg, s, h, c, ctx->cm->sq + r0 * D, ctx->stok + r0, ng, k + off, v + off, a,
+                                      e - a, ctx->part + r0 * ld);
+            if (omp_get_thread_num() == 0) spa_comm_poke(ctx->cm);
         }
+    }
 }
 
 spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v, float *out, float *lse,
                     spa_stats *st)
 {
     const spa_config *cfg = &ctx->cfg;
-    const int64_t D = cfg->dim, n_own = ctx->n_own, G = cfg->nglobals;
+    const spa_commplan *pl = &ctx->plan;
+    const int64_t D = cfg->dim, n_own = ctx->n_own;
     spa_stats z;
     memset(&z, 0, sizeof z);
-    ctx->st = &z;
     ctx->tasks_done = 0;
     ctx->progress_last = 0.0;
+    ctx->seg[1].k = k;
+    ctx->seg[1].v = v;
     double t_start = spa_now(), t;
 
-    SPA_CHECK(spa_comm_globals(ctx, q, k, v));   /* 1 */
-    SPA_CHECK(spa_comm_post(ctx, k, v));         /* 2 */
-    if (!ctx->overlap) SPA_CHECK(spa_comm_complete(ctx));
+    SPA_CHECK(spa_comm_gather(ctx->cm, q, k, v, &z)); /* 1 */
+    SPA_CHECK(spa_comm_post(ctx->cm, k, v, &z));      /* 2 */
+    if (!ctx->overlap) SPA_CHECK(spa_comm_complete(ctx->cm, &z));
 
-    t = spa_now();                               /* 3 */
+    t = spa_now(); /* 3 */
     compute_tasks(ctx, 0, ctx->nready, q, out, lse);
-    global_partials(ctx, k, v);
+    spread_partials(ctx, k, v);
     z.seconds_compute += spa_now() - t;
 
-    if (ctx->overlap) SPA_CHECK(spa_comm_complete(ctx)); /* 4 */
+    if (ctx->overlap) SPA_CHECK(spa_comm_complete(ctx->cm, &z)); /* 4 */
     t = spa_now();
     compute_tasks(ctx, ctx->nready, ctx->ntask, q, out, lse);
     z.seconds_compute += spa_now() - t;
 
-    SPA_CHECK(spa_comm_merge_globals(ctx));     /* 5 */
-    const spa_commplan *pl = &ctx->plan;
-    for (int32_t h = 0; h < cfg->heads; h++)
-        for (int64_t g = 0; g < G; g++) {
-            int64_t tok = cfg->globals[g];
-            if (tok < pl->t0 || tok >= pl->t1) continue;
-            const double *p = ctx->part + ((int64_t)h * G + g) * (D + 2);
-            int64_t row = (int64_t)h * n_own + (tok - pl->t0);
-            for (int64_t d = 0; d < D; d++) out[row * D + d] = (float)(p[2 + d] / p[1]);
-            lse[row] = (float)(p[0] + log(p[1]));
-        }
+    SPA_CHECK(spa_comm_merge(ctx->cm, ctx->part, &z)); /* 5 */
+    for (int64_t r = 0; r < pl->nspread; r++) {
+        const spa_spread_row *w = &pl->spread[r];
+        if (w->tok < pl->t0 || w->tok >= pl->t1) continue;
+        int64_t row = (int64_t)w->h * n_own + (w->tok - pl->t0);
+        spa_partial_finish(ctx->part + r * (D + 2), (int32_t)D, out + row * D, lse + row);
+    }
 
     double sum = 0.0;
     for (int64_t i = 0; i < cfg->heads * n_own * D; i++) sum += out[i];
-    MPI_Allreduce(&sum, &z.checksum, 1, MPI_DOUBLE, MPI_SUM, ctx->comm);
+    SPA_CHECK(spa_comm_sum_f64(ctx->cm, sum, &z.checksum));
     if (ctx->progress) ctx->progress(1.0, ctx->progress_arg);
     z.seconds_total = spa_now() - t_start;
     z.flops = 4 * D * ctx->pairs_total;
-    z.rma = ctx->rma;
+    z.rma = ctx->cm->rma;
     z.threads = ctx->threads;
-    ctx->st = NULL;
     if (st) *st = z;
     return SPA_OK;
 }

@@ -48,6 +48,84 @@ double spa_now(void);
  * exp(-inf) = 0. */
 void spa_vexp(float *x, int64_t len);
 
+/* ------------------------------------------------------------ pattern */
+
+/* Query blocks of fewer blocks never take the spread path: a short
+ * sequence is cheap to fetch whole. */
+enum { SPA_SPREAD_MIN_BLOCKS = 32 };
+
+/* Workspace of the pattern functions, for one thread: O(nb). */
+typedef struct spa_patws {
+    int32_t *kb;           /* [nb] key blocks of the last call */
+    unsigned char *kfull;  /* [nb] their full flags */
+    int64_t nkb;
+    unsigned char *mark;   /* [nb] zero between calls */
+    int32_t *rb;           /* [random_max] */
+} spa_patws;
+spa_patws *spa_patws_create(const spa_config *cfg);
+void spa_patws_destroy(spa_patws *w);
+
+/* spa_pattern_key_blocks, spa_pattern_spread and spa_pattern_block_keys on
+ * a workspace (no allocation). The key blocks land in w->kb, w->kfull. */
+int64_t spa_pattern_key_blocks_ws(const spa_config *cfg, int32_t h, int64_t c, spa_patws *w);
+int spa_pattern_spread_ws(const spa_config *cfg, int32_t h, int64_t c, spa_patws *w);
+void spa_pattern_block_keys_ws(const spa_config *cfg, int32_t h, int64_t c, int64_t *counts, spa_patws *w);
+
+/* Tokens of [a, b) gathered for head h (G and its summary columns). */
+int64_t spa_pattern_gathered_in(const spa_config *cfg, int32_t h, int64_t a, int64_t b);
+
+/* 1 when the spread path computes every row of (h, c): a spread block, or
+ * a block of global rows only. The block kernel skips it, and nothing is
+ * fetched for it. */
+int spa_pattern_served_ws(const spa_config *cfg, int32_t h, int64_t c, spa_patws *w);
+
+/* Dilated pair p of head h selects position j; selects both i and j in one segment. */
+static inline int spa_dil_sel(const spa_head_rules *hr, int p, int32_t h, int64_t j)
+{
+    return (j % hr->dil_w[p]) % hr->dil_r[p] == (int64_t)h % hr->dil_r[p];
+}
+static inline int spa_dil_pair(const spa_head_rules *hr, int p, int32_t h, int64_t i, int64_t j)
+{
+    return i / hr->dil_w[p] == j / hr->dil_w[p] && spa_dil_sel(hr, p, h, i) && spa_dil_sel(hr, p, h, j);
+}
+
+/* The token rule of one (head, query block), built once per block. */
+typedef struct spa_rowctx {
+    const spa_config *cfg;
+    const spa_head_rules *hr;
+    int32_t h;
+    int64_t c, t0, t1;     /* query rows [t0, t1) */
+    int64_t j0, j1;        /* local range */
+    int64_t wh;            /* block window half-width; -1 in radius mode or none */
+    const int32_t *kb;     /* key blocks (spa_pattern_key_blocks), in the workspace */
+    const unsigned char *kfull;
+    int64_t nkb;
+    int residue;           /* a strided or dilated rule is present */
+} spa_rowctx;
+/* x->kb points into w: valid until w's next use. */
+void spa_rowctx_init(spa_rowctx *x, const spa_config *cfg, int32_t h, int64_t c, spa_patws *w);
+int64_t spa_rowctx_find(const spa_rowctx *x, int64_t b);
+/* j in S(i) for a row i of the block (global rows included). */
+int spa_rowctx_attends(const spa_rowctx *x, int64_t i, int64_t j);
+
+/* The token-level rules of a non-global row i for a key j that is neither
+ * gathered nor in a full key block: local, strided, dilated. Causality is
+ * the caller's. */
+static inline int spa_rowctx_residue(const spa_rowctx *x, int64_t i, int64_t j)
+{
+    const spa_head_rules *hr = x->hr;
+    if (hr->radius >= 0) {
+        if ((i > j ? i - j : j - i) <= hr->radius) return 1;
+    } else if (x->wh >= 0) {
+        int64_t B = x->cfg->block, d = i / B - j / B;
+        if ((d < 0 ? -d : d) <= x->wh) return 1;
+    }
+    if (hr->stride && (i - j) % hr->stride == 0) return 1;
+    for (int p = 0; p < hr->ndilated; p++)
+        if (spa_dil_pair(hr, p, x->h, i, j)) return 1;
+    return 0;
+}
+
 /* ------------------------------------------------------------------ kernel */
 
 /* Register-blocked products of the block kernel (microkernel.c).
@@ -73,7 +151,7 @@ typedef struct spa_keysrc {
     int64_t *fblock;    /* [nfetch] block index, sorted within each head */
     int64_t *fhead_off; /* [H + 1] offsets into fblock per head */
     const float *fk, *fv; /* [nfetch][B][D] */
-    /* Global tokens' keys: [H][|G|][D] */
+    /* Gathered tokens' keys (cfg->kv_tokens): [H][nkv_tokens][D] */
     const float *gk, *gv;
 } spa_keysrc;
 
@@ -90,17 +168,21 @@ void spa_scratch_destroy(spa_scratch *s);
 void spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch *s, int32_t h,
                       int64_t c, const float *q, float *out, float *lse);
 
-/* Partial attention of global queries over a key range, for the LSE merge.
- *   qg: [ng][D] global queries of head h (tokens gidx[]);
+/* Partial attention of spread rows over a key range, for the LSE merge.
+ *   qg: [ng][D] queries of head h (tokens gidx[], ascending);
  *   k, v: [len][D] keys j0 .. j0 + len - 1
- *   part: [ng][D + 2] running (max, sum, acc[D]) in double, updated in place;
- *         start from (-inf, 0, 0).
- * Causal masking uses gidx. */
-void spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, const float *qg,
-                               const int64_t *gidx, int64_t ng, const float *k, const float *v,
-                               int64_t j0, int64_t len, double *part);
+ *   part: [ng][D + 2] running (max, sum, acc[D]) in double, updated in place
+ * c < 0: global rows, which attend every key; c >= 0: non-global rows of
+ * spread block c, which follow its rule. Causal masking uses gidx. */
+void spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, int32_t h, int64_t c, const float *qg,
+                               const int64_t *gidx, int64_t ng, const float *k, const float *v, int64_t j0,
+                               int64_t len, double *part);
 
-/* Merges partial b into a: both [D + 2] (max, sum, acc[D]). */
+/* The partial (max, sum, acc[D]) of one row, [D + 2] doubles: start at
+ * (-inf, 0, 0), merge by log-sum-exp, finish into out [D] and lse (an
+ * empty S(i) gives out = 0, lse = -inf). */
+void spa_partial_init(double *part, int64_t count, int32_t D);
 void spa_partial_merge(double *a, const double *b, int32_t D);
+void spa_partial_finish(const double *p, int32_t D, float *out, float *lse);
 
 #endif

@@ -1,0 +1,86 @@
+/* comm.h - the communication layer (private): it executes a spa_commplan
+ * and holds every MPI call of a run.
+ *
+ * It owns the transfer buffers and datatypes, built once at set-up; a run
+ * only posts, waits and counts the bytes it moved into the caller's stats.
+ * When to post and when to wait is the schedule's business (runtime.c).
+ */
+#ifndef SPA_COMM_H
+#define SPA_COMM_H
+
+#include "spa_impl.h"
+
+typedef struct spa_comm {
+    MPI_Comm comm;
+    int P, rank;
+    const spa_config *cfg;
+    const spa_commplan *plan;
+    int64_t n_own;
+
+    /* halo: [H][len][D] per side, K and V; one datatype per piece */
+    float *hl_k, *hl_v, *hr_k, *hr_v;
+    int64_t nleft, nright;
+    MPI_Datatype *rtype, *stype; /* [nrecv], [nsend] */
+    MPI_Request *reqs;
+    int nreqs;
+
+    /* gathered: K and V of cfg->kv_tokens, [H][nkv][D]; q of the spread
+     * rows in tile order, [nspread][D]. One Allgatherv through stage:
+     * rank s's part is its gathered tokens [tok][2][H][D], then its
+     * spread rows [row][D]. */
+    float *gk, *gv, *sq, *stage;
+    int *gcount, *gdispl;        /* [P], in floats */
+    int64_t *kv_first;           /* [P + 1] first gathered token of each rank */
+    int64_t *spos;               /* [nspread] offset of each spread row in stage */
+    MPI_Datatype part_type;
+    MPI_Op part_op;
+
+    /* fetched blocks: a window over K then V ([H][n_own][D] each), or the
+     * two-sided fallback; slots in plan order, (head, block) ascending */
+    MPI_Win win;
+    float *wbase;
+    int rma;                     /* 1 = MPI_Get, 0 = two-sided */
+    float *fk, *fv;              /* [nfetch][B][D] */
+    int64_t *fblock, *fhead_off; /* [nfetch], [H + 1] */
+    int64_t *run_slot;           /* [nruns] first slot of each run */
+    int64_t *serve;              /* two-sided: [nserve][4] (rank, h, b0, nblk) others want */
+    int nserve;
+    MPI_Request *rreqs;
+    int nrreqs;
+} spa_comm;
+
+/* Duplicates comm for the context; its size and this rank. Collective. */
+spa_err spa_comm_dup(MPI_Comm comm, MPI_Comm *dup, int *P, int *rank);
+
+/* Local: buffers and datatypes for plan (which must outlive c). Takes
+ * ownership of the duplicated communicator. Not collective. */
+spa_err spa_comm_create(MPI_Comm dup, const spa_config *cfg, const spa_commplan *plan, spa_comm **c);
+
+/* Collective: the MPI window, or the two-sided fallback's request lists. */
+spa_err spa_comm_connect(spa_comm *c);
+
+/* Collective. Accepts NULL; sets *c to NULL. Frees the communicator. */
+void spa_comm_destroy(spa_comm **c);
+
+/* Collective: K, V of the gathered tokens and q of the spread rows.
+ *   q, k, v: [H][n_own][D] this rank's shard */
+spa_err spa_comm_gather(spa_comm *c, const float *q, const float *k, const float *v, spa_stats *st);
+
+/* Collective: posts the halo exchange and the fetches of remote blocks. */
+spa_err spa_comm_post(spa_comm *c, const float *k, const float *v, spa_stats *st);
+
+/* Drives MPI progress (thread 0, between blocks). */
+void spa_comm_poke(spa_comm *c);
+
+/* Waits for everything spa_comm_post started. */
+spa_err spa_comm_complete(spa_comm *c, spa_stats *st);
+
+/* Collective: merges the spread rows' partials, [nspread][D + 2], by
+ * log-sum-exp over the ranks, in place. */
+spa_err spa_comm_merge(spa_comm *c, double *part, spa_stats *st);
+
+/* Collective sums over the context's ranks. */
+spa_err spa_comm_sum_i64(spa_comm *c, int64_t local, int64_t *total);
+spa_err spa_comm_sum_f64(spa_comm *c, double local, double *total);
+
+#endif
