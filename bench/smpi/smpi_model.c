@@ -32,8 +32,8 @@
 
 void __real_spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch *s,
                              int32_t h, int64_t c, const float *q, float *out, float *lse);
-void __real_spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, const float *qg,
-                                      const int64_t *gidx, int64_t ng, const float *k,
+void __real_spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, int32_t h, int64_t c,
+                                      const float *qg, const int64_t *gidx, int64_t ng, const float *k,
                                       const float *v, int64_t j0, int64_t len, double *part);
 void __real_spa_synth(uint64_t seed, float temperature, int which, int32_t h, int64_t t0,
                       int64_t t1, int32_t D, float *dst);
@@ -43,7 +43,7 @@ int __real_MPI_Win_allocate(MPI_Aint size, int disp_unit, MPI_Info info, MPI_Com
 int __real_MPI_Win_free(MPI_Win *win);
 int __real_MPI_Get(const void *origin, int ocount, MPI_Datatype otype, int target, MPI_Aint disp,
                    int tcount, MPI_Datatype ttype, MPI_Win win);
-spa_err __real_spa_comm_post(spa_ctx ctx, const float *k, const float *v);
+spa_err __real_spa_comm_post(spa_comm *c, const float *k, const float *v, spa_stats *st);
 
 /* SMPI privatises globals per rank, so these are per simulated rank. */
 static int model_mode = -1;
@@ -84,8 +84,8 @@ static double block_pairs(const spa_config *cfg, int32_t h, int64_t c)
     if (ng > 0) {
         int64_t j0, j1;
         int32_t rb[64];
-        spa_pattern_local_range(cfg, c, &j0, &j1);
-        int32_t m = cfg->random <= 64 ? spa_pattern_random_blocks(cfg, h, c, rb) : cfg->random;
+        spa_pattern_local_range(cfg, h, c, &j0, &j1);
+        int32_t m = cfg->random_max <= 64 ? spa_pattern_random_blocks(cfg, h, c, rb) : cfg->hr[h].random;
         pairs += (double)ng * (double)((j1 - j0) + (int64_t)m * B);
     }
     return pairs;
@@ -101,12 +101,15 @@ void __wrap_spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_s
     charge_pairs(cfg, block_pairs(cfg, h, c));
 }
 
-void __wrap_spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, const float *qg,
-                                      const int64_t *gidx, int64_t ng, const float *k,
+/* Spread rows: global rows attend every key of the span (up to
+ * causality); rows of a spread block (c >= 0) are charged the same, an
+ * upper bound, since such a block attends most of the sequence. */
+void __wrap_spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, int32_t h, int64_t c,
+                                      const float *qg, const int64_t *gidx, int64_t ng, const float *k,
                                       const float *v, int64_t j0, int64_t len, double *part)
 {
     if (!model_on()) {
-        __real_spa_kernel_global_partial(cfg, s, qg, gidx, ng, k, v, j0, len, part);
+        __real_spa_kernel_global_partial(cfg, s, h, c, qg, gidx, ng, k, v, j0, len, part);
         return;
     }
     double pairs = 0.0;
@@ -183,12 +186,12 @@ int __wrap_MPI_Get(const void *origin, int ocount, MPI_Datatype otype, int targe
     return MPI_SUCCESS;
 }
 
-spa_err __wrap_spa_comm_post(spa_ctx ctx, const float *k, const float *v)
+spa_err __wrap_spa_comm_post(spa_comm *c, const float *k, const float *v, spa_stats *st)
 {
-    spa_err e = __real_spa_comm_post(ctx, k, v);
+    spa_err e = __real_spa_comm_post(c, k, v, st);
     if (!model_on() || e != SPA_OK || model_get_bytes <= 0.0) return e;
-    const int P = ctx->P, rank = ctx->rank;
-    const spa_config *cfg = &ctx->cfg;
+    const int P = c->P, rank = c->rank;
+    const spa_config *cfg = c->cfg;
     int partner = (rank + P / 2) % P;
     int64_t b0, b1, t0, t1;
     spa_partition(cfg, P, partner, &b0, &b1, &t0, &t1);
