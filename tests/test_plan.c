@@ -391,6 +391,69 @@ static void test_spread_rows(void)
     spa_config_free(&c);
 }
 
+/* SPEC 1.1: importing the export (full and partial lists, as one layout)
+ * with --local-blocks 0 --globals none --random 0 and the same --causal
+ * reproduces every block-level pattern exactly. Block-level: block
+ * windows, random and layout blocks, and globals that fill whole blocks;
+ * every shared case of that kind is checked. */
+static void test_export_roundtrip(void)
+{
+    int tried = 0;
+    for (int i = 0; i < spa_ncases; i++) {
+        const test_case *tc = &spa_cases[i];
+        spa_config c;
+        if (case_config(tc, 3, &c) != SPA_OK) {
+            spa_config_free(&c);
+            continue;
+        }
+        const int64_t n = c.n, B = c.block, nb = spa_nblocks(&c);
+        int block_level = 1;
+        for (int32_t h = 0; h < c.heads; h++)
+            block_level &= c.hr[h].radius < 0 && !c.hr[h].stride && !c.hr[h].sum_l && !c.hr[h].ndilated;
+        for (int64_t g = 0; g < c.nglobal_blocks && block_level; g++)
+            for (int64_t j = c.global_blocks[g] * B; j < (c.global_blocks[g] + 1) * B && j < n; j++)
+                block_level &= spa_pattern_is_global(&c, j);
+        if (!block_level) {
+            spa_config_free(&c);
+            continue;
+        }
+        tried++;
+        unsigned char *d = calloc((size_t)(c.heads * nb * nb), 1);
+        int32_t *xf = malloc((size_t)nb * sizeof *xf), *xp = malloc((size_t)nb * sizeof *xp);
+        for (int32_t h = 0; h < c.heads; h++)
+            for (int64_t q = 0; q < nb; q++) {
+                int64_t nf = 0, np = 0;
+                EXPECT(spa_pattern_export_row(&c, h, q, xf, &nf, xp, &np) == 0, "export_row");
+                for (int64_t k = 0; k < nf; k++) d[(h * nb + q) * nb + xf[k]] = 1;
+                for (int64_t k = 0; k < np; k++) d[(h * nb + q) * nb + xp[k]] = 1;
+            }
+        spa_config imp;
+        spa_config_init(&imp);
+        imp.n = n, imp.block = c.block, imp.heads = c.heads, imp.dim = c.dim, imp.causal = c.causal;
+        imp.local_blocks = 0, imp.random = 0;
+        spa_config_set_globals(&imp, "none");
+        spa_layout lay;
+        EXPECT(case_layout_from_dense(c.heads, nb, d, &lay) == 0, "layout");
+        spa_config_set_layout(&imp, &lay);
+        spa_layout_free(&lay);
+        EXPECT(spa_config_validate(&imp) == SPA_OK, "%s: the exported layout does not validate: %s", tc->name,
+               spa_last_error());
+        int64_t bad = 0, istep = n * n / 2000000 + 1;
+        for (int32_t h = 0; h < c.heads; h++)
+            for (int64_t a = 0; a < n; a += istep)
+                for (int64_t j = 0; j < n; j++)
+                    if (spa_pattern_attends(&c, h, a, j) != spa_pattern_attends(&imp, h, a, j) && bad++ < 2)
+                        printf("     %s: head %d (%lld, %lld): pattern %d, imported export %d\n", tc->name, h,
+                               (long long)a, (long long)j, spa_pattern_attends(&c, h, a, j),
+                               spa_pattern_attends(&imp, h, a, j));
+        EXPECT(bad == 0, "%s: the imported export differs from the pattern in %lld pairs", tc->name, (long long)bad);
+        spa_config_free(&imp);
+        free(d), free(xf), free(xp);
+        spa_config_free(&c);
+    }
+    EXPECT(tried >= 10, "only %d block-level cases for the export round trip", tried);
+}
+
 /* Builds a config from a rules string; returns validate's answer. */
 static spa_err try_rules(int32_t H, int64_t n, const char *rules, spa_config *c)
 {
@@ -559,6 +622,7 @@ int main(void)
     test_rule_values();
     test_head_resolution();
     test_spread_rows();
+    test_export_roundtrip();
     for (int i = 0; i < spa_ncases; i++) {
         const test_case *tc = &spa_cases[i];
         spa_config c;
