@@ -37,7 +37,14 @@ enum {
 /* Together they cover: n a multiple of B and not, n < B, n = 1, B = 1;
  * W = 1, 3, 5; radius 0, 1, B-1, B, 3B+7; globals none, default, middle,
  * scattered, every token; random 0, 1, 3, more than eligible; causal on and
- * off; D = 1, 16, 64, 128; H = 1, 3; peaky attention (|s q.k| up to ~30). */
+ * off; D = 1, 16, 64, 128; H = 1, 3; peaky attention (|s q.k| up to ~30).
+ * And the rules of SPEC 1.1, alone and in unions: --local-blocks 0; stride
+ * S < B, S = B, S > B and larger than a shard at 7 ranks; summary alone,
+ * with globals, C = L; dilated r = 1, r > B, segments across ranks, a
+ * partial last segment, several pairs; layouts with dense rows (the spread
+ * path) and with empty rows; per-head ranges of every rule; causal with
+ * each; rows with an empty S(i) (dilated, causal summary, causal random,
+ * layouts). */
 static const test_case spa_cases[] = {
     {"default", 1024, 2, 16, 64, 3, -1, NULL, 3, 0, 1.0f, NULL, 0},
     {"n_not_multiple", 1000, 2, 16, 64, 3, -1, NULL, 3, 0, 1.0f, NULL, 0},
