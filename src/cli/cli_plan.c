@@ -468,6 +468,11 @@ spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out)
                 cfg->causal ? "true" : "false", (long long)cfg->nglobals,
                 (long long)cfg->nglobal_blocks, (double)cfg->scale, (long long)kmin,
                 (double)ksum / rows, (long long)kmax, (long long)ksum, density, flops, seconds);
+        /* the keys of run --json, when every head shares the local rule */
+        if (strcmp(mode, "blocks") == 0 || strcmp(mode, "none") == 0)
+            fprintf(out, ", \"local_blocks\": %lld", (long long)lsize);
+        else if (strcmp(mode, "radius") == 0)
+            fprintf(out, ", \"radius\": %lld", (long long)lsize);
         spa_cli_json_str(out, "pattern", flags);
         spa_cli_json_str(out, "export_layout", o->export_layout);
         if (P > 0) {
