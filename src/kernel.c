@@ -5,8 +5,8 @@
  * set):
  *   1. the block's local key range,
  *   2. the gathered tokens (G, summary columns) outside that range,
- *   3. the key blocks of the random, layout, strided and dilated rules,
- *      ascending, without the tokens of 1 and 2,
+ *   3. the full key blocks of the random and layout rules, ascending,
+ *      without the tokens of 1 and 2,
  * and consumed in chunks of KC keys by an online (flash-style) softmax. A
  * chunk is a list of pieces of resident memory (own shard, halo, gathered
  * globals, fetched blocks), never a copy. Each chunk is reduced against its
@@ -15,6 +15,13 @@
  * threads. Each key carries a class: 0 when every row of the block attends
  * it (up to causality), 1 when the token rule (radius, strided, dilated)
  * decides per row; only class-1 keys pay for the rule.
+ *
+ * Strided and dilated keys take a second, residue pass: the rows of one
+ * residue class attend the same class keys, so rows from many blocks form
+ * one dense tile against gathered class keys, instead of B x B tiles of
+ * which one key per row is used. Each row's partial from that pass is
+ * merged after its block pass, in a fixed order, so the sums do not depend
+ * on the rank count either.
  *
  * The products run on the register-blocked kernels of microkernel.c when
  * D % 8 == 0, and on OpenBLAS sgemm otherwise (or with SPA_KERNEL=blas, so
@@ -52,6 +59,12 @@ struct spa_scratch {
     float *nan_row;  /* [D] NaN: stands for a key the plan failed to bring */
     int fast;        /* register-blocked products (D % 8 == 0, not SPA_KERNEL=blas) */
     int nk;          /* keys in the current chunk */
+    /* residue pass, per row of the tile: its local range, and its block's
+     * random blocks and layout row (the full blocks the block pass took) */
+    int64_t *xlo, *xhi;
+    int32_t *xrb, *xrn;   /* [rows][random_max], [rows] */
+    int64_t *xl0, *xl1;   /* layout row idx[xl0 .. xl1) */
+    int32_t rmax;
 };
 
 spa_scratch *spa_scratch_create(const spa_config *cfg)
@@ -69,6 +82,13 @@ spa_scratch *spa_scratch_create(const spa_config *cfg)
     s->s = spa_alloc((size_t)s->rows * SPA_KC * sizeof(float));
     s->kj = spa_alloc((size_t)SPA_KC * sizeof(int64_t));
     s->kcls = spa_alloc(SPA_KC);
+    s->rmax = cfg->random_max;
+    s->xlo = spa_alloc((size_t)s->rows * sizeof(int64_t));
+    s->xhi = spa_alloc((size_t)s->rows * sizeof(int64_t));
+    s->xl0 = spa_alloc((size_t)s->rows * sizeof(int64_t));
+    s->xl1 = spa_alloc((size_t)s->rows * sizeof(int64_t));
+    s->xrn = spa_alloc((size_t)s->rows * sizeof(int32_t));
+    s->xrb = spa_alloc((size_t)s->rows * (cfg->random_max + 1) * sizeof(int32_t));
     s->w = spa_patws_create(cfg);
     s->m = spa_alloc((size_t)s->rows * sizeof(float));
     s->l = spa_alloc((size_t)s->rows * sizeof(float));
@@ -89,7 +109,7 @@ spa_scratch *spa_scratch_create(const spa_config *cfg)
     s->nan_row = spa_alloc((size_t)D * sizeof(float));
     if (s->nan_row)
         for (int32_t d = 0; d < D; d++) s->nan_row[d] = NAN;
-    if (!s->kc || !s->vc || !s->s || !s->kj || !s->kcls || !s->m || !s->l || !s->acc || !s->w || !s->cacc ||
+    if (!s->kc || !s->vc || !s->s || !s->kj || !s->kcls || !s->xlo || !s->xhi || !s->xl0 || !s->xl1 || !s->xrn || !s->xrb || !s->m || !s->l || !s->acc || !s->w || !s->cacc ||
         !s->mc || !s->lc || !s->pd || !s->vd || !s->cd || !s->lcd || !s->lo || !s->qt ||
         !s->sh || !s->pk || !s->pv || !s->pn || !s->nan_row) {
         spa_scratch_destroy(s);
@@ -106,6 +126,7 @@ void spa_scratch_destroy(spa_scratch *s)
     spa_free(s->s);
     spa_free(s->kj);
     spa_free(s->kcls);
+    spa_free(s->xlo), spa_free(s->xhi), spa_free(s->xl0), spa_free(s->xl1), spa_free(s->xrn), spa_free(s->xrb);
     spa_patws_destroy(s->w);
     spa_free(s->m);
     spa_free(s->l);
@@ -153,7 +174,8 @@ static void merge_chunk(spa_scratch *s, int32_t rows)
 /* Sets the scores of the chunk's keys that row i = ti0 + r does not attend
  * to -inf. Score (r, c) sits at S[r * rs + c * cs]: rs = nk, cs = 1 for
  * row-major scores, rs = 1, cs = ldq for transposed ones. Class-0 keys
- * need only causality; class-1 keys ask the token rule. */
+ * need only causality; class-1 keys (a radius rule's range) ask the local
+ * rule: strided and dilated keys come in the residue pass. */
 static void mask_scores(const spa_config *cfg, const spa_scratch *s, int64_t ti0, int32_t rows, float *S,
                         int64_t rs, int64_t cs)
 {
@@ -164,7 +186,7 @@ static void mask_scores(const spa_config *cfg, const spa_scratch *s, int64_t ti0
         if (s->kcls[c]) {
             for (int32_t r = 0; r < rows; r++) {
                 int64_t i = ti0 + r;
-                if ((cfg->causal && j > i) || !spa_rowctx_residue(&s->x, i, j)) col[r * rs] = -INFINITY;
+                if ((cfg->causal && j > i) || !spa_rowctx_local(&s->x, i, j)) col[r * rs] = -INFINITY;
             }
         } else if (cfg->causal && j > ti0) { /* rows i < j */
             int32_t lim = j - ti0 < rows ? (int32_t)(j - ti0) : rows;
@@ -183,15 +205,25 @@ static void mask_scores(const spa_config *cfg, const spa_scratch *s, int64_t ti0
  * pass 2: chunk maxima, exp, chunk sums
  * pass 3: cacc = P Vc
  * pass 4: merge */
+static void softmax_tail(spa_scratch *s, int32_t rows);
+
 static void chunk_update(const spa_config *cfg, spa_scratch *s, const float *q, int64_t ti0, int32_t rows)
 {
     const int32_t D = s->D, nk = s->nk;
-    float *S = s->s, *mc = s->mc, *lc = s->lc;
+    float *S = s->s;
 
     /* pass 1 */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, nk, D, cfg->scale, q, D, s->kc, D,
                 0.0f, S, nk);
     mask_scores(cfg, s, ti0, rows, S, nk, 1);
+    softmax_tail(s, rows);
+}
+
+/* Passes 2-4 of chunk_update on masked row-major scores s->s [rows][nk]. */
+static void softmax_tail(spa_scratch *s, int32_t rows)
+{
+    const int32_t D = s->D, nk = s->nk;
+    float *S = s->s, *mc = s->mc, *lc = s->lc;
 
     /* pass 2 */
     for (int32_t r = 0; r < rows; r++) {
@@ -226,15 +258,26 @@ static void chunk_update(const spa_config *cfg, spa_scratch *s, const float *q, 
  *   s->qt: [D][ldq] query rows;  S^T: [nk][ldq];  acc: [rows][D]
  * Column i of S^T is query row i, so the softmax statistics of all rows
  * advance together, one vector of rows per key. */
+static void softmax_tail_t(spa_scratch *s, int32_t rows);
+
 static void chunk_update_t(const spa_config *cfg, spa_scratch *s, int64_t ti0, int32_t rows)
 {
-    const int32_t D = s->D, nk = s->nk, ldq = s->ldq;
-    float *St = s->s, *mc = s->mc, *lc = s->lc, *sh = s->sh;
+    const int32_t D = s->D, ldq = s->ldq;
+    float *St = s->s;
 
     /* pass 1: scores and mask */
     for (int p = 0, j = 0; p < s->npiece; j += s->pn[p], p++)
         spa_mk_qk(s->pn[p], D, ldq, cfg->scale, s->pk[p], s->qt, St + (int64_t)j * ldq);
     mask_scores(cfg, s, ti0, rows, St, 1, ldq);
+    softmax_tail_t(s, rows);
+}
+
+/* Passes 2-4 of chunk_update_t on masked transposed scores s->s
+ * [nk][ldq], with the values in the chunk's pieces. */
+static void softmax_tail_t(spa_scratch *s, int32_t rows)
+{
+    const int32_t D = s->D, nk = s->nk, ldq = s->ldq;
+    float *St = s->s, *mc = s->mc, *lc = s->lc, *sh = s->sh;
 
     /* pass 2: column maxima, exp, column sums */
     for (int32_t r = 0; r < ldq; r++) mc[r] = -INFINITY;
@@ -444,12 +487,13 @@ void spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch 
         add_keys(&job, src->gk + off, src->gv + off, t, 1, 0);
     }
 
-    /* 3. key blocks, ascending, without the local range */
+    /* 3. full key blocks (random, layout), ascending, without the local
+     *    range; the strided and dilated keys come in the residue pass */
     for (int64_t k = 0; k < x->nkb; k++) {
+        if (!x->kfull[k]) continue;
         int64_t b0 = (int64_t)x->kb[k] * B, b1 = b0 + B < jmax ? b0 + B : jmax;
-        int cls = !x->kfull[k];
-        if (b0 < x->j0) append_keys(&job, b0, b1 < x->j0 ? b1 : x->j0, cls, 0);
-        if (b1 > x->j1) append_keys(&job, b0 > x->j1 ? b0 : x->j1, b1, cls, 0);
+        if (b0 < x->j0) append_keys(&job, b0, b1 < x->j0 ? b1 : x->j0, 0, 0);
+        if (b1 > x->j1) append_keys(&job, b0 > x->j1 ? b0 : x->j1, b1, 0, 0);
     }
     flush_chunk(&job);
 
@@ -478,6 +522,167 @@ static void mask_rows(const spa_config *cfg, const spa_rowctx *x, const int64_t 
         float *col = S + c * cs;
         for (int32_t r = 0; r < rows; r++)
             if ((cfg->causal && j > gi[r]) || (!every && !spa_rowctx_residue(x, gi[r], j))) col[r * rs] = -INFINITY;
+    }
+}
+
+/* Class indices [*lo, *hi) of the tokens [a, b) among the keys k0 + m * M. */
+static inline void class_range(int64_t a, int64_t b, int64_t k0, int64_t M, int64_t *lo, int64_t *hi)
+{
+    *lo = a <= k0 ? 0 : (a - k0 + M - 1) / M;
+    *hi = b <= k0 ? 0 : (b - k0 + M - 1) / M;
+}
+
+/* -inf for row r at the class keys [lo, hi) of the chunk [c0, c1). */
+static inline void mask_class(float *S, int64_t rs, int64_t cs, int32_t r, int64_t lo, int64_t hi, int64_t c0,
+                              int64_t c1)
+{
+    if (lo < c0) lo = c0;
+    if (hi > c1) hi = c1;
+    for (int64_t m = lo; m < hi; m++) S[(m - c0) * cs + r * rs] = -INFINITY;
+}
+
+/* What the rows' block pass took: their local range and their block's full
+ * blocks (random, layout). Once per tile. */
+static void residue_exclusions(const spa_config *cfg, spa_scratch *s, int32_t h, const int64_t *rows, int32_t nr)
+{
+    const spa_head_rules *hr = &cfg->hr[h];
+    const int64_t B = cfg->block, n = cfg->n, nb = spa_nblocks(cfg);
+    const spa_layout *lay = &cfg->layout;
+    for (int32_t r = 0; r < nr; r++) {
+        const int64_t i = rows[r], c = i / B;
+        int32_t *rb = s->xrb + (int64_t)r * (s->rmax + 1);
+        if (hr->radius >= 0) {
+            s->xlo[r] = i - hr->radius > 0 ? i - hr->radius : 0;
+            s->xhi[r] = i + hr->radius + 1 < n ? i + hr->radius + 1 : n;
+        } else if (hr->local_blocks > 0) {
+            int64_t b0, b1;
+            spa_pattern_window(cfg, h, c, &b0, &b1);
+            s->xlo[r] = b0 * B;
+            s->xhi[r] = (b1 + 1) * B < n ? (b1 + 1) * B : n;
+        } else {
+            s->xlo[r] = s->xhi[r] = 0;
+        }
+        if (r > 0 && rows[r - 1] / B == c) {
+            s->xrn[r] = s->xrn[r - 1];
+            memcpy(rb, rb - (s->rmax + 1), (size_t)s->xrn[r] * sizeof *rb);
+        } else {
+            s->xrn[r] = spa_pattern_random_blocks(cfg, h, c, rb);
+        }
+        int64_t lr = (lay->heads == 1 ? 0 : (int64_t)h) * nb + c;
+        s->xl0[r] = lay->heads ? lay->off[lr] : 0;
+        s->xl1[r] = lay->heads ? lay->off[lr + 1] : 0;
+    }
+}
+
+void spa_kernel_residue(const spa_config *cfg, const spa_keysrc *src, spa_scratch *s, const spa_residue *g,
+                        const int64_t *rows, int32_t nr, const float *q, int64_t t0, int64_t n_own, float *m,
+                        float *l, float *acc)
+{
+    /* rows: [nr] tokens;  q: [H][n_own][D];  m, l: [H][n_own];  acc: [H][n_own][D]
+     * keys: j = k0 + idx * M for k0 <= j < k1, gathered KC at a time */
+    const int32_t D = cfg->dim, h = g->h;
+    const spa_head_rules *hr = &cfg->hr[h];
+    const int64_t B = cfg->block, n = cfg->n, M = g->M, k0 = g->k0;
+    const spa_layout *lay = &cfg->layout;
+    const int32_t ldq = (nr + 15) / 16 * 16;
+    const int64_t base = (int64_t)h * n_own - t0;
+    residue_exclusions(cfg, s, h, rows, nr);
+
+    /* pass 0: the rows' queries and running partials */
+    s->ldq = ldq;
+    for (int32_t r = 0; r < nr; r++) {
+        const float *qr = q + (base + rows[r]) * D;
+        if (s->fast)
+            for (int32_t d = 0; d < D; d++) s->qt[(int64_t)d * ldq + r] = qr[d];
+        else
+            memcpy(s->qt + (int64_t)r * D, qr, (size_t)D * sizeof(float));
+        s->m[r] = m[base + rows[r]];
+        s->l[r] = l[base + rows[r]];
+        memcpy(s->acc + (int64_t)r * D, acc + (base + rows[r]) * D, (size_t)D * sizeof(float));
+    }
+    if (s->fast)
+        for (int32_t d = 0; d < D; d++)
+            for (int32_t r = nr; r < ldq; r++) s->qt[(int64_t)d * ldq + r] = 0.0f;
+
+    int64_t kend = g->k1;
+    if (cfg->causal && rows[nr - 1] + 1 < kend) kend = rows[nr - 1] + 1;
+    const int64_t K = kend > k0 ? (kend - k0 + M - 1) / M : 0;
+    for (int64_t c0 = 0; c0 < K; c0 += SPA_KC) {
+        const int64_t c1 = c0 + SPA_KC < K ? c0 + SPA_KC : K;
+        const int32_t nk = (int32_t)(c1 - c0);
+        /* pass 1: gather the class keys; gathered tokens belong to the block pass */
+        for (int32_t c = 0; c < nk; c++) {
+            int64_t j = k0 + (c0 + c) * M;
+            const float *kp = NULL, *vp = NULL;
+            s->kj[c] = j;
+            s->kcls[c] = (unsigned char)spa_pattern_is_gathered(cfg, h, j);
+            if (s->kcls[c]) kp = vp = NULL;
+            else if (!locate(cfg, src, h, j, 1, &kp, &vp)) kp = vp = s->nan_row; /* the plan failed: poison */
+            if (kp) {
+                memcpy(s->kc + (int64_t)c * D, kp, (size_t)D * sizeof(float));
+                memcpy(s->vc + (int64_t)c * D, vp, (size_t)D * sizeof(float));
+            } else {
+                memset(s->kc + (int64_t)c * D, 0, (size_t)D * sizeof(float));
+                memset(s->vc + (int64_t)c * D, 0, (size_t)D * sizeof(float));
+            }
+        }
+        /* pass 2: scores */
+        int64_t rs, cs;
+        if (s->fast) {
+            spa_mk_qk(nk, D, ldq, cfg->scale, s->kc, s->qt, s->s);
+            rs = 1, cs = ldq;
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, nk, D, cfg->scale, s->qt, D, s->kc, D, 0.0f,
+                        s->s, nk);
+            rs = nk, cs = 1;
+        }
+        /* pass 3: mask what the block pass or an earlier rule took, and causality */
+        for (int32_t c = 0; c < nk; c++)
+            if (s->kcls[c])
+                for (int32_t r = 0; r < nr; r++) s->s[c * cs + r * rs] = -INFINITY;
+        const int64_t jlo = k0 + c0 * M, jhi = k0 + (c1 - 1) * M; /* the chunk's token span */
+        for (int32_t r = 0; r < nr; r++) {
+            const int64_t i = rows[r];
+            int64_t lo, hi;
+            if (cfg->causal && i < jhi) mask_class(s->s, rs, cs, r, i >= k0 ? (i - k0) / M + 1 : 0, K, c0, c1);
+            class_range(s->xlo[r], s->xhi[r], k0, M, &lo, &hi);
+            mask_class(s->s, rs, cs, r, lo, hi, c0, c1);
+            const int32_t *rb = s->xrb + (int64_t)r * (s->rmax + 1);
+            for (int32_t t = 0; t < s->xrn[r]; t++) {
+                class_range((int64_t)rb[t] * B, (int64_t)rb[t] * B + B < n ? (int64_t)rb[t] * B + B : n, k0, M, &lo, &hi);
+                mask_class(s->s, rs, cs, r, lo, hi, c0, c1);
+            }
+            for (int64_t t = s->xl0[r]; t < s->xl1[r]; t++) {
+                int64_t b = lay->idx[t];
+                if ((b + 1) * B <= jlo) continue;
+                if (b * B > jhi) break;
+                class_range(b * B, (b + 1) * B < n ? (b + 1) * B : n, k0, M, &lo, &hi);
+                mask_class(s->s, rs, cs, r, lo, hi, c0, c1);
+            }
+            if (g->rule > 0) /* keys an earlier residue rule took */
+                for (int32_t c = 0; c < nk; c++) {
+                    int64_t j = s->kj[c];
+                    int took = hr->stride && (i - j) % hr->stride == 0;
+                    for (int p = 0; p < g->rule - 1 && !took; p++) took = spa_dil_pair(hr, p, h, i, j);
+                    if (took) s->s[c * cs + r * rs] = -INFINITY;
+                }
+        }
+        /* passes 4-6: softmax of the chunk, merged into the running partials */
+        s->nk = nk;
+        s->npiece = 1;
+        s->pk[0] = s->kc;
+        s->pv[0] = s->vc;
+        s->pn[0] = nk;
+        if (s->fast) softmax_tail_t(s, nr);
+        else softmax_tail(s, nr);
+    }
+    s->nk = 0;
+    s->npiece = 0;
+
+    for (int32_t r = 0; r < nr; r++) {
+        m[base + rows[r]] = s->m[r];
+        l[base + rows[r]] = s->l[r];
+        memcpy(acc + (base + rows[r]) * D, s->acc + (int64_t)r * D, (size_t)D * sizeof(float));
     }
 }
 

@@ -316,7 +316,9 @@ static void mark_dilated(spa_patws *w, const spa_config *cfg, int32_t h, int p, 
     }
 }
 
-int64_t spa_pattern_key_blocks_ws(const spa_config *cfg, int32_t h, int64_t c, spa_patws *w)
+/* The key blocks of (h, c); with full_only, the random and layout blocks
+ * alone (what the block pass and the token rule need). */
+static int64_t key_blocks(const spa_config *cfg, int32_t h, int64_t c, spa_patws *w, int full_only)
 {
     const spa_head_rules *hr = &cfg->hr[h];
     const int64_t B = cfg->block, n = cfg->n, t0 = c * B, t1 = t0 + B < n ? t0 + B : n;
@@ -330,7 +332,7 @@ int64_t spa_pattern_key_blocks_ws(const spa_config *cfg, int32_t h, int64_t c, s
         if (!cfg->causal || cfg->layout.idx[k] <= c) mark_block(w, cfg->layout.idx[k], 2);
     /* strided: over the runs of non-global rows (global rows take the
      * spread path and need no key brought) */
-    if (hr->stride) {
+    if (hr->stride && !full_only) {
         int64_t g = lower_bound(cfg->globals, cfg->nglobals, t0), u0 = t0;
         for (;;) {
             int64_t u1 = g < cfg->nglobals && cfg->globals[g] < t1 ? cfg->globals[g] : t1;
@@ -339,13 +341,18 @@ int64_t spa_pattern_key_blocks_ws(const spa_config *cfg, int32_t h, int64_t c, s
             u0 = u1 + 1, g++;
         }
     }
-    for (int p = 0; p < hr->ndilated; p++) mark_dilated(w, cfg, h, p, t0, t1);
+    for (int p = 0; p < hr->ndilated && !full_only; p++) mark_dilated(w, cfg, h, p, t0, t1);
     qsort(w->kb, (size_t)w->nkb, sizeof *w->kb, cmp_i32);
     for (int64_t k = 0; k < w->nkb; k++) {
         w->kfull[k] = w->mark[w->kb[k]] >= 2;
         w->mark[w->kb[k]] = 0;
     }
     return w->nkb;
+}
+
+int64_t spa_pattern_key_blocks_ws(const spa_config *cfg, int32_t h, int64_t c, spa_patws *w)
+{
+    return key_blocks(cfg, h, c, w, 0);
 }
 
 int64_t spa_pattern_key_blocks(const spa_config *cfg, int32_t h, int64_t c, int32_t *blocks, unsigned char *full)
@@ -399,7 +406,7 @@ void spa_rowctx_init(spa_rowctx *x, const spa_config *cfg, int32_t h, int64_t c,
     x->t0 = c * B;
     x->t1 = x->t0 + B < n ? x->t0 + B : n;
     spa_pattern_local_range(cfg, h, c, &x->j0, &x->j1);
-    x->nkb = spa_pattern_key_blocks_ws(cfg, h, c, w);
+    x->nkb = key_blocks(cfg, h, c, w, 1);
     x->kb = w->kb;
     x->kfull = w->kfull;
     x->wh = x->hr->local_blocks > 0 && x->hr->radius < 0 ? (x->hr->local_blocks - 1) / 2 : -1;
@@ -441,6 +448,18 @@ void spa_pattern_block_keys(const spa_config *cfg, int32_t h, int64_t c, int64_t
     spa_patws_destroy(w);
 }
 
+/* First index >= k whose key block is >= b, and first global >= j. */
+static inline int64_t walk_kb(const spa_rowctx *x, int64_t k, int64_t b)
+{
+    while (k < x->nkb && x->kb[k] < b) k++;
+    return k;
+}
+static inline int64_t walk_g(const spa_config *cfg, int64_t g, int64_t j)
+{
+    while (g < cfg->nglobals && cfg->globals[g] < j) g++;
+    return g;
+}
+
 void spa_pattern_block_keys_ws(const spa_config *cfg, int32_t h, int64_t c, int64_t *counts, spa_patws *w)
 {
     spa_rowctx x;
@@ -475,17 +494,22 @@ void spa_pattern_block_keys_ws(const spa_config *cfg, int32_t h, int64_t c, int6
             if (o1 < o0) o1 = o0;
             keys += (r1 - r0) - (o1 - o0) - (spa_pattern_gathered_in(cfg, h, r0, r1) - spa_pattern_gathered_in(cfg, h, o0, o1));
         }
-        /* 4. strided and dilated keys that none of the above holds */
+        /* 4. strided and dilated keys that none of the above holds; the
+         *    keys come in ascending order, so the full blocks and the
+         *    globals are walked, not searched */
         if (x.residue) {
+            int64_t kp = 0, gp = 0;
 #define SPA_NEW_KEY(j)                                                                                             \
-    (!((j) >= a && (j) < b) && !spa_pattern_is_gathered(cfg, h, (j)) &&                                           \
-     !(spa_rowctx_find(&x, (j) / B) >= 0 && x.kfull[spa_rowctx_find(&x, (j) / B)]))
+    (!((j) >= a && (j) < b) && !is_summary(hr, (j)) &&                                                            \
+     !((kp = walk_kb(&x, kp, (j) / B)) < x.nkb && x.kb[kp] == (j) / B && x.kfull[kp]) &&                           \
+     !((gp = walk_g(cfg, gp, (j))) < cfg->nglobals && cfg->globals[gp] == (j)))
             if (hr->stride)
                 for (int64_t j = i % hr->stride; j < lim; j += hr->stride) keys += SPA_NEW_KEY(j);
             for (int p = 0; p < hr->ndilated; p++) {
                 const int64_t sw = hr->dil_w[p], r = hr->dil_r[p];
                 if (!dil_sel(hr, p, h, i)) continue;
                 int64_t sa = i / sw * sw, se = sa + sw < lim ? sa + sw : lim;
+                kp = gp = 0;
                 for (int64_t j = sa + (int64_t)h % r; j < se; j += r) {
                     if (!SPA_NEW_KEY(j) || (hr->stride && (i - j) % hr->stride == 0)) continue;
                     int dup = 0;
@@ -543,7 +567,15 @@ int spa_pattern_export_row(const spa_config *cfg, int32_t h, int64_t c, int32_t 
     } else {
         if (x.j1 > x.j0)
             for (int64_t b = x.j0 / B; b <= (x.j1 - 1) / B; b++) cand[b] = 1;
-        for (int64_t k = 0; k < x.nkb; k++) cand[x.kb[k]] = 1;
+        spa_patws *all = spa_patws_create(cfg); /* every key block, not only the full ones */
+        if (!all) {
+            spa_patws_destroy(w);
+            free(cand);
+            return -1;
+        }
+        int64_t m = spa_pattern_key_blocks_ws(cfg, h, c, all);
+        for (int64_t k = 0; k < m; k++) cand[all->kb[k]] = 1;
+        spa_patws_destroy(all);
         for (int64_t g = 0; g < cfg->nkv_tokens; g++)
             if (spa_pattern_is_gathered(cfg, h, cfg->kv_tokens[g])) cand[cfg->kv_tokens[g] / B] = 1;
     }

@@ -7,7 +7,9 @@
  *   2. post the halo Irecv/Isend and the fetches of remote blocks
  *   3. compute the query blocks that need neither, then the partials of the
  *      spread rows over this shard (pure local work)
- *   4. wait for the halo and the fetches, compute the remaining blocks
+ *   4. wait for the halo and the fetches, compute the remaining blocks, then
+ *      the residue pass of the strided and dilated rules, rule by rule, and
+ *      merge each row's residue partial into its block result
  *   5. merge the spread rows' partials by log-sum-exp and finish them
  * The MPI calls themselves live in comm.c; this file is the schedule.
  */
@@ -89,6 +91,103 @@ static void setup_keys(spa_ctx ctx)
     ctx->src.fv = c->fv;
 }
 
+/* Appends one residue task: rows [r0, r1) of rrows, of class g. */
+static spa_err push_rtask(spa_ctx ctx, int64_t *cap, const spa_residue *g, int64_t r0, int64_t r1)
+{
+    if (ctx->nrtask == *cap) {
+        *cap = *cap ? 2 * *cap : 256;
+        spa_residue *gg = realloc(ctx->rgroup, (size_t)*cap * sizeof *gg);
+        if (gg) ctx->rgroup = gg;
+        int64_t *oo = realloc(ctx->rrow_off, (size_t)(*cap + 1) * sizeof *oo);
+        if (oo) ctx->rrow_off = oo;
+        SPA_REQUIRE(gg && oo, SPA_ERR_OTHER, "out of memory for the residue tasks");
+    }
+    ctx->rgroup[ctx->nrtask] = *g;
+    ctx->rrow_off[ctx->nrtask++] = r0;
+    ctx->rrow_off[ctx->nrtask] = r1;
+    return SPA_OK;
+}
+
+/* The rows of class g in [a, b) that the residue pass serves (not global,
+ * not in a block the spread path serves), cut into tasks of 64 rows. */
+static spa_err class_tasks(spa_ctx ctx, const spa_residue *g, int64_t a, int64_t b, const unsigned char *served,
+                           int64_t *nrows, int64_t *cap)
+{
+    const spa_config *cfg = &ctx->cfg;
+    const int64_t B = cfg->block, b0 = ctx->plan.b0, nq = ctx->plan.b1 - b0;
+    int64_t first = g->k0 + (a > g->k0 ? (a - g->k0 + g->M - 1) / g->M * g->M : 0), r0 = *nrows;
+    for (int64_t i = first; i < b; i += g->M) {
+        if (served[(int64_t)g->h * nq + i / B - b0] || spa_pattern_is_global(cfg, i)) continue;
+        ctx->rrows[(*nrows)++] = i;
+        if (*nrows - r0 == 64) {
+            SPA_CHECK(push_rtask(ctx, cap, g, r0, *nrows));
+            r0 = *nrows;
+        }
+    }
+    if (*nrows > r0) SPA_CHECK(push_rtask(ctx, cap, g, r0, *nrows));
+    return SPA_OK;
+}
+
+/* The residue pass: every class of every strided and dilated rule that
+ * this rank's rows belong to, in phases by rule. */
+static spa_err setup_residue(spa_ctx ctx)
+{
+    const spa_config *cfg = &ctx->cfg;
+    const spa_commplan *pl = &ctx->plan;
+    const int64_t n = cfg->n, nq = pl->b1 - pl->b0, t0 = pl->t0, t1 = pl->t1, n_own = ctx->n_own;
+    int nrules = 1;
+    for (int32_t h = 0; h < cfg->heads; h++)
+        if (cfg->hr[h].ndilated + 1 > nrules) nrules = cfg->hr[h].ndilated + 1;
+    int any = 0;
+    for (int32_t h = 0; h < cfg->heads; h++) any |= cfg->hr[h].stride || cfg->hr[h].ndilated;
+    for (int q = 0; q <= SPA_MAX_DILATED + 1; q++) ctx->rphase[q] = 0;
+    if (!any || n_own == 0) return SPA_OK;
+
+    unsigned char *served = malloc((size_t)(cfg->heads * nq + 1));
+    spa_patws *w = spa_patws_create(cfg);
+    /* a row is in at most one class per rule */
+    ctx->rrows = malloc((size_t)(cfg->heads * n_own * nrules + 1) * sizeof *ctx->rrows);
+    ctx->rm = spa_alloc((size_t)(cfg->heads * n_own) * sizeof(float));
+    ctx->rl = spa_alloc((size_t)(cfg->heads * n_own) * sizeof(float));
+    ctx->racc = spa_alloc((size_t)(cfg->heads * n_own * cfg->dim) * sizeof(float));
+    if (!served || !w || !ctx->rrows || !ctx->rm || !ctx->rl || !ctx->racc) {
+        free(served);
+        spa_patws_destroy(w);
+        SPA_FAIL(SPA_ERR_OTHER, "out of memory for the residue pass");
+    }
+    for (int32_t h = 0; h < cfg->heads; h++)
+        for (int64_t c = pl->b0; c < pl->b1; c++) served[h * nq + c - pl->b0] = (unsigned char)spa_pattern_served_ws(cfg, h, c, w);
+    spa_patws_destroy(w);
+
+    spa_err e = SPA_OK;
+    int64_t cap = 0, nrows = 0;
+    for (int q = 0; q < nrules && e == SPA_OK; q++) {
+        ctx->rphase[q] = ctx->nrtask;
+        for (int32_t h = 0; h < cfg->heads && e == SPA_OK; h++) {
+            const spa_head_rules *hr = &cfg->hr[h];
+            if (q == 0 && hr->stride) { /* classes j = rho (mod S), over the whole sequence */
+                int64_t S = hr->stride;
+                for (int64_t i = t0; i < t1 && i < t0 + S && e == SPA_OK; i++) {
+                    spa_residue g = {h, 0, i % S, S, n};
+                    e = class_tasks(ctx, &g, t0, t1, served, &nrows, &cap);
+                }
+            }
+            if (q >= 1 && q - 1 < hr->ndilated) { /* one class per segment */
+                int64_t sw = hr->dil_w[q - 1], r = hr->dil_r[q - 1];
+                for (int64_t sg = t0 / sw; sg <= (t1 - 1) / sw && e == SPA_OK; sg++) {
+                    int64_t a = sg * sw, end = a + sw < n ? a + sw : n;
+                    if (a + (int64_t)h % r >= end) continue;
+                    spa_residue g = {h, q, a + (int64_t)h % r, r, end};
+                    e = class_tasks(ctx, &g, a > t0 ? a : t0, end < t1 ? end : t1, served, &nrows, &cap);
+                }
+            }
+        }
+    }
+    for (int q = nrules; q <= SPA_MAX_DILATED + 1; q++) ctx->rphase[q] = ctx->nrtask;
+    free(served);
+    return e;
+}
+
 spa_err spa_ctx_create(MPI_Comm comm, const spa_config *cfg, int threads, spa_ctx *out)
 {
     *out = NULL;
@@ -124,6 +223,7 @@ spa_err spa_ctx_create(MPI_Comm comm, const spa_config *cfg, int threads, spa_ct
         }
     if ((e = setup_tasks(ctx)) != SPA_OK) goto fail;
     if ((e = setup_spread(ctx)) != SPA_OK) goto fail;
+    if ((e = setup_residue(ctx)) != SPA_OK) goto fail;
     setup_keys(ctx);
 
     /* useful FLOPs of this rank's rows, summed once */
@@ -188,6 +288,10 @@ void spa_ctx_destroy(spa_ctx *pctx)
     free(ctx->task);
     free(ctx->stok);
     free(ctx->tile_row);
+    free(ctx->rgroup);
+    free(ctx->rrow_off);
+    free(ctx->rrows);
+    spa_free(ctx->rm), spa_free(ctx->rl), spa_free(ctx->racc);
     spa_free(ctx->part);
     spa_commplan_free(&ctx->plan);
     spa_config_free(&ctx->cfg);
@@ -229,6 +333,39 @@ static void compute_tasks(spa_ctx ctx, int64_t t0, int64_t t1, const float *q, f
         }
     }
     ctx->tasks_done += t1 - t0;
+}
+
+/* The residue pass, rule by rule (a barrier between rules keeps each
+ * row's order fixed), then each row's residue partial merged into its
+ * block result: out, lse = merge((out, lse), (m, l, acc)). */
+static void residue_pass(spa_ctx ctx, const float *q, float *out, float *lse)
+{
+    const spa_config *cfg = &ctx->cfg;
+    const int64_t D = cfg->dim, n_own = ctx->n_own, t0 = ctx->plan.t0;
+    if (ctx->nrtask == 0) return;
+    for (int64_t i = 0; i < cfg->heads * n_own; i++) ctx->rm[i] = -INFINITY, ctx->rl[i] = 0.0f;
+    memset(ctx->racc, 0, (size_t)(cfg->heads * n_own * D) * sizeof(float));
+    for (int p = 0; p <= SPA_MAX_DILATED; p++) {
+        const int64_t a = ctx->rphase[p], b = ctx->rphase[p + 1];
+        if (b <= a) continue;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads)
+        for (int64_t t = a; t < b; t++) {
+            spa_scratch *s = ctx->scr[omp_get_thread_num()];
+            const int64_t r0 = ctx->rrow_off[t];
+            spa_kernel_residue(cfg, &ctx->src, s, &ctx->rgroup[t], ctx->rrows + r0, (int32_t)(ctx->rrow_off[t + 1] - r0), q,
+                               t0, n_own, ctx->rm, ctx->rl, ctx->racc);
+            if (omp_get_thread_num() == 0) spa_comm_poke(ctx->cm);
+        }
+    }
+#pragma omp parallel for schedule(static) num_threads(ctx->threads)
+    for (int64_t i = 0; i < cfg->heads * n_own; i++) {
+        if (ctx->rl[i] == 0.0f) continue; /* no residue key */
+        float *o = out + i * D, *ra = ctx->racc + i * D, lb = lse[i], mr = ctx->rm[i];
+        float mx = lb > mr ? lb : mr, wb = lb == -INFINITY ? 0.0f : expf(lb - mx), wr = expf(mr - mx);
+        float den = wb + ctx->rl[i] * wr, inv = 1.0f / den;
+        for (int64_t d = 0; d < D; d++) o[d] = (o[d] * wb + ra[d] * wr) * inv;
+        lse[i] = mx + logf(den);
+    }
 }
 
 /* Partials of every spread row over this shard, tile by tile:
@@ -289,6 +426,7 @@ spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v,
     if (ctx->overlap) SPA_CHECK(spa_comm_complete(ctx->cm, &z)); /* 4 */
     t = spa_now();
     compute_tasks(ctx, ctx->nready, ctx->ntask, q, out, lse);
+    residue_pass(ctx, q, out, lse);
     z.seconds_compute += spa_now() - t;
 
     SPA_CHECK(spa_comm_merge(ctx->cm, ctx->part, &z)); /* 5 */

@@ -36,6 +36,16 @@ struct spa_ctx_s {
     int64_t *tile_row;      /* [ntiles + 1] */
     double *part;
 
+    /* residue pass (strided and dilated rules): tasks in phases, one phase
+     * per rule so that each row merges its rules in a fixed order; every
+     * task is up to 64 rows of one class. Rows' partials [H][n_own](D + 2). */
+    spa_residue *rgroup;    /* [nrtask] the class of each task */
+    int64_t *rrow_off;      /* [nrtask + 1] into rrows */
+    int64_t *rrows;         /* row tokens */
+    int64_t nrtask;
+    int64_t rphase[SPA_MAX_DILATED + 2]; /* first task of each rule, then the end */
+    float *rm, *rl, *racc;
+
     void (*progress)(double, void *);
     void *progress_arg;
     double progress_last;

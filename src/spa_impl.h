@@ -97,7 +97,7 @@ typedef struct spa_rowctx {
     int64_t c, t0, t1;     /* query rows [t0, t1) */
     int64_t j0, j1;        /* local range */
     int64_t wh;            /* block window half-width; -1 in radius mode or none */
-    const int32_t *kb;     /* key blocks (spa_pattern_key_blocks), in the workspace */
+    const int32_t *kb;     /* the full key blocks (random, layout), in the workspace */
     const unsigned char *kfull;
     int64_t nkb;
     int residue;           /* a strided or dilated rule is present */
@@ -107,6 +107,18 @@ void spa_rowctx_init(spa_rowctx *x, const spa_config *cfg, int32_t h, int64_t c,
 int64_t spa_rowctx_find(const spa_rowctx *x, int64_t b);
 /* j in S(i) for a row i of the block (global rows included). */
 int spa_rowctx_attends(const spa_rowctx *x, int64_t i, int64_t j);
+
+/* The local rule alone (radius or block window) for a row i of the block. */
+static inline int spa_rowctx_local(const spa_rowctx *x, int64_t i, int64_t j)
+{
+    const spa_head_rules *hr = x->hr;
+    if (hr->radius >= 0) return (i > j ? i - j : j - i) <= hr->radius;
+    if (x->wh >= 0) {
+        int64_t B = x->cfg->block, d = i / B - j / B;
+        return (d < 0 ? -d : d) <= x->wh;
+    }
+    return 0;
+}
 
 /* The token-level rules of a non-global row i for a key j that is neither
  * gathered nor in a full key block: local, strided, dilated. Causality is
@@ -177,6 +189,24 @@ void spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch 
 void spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, int32_t h, int64_t c, const float *qg,
                                const int64_t *gidx, int64_t ng, const float *k, const float *v, int64_t j0,
                                int64_t len, double *part);
+
+/* One class of a residue rule (SPEC 1.1): rule 0 is --stride, rule
+ * 1 + p the p-th --dilated pair. Its keys are j = k0 + m * M, k0 <= j < k1;
+ * every selected row attends all of them (up to causality). */
+typedef struct spa_residue {
+    int32_t h, rule;
+    int64_t k0, M, k1;
+} spa_residue;
+
+/* The residue pass of rows[0..nr) (tokens of head h, ascending, nr <= 64)
+ * against the class keys of g, except the keys the rows' block pass or an
+ * earlier rule takes (S(i) is a set). Rows are row - t0 of the shard:
+ *   q: [H][n_own][D] the shard's queries
+ *   m, l: [H][n_own] and acc: [H][n_own][D], each row's running partial,
+ *   updated in place, in the order of the class's keys. */
+void spa_kernel_residue(const spa_config *cfg, const spa_keysrc *src, spa_scratch *s, const spa_residue *g,
+                        const int64_t *rows, int32_t nr, const float *q, int64_t t0, int64_t n_own, float *m,
+                        float *l, float *acc);
 
 /* The partial (max, sum, acc[D]) of one row, [D + 2] doubles: start at
  * (-inf, 0, 0), merge by log-sum-exp, finish into out [D] and lse (an
