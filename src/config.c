@@ -325,7 +325,7 @@ static spa_err gather_tokens(spa_config *cfg)
     cfg->kv_tokens = malloc((size_t)(total + 1) * sizeof *cfg->kv_tokens);
     SPA_REQUIRE(cfg->kv_tokens, SPA_ERR_OTHER, "out of memory for %lld gathered tokens", (long long)total);
     int64_t k = 0;
-    memcpy(cfg->kv_tokens, cfg->globals, (size_t)cfg->nglobals * sizeof(int64_t));
+    if (cfg->nglobals) memcpy(cfg->kv_tokens, cfg->globals, (size_t)cfg->nglobals * sizeof(int64_t));
     k = cfg->nglobals;
     for (int32_t h = 0; h < cfg->heads; h++) {
         const spa_head_rules *hr = &cfg->hr[h];
@@ -356,7 +356,7 @@ spa_err spa_config_set_layout(spa_config *cfg, const spa_layout *lay)
         SPA_FAIL(SPA_ERR_OTHER, "out of memory for the layout");
     }
     memcpy(l->off, lay->off, (size_t)(rows + 1) * sizeof *l->off);
-    memcpy(l->idx, lay->idx, (size_t)nnz * sizeof *l->idx);
+    if (nnz) memcpy(l->idx, lay->idx, (size_t)nnz * sizeof *l->idx);
     l->heads = lay->heads;
     l->nb = lay->nb;
     return SPA_OK;
