@@ -541,6 +541,23 @@ static inline void mask_class(float *S, int64_t rs, int64_t cs, int32_t r, int64
     for (int64_t m = lo; m < hi; m++) S[(m - c0) * cs + r * rs] = -INFINITY;
 }
 
+/* -inf for row r at the class keys m in [lo, hi) of the chunk [c0, c1)
+ * with k0 + m * M = target (mod mod): a progression in m of period
+ * mod / gcd(M, mod), found by a short scan, then stepped. */
+static void mask_progression(float *S, int64_t rs, int64_t cs, int32_t r, int64_t lo, int64_t hi, int64_t c0,
+                             int64_t c1, int64_t k0, int64_t M, int64_t mod, int64_t target)
+{
+    if (lo < c0) lo = c0;
+    if (hi > c1) hi = c1;
+    int64_t a = M % mod, b = mod;
+    while (b) { int64_t t = a % b; a = b; b = t; }
+    const int64_t period = mod / (a ? a : mod);
+    int64_t m = lo;
+    while (m < hi && m < lo + period && ((k0 + m * M - target) % mod + mod) % mod != 0) m++;
+    if (m >= lo + period) return; /* no solution */
+    for (; m < hi; m += period) S[(m - c0) * cs + r * rs] = -INFINITY;
+}
+
 /* What the rows' block pass took: their local range and their block's full
  * blocks (random, layout). Once per tile. */
 static void residue_exclusions(const spa_config *cfg, spa_scratch *s, int32_t h, const int64_t *rows, int32_t nr)
@@ -659,13 +676,16 @@ void spa_kernel_residue(const spa_config *cfg, const spa_keysrc *src, spa_scratc
                 class_range(b * B, (b + 1) * B < n ? (b + 1) * B : n, k0, M, &lo, &hi);
                 mask_class(s->s, rs, cs, r, lo, hi, c0, c1);
             }
-            if (g->rule > 0) /* keys an earlier residue rule took */
-                for (int32_t c = 0; c < nk; c++) {
-                    int64_t j = s->kj[c];
-                    int took = hr->stride && (i - j) % hr->stride == 0;
-                    for (int p = 0; p < g->rule - 1 && !took; p++) took = spa_dil_pair(hr, p, h, i, j);
-                    if (took) s->s[c * cs + r * rs] = -INFINITY;
-                }
+            /* keys an earlier residue rule took: arithmetic progressions
+             * among the class keys */
+            if (g->rule > 0 && hr->stride) /* j = i (mod S) */
+                mask_progression(s->s, rs, cs, r, 0, K, c0, c1, k0, M, hr->stride, i);
+            for (int p = 0; p < g->rule - 1; p++) { /* pair p selects i and j in one segment */
+                if (!spa_dil_sel(hr, p, h, i)) continue;
+                const int64_t sa = i / hr->dil_w[p] * hr->dil_w[p], rp = hr->dil_r[p];
+                class_range(sa, sa + hr->dil_w[p], k0, M, &lo, &hi);
+                mask_progression(s->s, rs, cs, r, lo, hi, c0, c1, k0, M, rp, sa + (int64_t)h % rp);
+            }
         }
         /* passes 4-6: softmax of the chunk, merged into the running partials */
         s->nk = nk;
