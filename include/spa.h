@@ -31,6 +31,11 @@ extern "C" {
 #endif
 
 #define SPA_VERSION "0.1.0"
+/* The same version as numbers; tests/install checks all four against CMake's
+ * project(VERSION). spa_version() gives the library's own at run time. */
+#define SPA_VERSION_MAJOR 0
+#define SPA_VERSION_MINOR 1
+#define SPA_VERSION_PATCH 0
 
 /* Error codes double as the CLI's exit codes (SPEC section 3). */
 typedef enum spa_err {
@@ -439,6 +444,13 @@ double spa_now(void);
  * spa_free accepts NULL. */
 void *spa_alloc(size_t bytes);
 void spa_free(void *p);
+
+/* ------------------------------------ the library as a building block */
+/* Issue 12: the installed library (cmake --install, spa::spa, spa.pc). */
+
+/* "MAJOR.MINOR.PATCH" of the library linked in, which may be newer than
+ * the SPA_VERSION a program was compiled against. Not collective. */
+const char *spa_version(void);
 
 #ifdef __cplusplus
 }

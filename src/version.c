@@ -1,0 +1,13 @@
+/* version.c - the library's version at run time.
+ *
+ * SPA_GIT_VERSION comes from CMake's project(VERSION); the header's
+ * SPA_VERSION_* macros are checked against it by tests/install, so a
+ * program can compare what it was compiled with and what it runs on.
+ */
+#include "spa.h"
+
+#ifndef SPA_GIT_VERSION
+#define SPA_GIT_VERSION SPA_VERSION
+#endif
+
+const char *spa_version(void) { return SPA_GIT_VERSION; }
