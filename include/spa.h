@@ -452,6 +452,77 @@ void spa_free(void *p);
  * the SPA_VERSION a program was compiled against. Not collective. */
 const char *spa_version(void);
 
+/* Multi-head attention layer (spa layer): projections, attention, output
+ * projection, on this rank's rows. The weights follow PyTorch's nn.Linear
+ * (y = x W^T + b), so an exported nn.MultiheadAttention or q/k/v/o Linear
+ * layers can be used as they are:
+ *   wq, wk, wv: [H*D][d_model]    bq, bk, bv: [H*D] or NULL
+ *   wo:         [d_model][H*D]    bo:         [d_model] or NULL
+ * H and D are the context's heads and dim; row h*D + d of wq is dimension d
+ * of head h. Every rank holds all the weights. */
+typedef struct spa_layer_weights {
+    int64_t d_model;
+    const float *wq, *wk, *wv, *wo;
+    const float *bq, *bk, *bv, *bo;
+} spa_layer_weights;
+
+/* Figures of one spa_layer_run on this rank. */
+typedef struct spa_layer_stats {
+    spa_stats attn;          /* the attention's own (flops, checksum: global) */
+    double seconds_proj_in;  /* x -> q, k, v: three sgemm + bias and head split */
+    double seconds_proj_out; /* concat(out) -> y: one sgemm + bias */
+    double seconds_total;
+    int64_t flops_proj;      /* 2 * rows * d_model * H*D * 4, this rank */
+    double checksum;         /* sum of y over every rank */
+} spa_layer_stats;
+
+/* Collective over the context's communicator.
+ *   x: [rows][d_model] this rank's tokens [t0, t1) (spa_ctx_shard)
+ *   y: [rows][d_model]
+ *   out: [H][rows][D], lse: [H][rows], the attention's, or NULL
+ *   Q = x Wq^T + bq (likewise K, V), split into H heads of D;
+ *   out_h = attention(Q_h, K_h, V_h) with the context's pattern;
+ *   y = concat_h(out_h) Wo^T + bo.
+ * The projections are OpenBLAS sgemm on the context's thread count (outside
+ * the attention's block loop). SPA_ERR_USAGE for missing weights or
+ * d_model < 1, the same on every rank. st may be NULL. */
+spa_err spa_layer_run(spa_ctx ctx, const spa_layer_weights *w, const float *x, float *y, float *out,
+                      float *lse, spa_layer_stats *st);
+
+/* Layer files (spa layer --input). Datasets x [n, d_model], wq, wk, wv
+ * [H*D, d_model], wo [d_model, H*D], optional bq, bk, bv [H*D] and bo
+ * [d_model]; float32, or float64 converted on read. */
+typedef struct spa_layer_shape {
+    int64_t n, d_model, hd;  /* hd = H*D, the rows of wq */
+    int32_t heads;           /* the root attribute `heads`, or 0 when absent */
+    int has_bias[4];         /* bq, bk, bv, bo present */
+} spa_layer_shape;
+
+/* Collective. Opens a layer file and checks every dataset's presence,
+ * type and shape against x and wq (input error naming the dataset). */
+typedef struct spa_layer_input_s *spa_layer_input;
+spa_err spa_io_layer_open(MPI_Comm comm, const char *path, spa_layer_input *in, spa_layer_shape *shape);
+
+/* Collective. Reads this rank's rows [t0, t1) of x ([t1 - t0][d_model],
+ * collective MPI-IO) and every weight on every rank into w, whose arrays
+ * it allocates (free them with spa_io_layer_free_weights). Non-finite
+ * values are an input error naming the dataset. */
+spa_err spa_io_layer_read(spa_layer_input in, int64_t t0, int64_t t1, float *x, spa_layer_weights *w);
+void spa_io_layer_free_weights(spa_layer_weights *w);
+
+/* Collective; accepts NULL and sets *in to NULL. */
+void spa_io_layer_close(spa_layer_input *in);
+
+/* Collective. Writes y [n, d_model] float32 and, when out and lse are not
+ * NULL (on every rank alike), out [H, n, D] and lse [H, n]; root attributes
+ * n, heads, dim, d_model, block, seed, causal, scale, ranks, version and
+ * `pattern` (the flags, may be NULL). Atomic: under a temporary name
+ * beside path, renamed by rank 0 when every rank is done; a failed write
+ * leaves an existing file untouched. Rows [t0, t1) are this rank's. */
+spa_err spa_io_layer_write(MPI_Comm comm, const char *path, const spa_config *cfg, int64_t d_model,
+                           int64_t t0, int64_t t1, const float *y, const float *out,
+                           const float *lse, const char *pattern);
+
 #ifdef __cplusplus
 }
 #endif

@@ -26,23 +26,24 @@ enum {
     F_INPUT, F_OUTPUT, F_N, F_HEADS, F_DIM, F_BLOCK, F_LOCAL, F_RADIUS, F_GLOBALS, F_RANDOM,
     F_SEED, F_CAUSAL, F_SCALE, F_JSON, F_THREADS, F_TEMP, F_PROGRESS, F_WARMUP, F_REPS,
     F_RANKS, F_STATS, F_IMAGE, F_NO_OVERLAP, F_HELP, F_STRIDE, F_SUMMARY, F_DILATED, F_LAYOUT,
-    F_EXPORT_LAYOUT, F_COUNT
+    F_EXPORT_LAYOUT, F_SAVE_ATTENTION, F_COUNT
 };
 
 #define C_RUN (1u << SPA_CLI_RUN)
 #define C_GEN (1u << SPA_CLI_GEN)
 #define C_BENCH (1u << SPA_CLI_BENCH)
 #define C_PLAN (1u << SPA_CLI_PLAN)
-#define C_PATTERN (C_RUN | C_BENCH | C_PLAN)
-#define C_ALL (C_RUN | C_GEN | C_BENCH | C_PLAN)
+#define C_LAYER (1u << SPA_CLI_LAYER)
+#define C_PATTERN (C_RUN | C_BENCH | C_PLAN | C_LAYER)
+#define C_ALL (C_RUN | C_GEN | C_BENCH | C_PLAN | C_LAYER)
 
 static const struct flag_def {
     const char *name;
     int value;      /* takes a value */
     unsigned cmds;  /* commands that accept it */
 } flags[F_COUNT] = {
-    [F_INPUT] = {"input", 1, C_RUN},
-    [F_OUTPUT] = {"output", 1, C_RUN | C_GEN},
+    [F_INPUT] = {"input", 1, C_RUN | C_LAYER},
+    [F_OUTPUT] = {"output", 1, C_RUN | C_GEN | C_LAYER},
     [F_N] = {"n", 1, C_ALL},
     [F_HEADS] = {"heads", 1, C_ALL},
     [F_DIM] = {"dim", 1, C_ALL},
@@ -54,7 +55,7 @@ static const struct flag_def {
     [F_SEED] = {"seed", 1, C_ALL},
     [F_CAUSAL] = {"causal", 0, C_PATTERN},
     [F_SCALE] = {"scale", 1, C_PATTERN},
-    [F_JSON] = {"json", 0, C_RUN | C_BENCH | C_PLAN},
+    [F_JSON] = {"json", 0, C_RUN | C_BENCH | C_PLAN | C_LAYER},
     [F_THREADS] = {"threads", 1, C_ALL},
     [F_TEMP] = {"temperature", 1, C_RUN | C_GEN | C_BENCH},
     [F_PROGRESS] = {"progress", 0, C_RUN | C_BENCH},
@@ -70,6 +71,7 @@ static const struct flag_def {
     [F_DILATED] = {"dilated", 1, C_PATTERN},
     [F_LAYOUT] = {"layout", 1, C_PATTERN},
     [F_EXPORT_LAYOUT] = {"export-layout", 1, C_PLAN},
+    [F_SAVE_ATTENTION] = {"save-attention", 0, C_LAYER},
 };
 
 /* The flags of spa_config_add_rule: repeatable, parsed by validate. */
@@ -86,7 +88,7 @@ static int rule_of(int id)
     }
 }
 
-static const char *cmd_names[] = {"", "run", "gen", "bench", "plan"};
+static const char *cmd_names[] = {"", "run", "gen", "bench", "plan", "layer"};
 
 /* Integer in [lo, hi] spanning all of s. */
 static spa_err parse_int(const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *v)
@@ -193,12 +195,12 @@ static spa_err set_flag(spa_cli_opts *o, int id, const char *val)
     case F_HEADS:
         CLI_CHECK(parse_int(name, val, 1, INT32_MAX, &x));
         o->cfg.heads = (int32_t)x;
-        o->has_shape = 1;
+        o->has_shape = o->has_heads = 1;
         break;
     case F_DIM:
         CLI_CHECK(parse_int(name, val, 1, INT32_MAX, &x));
         o->cfg.dim = (int32_t)x;
-        o->has_shape = 1;
+        o->has_shape = o->has_dim = 1;
         break;
     case F_BLOCK:
         CLI_CHECK(parse_int(name, val, 1, INT32_MAX, &x));
@@ -273,6 +275,9 @@ static spa_err set_flag(spa_cli_opts *o, int id, const char *val)
     case F_HELP:
         o->help = 1;
         break;
+    case F_SAVE_ATTENTION:
+        o->save_attention = 1;
+        break;
     default:
         CLI_FAIL(SPA_ERR_OTHER, "unhandled flag %d", id);
     }
@@ -299,10 +304,10 @@ spa_err spa_cli_parse(int argc, char **argv, spa_cli_opts *o)
         CLI_REQUIRE(argc == 2, SPA_ERR_USAGE, "--version takes no further arguments");
         return SPA_OK;
     }
-    for (int c = SPA_CLI_RUN; c <= SPA_CLI_PLAN; c++)
+    for (int c = SPA_CLI_RUN; c <= SPA_CLI_LAYER; c++)
         if (strcmp(cmd, cmd_names[c]) == 0) o->cmd = (spa_cli_cmd)c;
     CLI_REQUIRE(o->cmd != SPA_CLI_NONE, SPA_ERR_USAGE,
-                "unknown command '%s' (expected run, gen, bench or plan)", cmd);
+                "unknown command '%s' (expected run, gen, bench, plan or layer)", cmd);
 
     uint64_t seen = 0;
     for (int a = 2; a < argc; a++) {
@@ -350,6 +355,10 @@ spa_err spa_cli_parse(int argc, char **argv, spa_cli_opts *o)
 #ifndef SPA_HAVE_PNG
         CLI_REQUIRE(!o->image, SPA_ERR_USAGE, "--image: this spa was built without libpng");
 #endif
+    }
+    if (o->cmd == SPA_CLI_LAYER) {
+        CLI_REQUIRE(o->input, SPA_ERR_USAGE, "'spa layer' needs --input");
+        CLI_REQUIRE(!o->has_n, SPA_ERR_USAGE, "--n comes from the --input file (x); do not give it");
     }
     if (o->cmd != SPA_CLI_GEN && o->input) CLI_CHECK(prevalidate(o));
     return SPA_OK;
@@ -605,6 +614,10 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
                 "  --json             one JSON object on stdout\n\n%s",
                 pattern);
         break;
+    case SPA_CLI_LAYER:
+        spa_cli_layer_help(f);
+        fputs(pattern, f);
+        break;
     default:
         fprintf(f, "usage: spa <command> [flags]\n\n"
                    "Sparse parallel attention: local window + global tokens + random links,\n"
@@ -614,7 +627,8 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
                    "  run     compute attention on synthetic or HDF5 inputs\n"
                    "  gen     write a synthetic HDF5 input file\n"
                    "  bench   time repeated in-memory runs\n"
-                   "  plan    describe a pattern: key counts, bytes per rank, hops, image\n\n"
+                   "  plan    describe a pattern: key counts, bytes per rank, hops, image\n"
+                   "  layer   a multi-head attention layer from x and weights (HDF5)\n\n"
                    "  spa <command> --help   flags of one command\n"
                    "  spa --version          print the version\n\n"
                    "Exit codes: 0 success, 2 usage error, 3 input error, 1 other error.\n");

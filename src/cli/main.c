@@ -40,6 +40,7 @@ int main(int argc, char **argv)
         case SPA_CLI_RUN: err = spa_cli_run(comm, &o); break;
         case SPA_CLI_GEN: err = spa_cli_gen(comm, &o); break;
         case SPA_CLI_BENCH: err = spa_cli_bench(comm, &o); break;
+        case SPA_CLI_LAYER: err = spa_cli_layer(comm, &o); break;
         case SPA_CLI_PLAN: {
             /* one process computes the whole report; the others wait for its code */
             spa_err local = SPA_OK;
@@ -55,7 +56,7 @@ int main(int argc, char **argv)
         }
     }
     if (err != SPA_OK && rank == 0) {
-        static const char *names[] = {"", " run", " gen", " bench", " plan"};
+        static const char *names[] = {"", " run", " gen", " bench", " plan", " layer"};
         if (err == SPA_ERR_USAGE)
             fprintf(stderr, "spa: error: %s (see 'spa%s --help')\n", spa_last_error(), names[o.cmd]);
         else
