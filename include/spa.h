@@ -452,6 +452,10 @@ void spa_free(void *p);
  * the SPA_VERSION a program was compiled against. Not collective. */
 const char *spa_version(void);
 
+/* sizeof(spa_config), for language bindings that allocate one themselves
+ * (python/spa mirrors the fields from n to scale). Not collective. */
+size_t spa_config_sizeof(void);
+
 /* Multi-head attention layer (spa layer): projections, attention, output
  * projection, on this rank's rows. The weights follow PyTorch's nn.Linear
  * (y = x W^T + b), so an exported nn.MultiheadAttention or q/k/v/o Linear

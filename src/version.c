@@ -1,4 +1,5 @@
-/* version.c - the library's version at run time.
+/* version.c - the library's version at run time, and what bindings need to
+ * know about its structs.
  *
  * SPA_GIT_VERSION comes from CMake's project(VERSION); the header's
  * SPA_VERSION_* macros are checked against it by tests/install, so a
@@ -11,3 +12,5 @@
 #endif
 
 const char *spa_version(void) { return SPA_GIT_VERSION; }
+
+size_t spa_config_sizeof(void) { return sizeof(spa_config); }
