@@ -35,6 +35,13 @@ void spa_cli_layer_help(FILE *f)
                "  --threads T        OpenMP and OpenBLAS threads per rank\n\n");
 }
 
+#ifndef SPA_HAVE_HDF5
+spa_err spa_cli_layer(MPI_Comm comm, spa_cli_opts *o)
+{
+    (void)comm, (void)o;
+    CLI_FAIL(SPA_ERR_USAGE, "'spa layer' reads HDF5 files: this spa was built without HDF5");
+}
+#else
 /* Rank 0 only. */
 static void layer_report(const spa_cli_opts *o, const spa_layer_shape *sh, const double *mx,
                          int64_t flops_proj, const spa_layer_stats *st, int ranks)
@@ -98,13 +105,6 @@ static spa_err layer_shape(spa_cli_opts *o, const spa_layer_shape *sh)
     return SPA_OK;
 }
 
-#ifndef SPA_HAVE_HDF5
-spa_err spa_cli_layer(MPI_Comm comm, spa_cli_opts *o)
-{
-    (void)comm, (void)o;
-    CLI_FAIL(SPA_ERR_USAGE, "'spa layer' reads HDF5 files: this spa was built without HDF5");
-}
-#else
 spa_err spa_cli_layer(MPI_Comm comm, spa_cli_opts *o)
 {
     int rank, P;
