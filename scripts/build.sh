@@ -1,7 +1,10 @@
 #!/bin/sh
-# Configures and builds spa in build/ (Release). Extra arguments go to CMake,
-# e.g. scripts/build.sh -DSPA_SANITIZE=ON
+# Configures and builds spa (Release). Extra arguments go to CMake, e.g.
+#   scripts/build.sh -DSPA_SANITIZE=ON
+# The build folder is build/, or $SPA_BUILD_DIR, e.g.
+#   SPA_BUILD_DIR=build-mpich scripts/build.sh -DSPA_MPI=mpich
 set -e
 cd "$(dirname "$0")/.."
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
-cmake --build build -j "$(nproc)"
+dir="${SPA_BUILD_DIR:-build}"
+cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
+cmake --build "$dir" -j "$(nproc)"

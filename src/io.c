@@ -1336,3 +1336,32 @@ done:
     quiet_end(&qt);
     return err;
 }
+
+/* ------------------------------------------------ fuzzing entry point */
+/* For tests/fuzz only; nothing else calls it. */
+
+spa_err spa_io_check_image(const void *image, size_t len, spa_shape *shape)
+{
+    spa_err err = SPA_OK;
+    hid_t fapl = H5I_INVALID_HID;
+    spa_input p = calloc(1, sizeof *p);
+    quiet qt;
+
+    if (!p) return spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
+    p->comm = MPI_COMM_SELF;
+    p->file = H5I_INVALID_HID;
+    for (int i = 0; i < 3; i++) p->dset[i] = p->ftype[i] = H5I_INVALID_HID;
+    quiet_begin(&qt);
+    fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (fapl < 0 || H5Pset_fapl_core(fapl, 1 << 16, 0) < 0 ||
+        H5Pset_file_image(fapl, (void *)image, len) < 0)
+        IO_FAIL(SPA_ERR_OTHER, "HDF5: cannot set up the core driver");
+    if ((p->file = H5Fopen("spa-image", H5F_ACC_RDONLY, fapl)) < 0)
+        IO_FAIL(SPA_ERR_INPUT, "input image: HDF5 cannot open it");
+    if ((err = open_datasets(p)) == SPA_OK) *shape = p->shape;
+done:
+    close_id(&fapl, H5Pclose);
+    spa_io_close(&p);
+    quiet_end(&qt);
+    return err;
+}

@@ -13,4 +13,13 @@
 void spa_io_trace(int *transfers, int *collective);
 void spa_io_trace_reset(void);
 
+/* For tests/fuzz: spa_io_open's checks of q, k and v (types, ranks, shapes,
+ * sizes) on an in-memory file image through HDF5's core driver, on this
+ * process alone. HDF5 refuses collective transfers on the core driver, so
+ * the harness reads the data through spa_io_read on a tmpfs copy.
+ * Not collective. */
+#include "spa.h"
+#include <stddef.h>
+spa_err spa_io_check_image(const void *image, size_t len, spa_shape *shape);
+
 #endif
