@@ -97,6 +97,12 @@ typedef struct spa_config {
     int64_t radius;       /* R >= 0 selects radius mode; -1 = block mode */
     int32_t random;       /* random blocks per (head, query block), default 3 */
     uint64_t seed;        /* keys the random-link generator, default 0 */
+    /* Memory for fetched remote blocks, in bytes, per rank (--fetch-mib).
+     * When a rank's blocks do not fit, its query blocks are processed in
+     * batches whose blocks fit half of it, each batch's fetches overlapping
+     * the previous batch's compute; a block two batches need is fetched
+     * twice. 0: no limit. Default SPA_FETCH_BYTES_DEFAULT. */
+    int64_t fetch_bytes;
     int causal;           /* keep only j <= i */
     float scale;          /* 0 means 1/sqrt(D) once validated */
     char *globals_spec;   /* NULL = default (first and last block); "none" */
@@ -118,6 +124,8 @@ typedef struct spa_config {
     int64_t *kv_tokens;
     int64_t nkv_tokens;
 } spa_config;
+
+#define SPA_FETCH_BYTES_DEFAULT ((int64_t)1024 << 20)
 
 /* Defaults of SPEC section 1: n = 131072, H = 4, D = 64, B = 64, W = 3,
  * random 3, seed 0, default globals. Not collective. */
@@ -285,9 +293,22 @@ typedef struct spa_commplan {
     spa_spread_row *spread;     /* [nspread]: sorted by (tile, tok) */
     int32_t nspread_tiles;
     int64_t nspread_own;        /* of them, rows this rank owns */
-    int64_t nfetch;             /* distinct (head, block) pairs fetched */
+    int64_t nfetch;             /* (head, block) pairs fetched, over all batches */
     int nruns;                  /* coalesced runs of them */
-    spa_run_blk *runs;          /* sorted by (h, b0) */
+    spa_run_blk *runs;          /* by batch, then (h, b0) */
+    /* Batches (cfg->fetch_bytes): batch k fetches runs[batch_run[k] ..
+     * batch_run[k + 1]) (batch_slots[k] blocks), then computes the query
+     * blocks batch_task[batch_task_off[k] .. batch_task_off[k + 1]) that
+     * need a halo or a fetched block. When a strided or dilated rule is
+     * present, the last batch holds the keys of the residue pass and no
+     * query block. One batch, the whole plan, when everything fits. */
+    int nbatch;
+    int *batch_run;             /* [nbatch + 1] */
+    int64_t *batch_slots;       /* [nbatch] */
+    int64_t *batch_task_off;    /* [nbatch + 1] */
+    struct spa_hc { int32_t h; int64_t c; } *batch_task;
+    int64_t ntask_ready;        /* own query blocks needing neither halo nor fetch */
+    struct spa_hc *ready_task;  /* [ntask_ready] */
     /* Bytes this rank receives (SPEC section 3 fields). K and V both count.
      * bytes_global is the allgather of K, V of the gathered tokens and q of
      * the spread rows, plus the partials of every spread row it merges. */

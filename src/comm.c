@@ -123,22 +123,41 @@ static spa_err setup_gather(spa_comm *c)
 static spa_err setup_fetch(spa_comm *c)
 {
     const spa_commplan *pl = c->plan;
-    const int64_t H = c->cfg->heads, D = c->cfg->dim, B = c->cfg->block, nf = pl->nfetch;
-    c->fk = spa_alloc((size_t)(nf * B * D) * sizeof(float));
-    c->fv = spa_alloc((size_t)(nf * B * D) * sizeof(float));
-    c->fblock = malloc((size_t)(nf + 1) * sizeof(int64_t));
-    c->fhead_off = calloc((size_t)(H + 1), sizeof(int64_t));
+    const int64_t H = c->cfg->heads, D = c->cfg->dim, B = c->cfg->block, NB = pl->nbatch;
+    c->nbuf = NB > 1 ? 2 : 1;
+    c->buf_slots = 0;
+    for (int k = 0; k < NB; k++)
+        if (pl->batch_slots[k] > c->buf_slots) c->buf_slots = pl->batch_slots[k];
+    c->fk = spa_alloc((size_t)(c->nbuf * c->buf_slots * B * D) * sizeof(float));
+    c->fv = spa_alloc((size_t)(c->nbuf * c->buf_slots * B * D) * sizeof(float));
+    c->fblock = malloc((size_t)(pl->nfetch + 1) * sizeof(int64_t));
+    c->batch_first = calloc((size_t)NB + 1, sizeof(int64_t));
+    c->fhead_off = calloc((size_t)(NB * (H + 1)), sizeof(int64_t));
     c->run_slot = malloc((size_t)(pl->nruns + 1) * sizeof(int64_t));
-    SPA_REQUIRE(c->fk && c->fv && c->fblock && c->fhead_off && c->run_slot, SPA_ERR_OTHER,
-                "out of memory for %lld fetched blocks", (long long)nf);
+    SPA_REQUIRE(c->fk && c->fv && c->fblock && c->batch_first && c->fhead_off && c->run_slot, SPA_ERR_OTHER,
+                "out of memory for %lld fetched blocks", (long long)(c->nbuf * c->buf_slots));
     int64_t slot = 0;
-    for (int i = 0; i < pl->nruns; i++) {
-        c->run_slot[i] = slot;
-        for (int64_t b = 0; b < pl->runs[i].nblk; b++) c->fblock[slot++] = pl->runs[i].b0 + b;
-        c->fhead_off[pl->runs[i].h + 1] += pl->runs[i].nblk;
+    for (int k = 0; k < NB; k++) {
+        int64_t *ho = c->fhead_off + k * (H + 1), first = slot;
+        c->batch_first[k] = first;
+        for (int i = pl->batch_run[k]; i < pl->batch_run[k + 1]; i++) {
+            c->run_slot[i] = slot - first;
+            for (int64_t b = 0; b < pl->runs[i].nblk; b++) c->fblock[slot++] = pl->runs[i].b0 + b;
+            ho[pl->runs[i].h + 1] += pl->runs[i].nblk;
+        }
+        for (int64_t h = 0; h < H; h++) ho[h + 1] += ho[h];
     }
-    for (int64_t h = 0; h < H; h++) c->fhead_off[h + 1] += c->fhead_off[h];
+    c->batch_first[NB] = slot;
     return SPA_OK;
+}
+
+void spa_comm_batch_keys(const spa_comm *c, int b, spa_keysrc *src)
+{
+    const int64_t BD = (int64_t)c->cfg->block * c->cfg->dim;
+    src->fblock = c->fblock + c->batch_first[b];
+    src->fhead_off = c->fhead_off + (int64_t)b * (c->cfg->heads + 1);
+    src->fk = c->fk + (b % c->nbuf) * c->buf_slots * BD;
+    src->fv = c->fv + (b % c->nbuf) * c->buf_slots * BD;
 }
 
 spa_err spa_comm_create(MPI_Comm dup, const spa_config *cfg, const spa_commplan *plan, spa_comm **out)
@@ -195,6 +214,7 @@ static spa_err setup_p2p(spa_comm *c)
     c->rreqs = malloc((size_t)(2 * (pl->nruns + c->nserve) + 1) * sizeof(MPI_Request));
     if (e == SPA_OK && (!c->serve || !c->rreqs))
         e = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
+    for (int i = 0; c->rreqs && i < 2 * (pl->nruns + c->nserve); i++) c->rreqs[i] = MPI_REQUEST_NULL;
     if (e == SPA_OK)
         for (int s = 0, k = 0; s < P; s++)
             for (int i = 0; i < rcount[s]; i += 3, k++) {
@@ -247,7 +267,8 @@ void spa_comm_destroy(spa_comm **pc)
     spa_free(c->gk), spa_free(c->gv), spa_free(c->sq), spa_free(c->stage);
     spa_free(c->fk), spa_free(c->fv);
     free(c->rtype), free(c->stype), free(c->reqs), free(c->gcount), free(c->gdispl), free(c->kv_first);
-    free(c->spos), free(c->fblock), free(c->fhead_off), free(c->run_slot), free(c->serve), free(c->rreqs);
+    free(c->spos), free(c->fblock), free(c->batch_first), free(c->fhead_off), free(c->run_slot), free(c->serve);
+    free(c->rreqs);
     if (c->comm != MPI_COMM_NULL) MPI_Comm_free(&c->comm);
     free(c);
     *pc = NULL;
@@ -318,9 +339,9 @@ spa_err spa_comm_post(spa_comm *c, const float *k, const float *v, spa_stats *st
     }
     st->seconds_halo += spa_now() - t;
 
-    /* fetched blocks */
+    /* fetched blocks: expose K and V, or send what others fetch */
     t = spa_now();
-    c->nrreqs = 0;
+    c->rlo = c->rhi = 0;
     if (c->rma) {
         /* everyone's gets of the previous run are done; expose this run's K, V */
         SPA_MPI_CHECK(MPI_Barrier(c->comm));
@@ -329,32 +350,47 @@ spa_err spa_comm_post(spa_comm *c, const float *k, const float *v, spa_stats *st
         if (v != c->wbase + H * n_own * D) memcpy(c->wbase + H * n_own * D, v, (size_t)(H * n_own * D) * sizeof(float));
         SPA_MPI_CHECK(MPI_Win_sync(c->win));
         SPA_MPI_CHECK(MPI_Barrier(c->comm));
+    } else {
+        /* in the order the fetching rank posts its receives: matching per
+         * (source, tag) is in order */
+        for (int i = 0; i < c->nserve; i++) {
+            const int64_t *d = c->serve + 4 * i; /* rank, h, b0, nblk */
+            spa_run_blk r = {(int)d[0], (int32_t)d[1], d[2], d[3]};
+            int64_t cnt = run_tokens(cfg, &r) * D, off = (r.h * n_own + r.b0 * B - pl->t0) * D;
+            int q = 2 * (pl->nruns + i);
+            SPA_MPI_CHECK(MPI_Isend(k + off, (int)cnt, MPI_FLOAT, r.rank, TAG_RAND_K, c->comm, &c->rreqs[q]));
+            SPA_MPI_CHECK(MPI_Isend(v + off, (int)cnt, MPI_FLOAT, r.rank, TAG_RAND_V, c->comm, &c->rreqs[q + 1]));
+        }
     }
-    for (int i = 0; i < pl->nruns; i++) {
+    st->seconds_rma += spa_now() - t;
+    return SPA_OK;
+}
+
+spa_err spa_comm_fetch(spa_comm *c, int bt, spa_stats *st)
+{
+    const spa_config *cfg = c->cfg;
+    const spa_commplan *pl = c->plan;
+    const int64_t H = cfg->heads, D = cfg->dim, B = cfg->block;
+    double t = spa_now();
+    float *bk = c->fk + (bt % c->nbuf) * c->buf_slots * B * D, *bv = c->fv + (bt % c->nbuf) * c->buf_slots * B * D;
+    for (int i = pl->batch_run[bt]; i < pl->batch_run[bt + 1]; i++) {
         const spa_run_blk *r = &pl->runs[i];
         int64_t sb0, sb1, st0, st1;
         spa_partition(cfg, c->P, r->rank, &sb0, &sb1, &st0, &st1);
         int64_t s_own = st1 - st0, cnt = run_tokens(cfg, r) * D;
-        float *fk = c->fk + c->run_slot[i] * B * D, *fv = c->fv + c->run_slot[i] * B * D;
+        float *fk = bk + c->run_slot[i] * B * D, *fv = bv + c->run_slot[i] * B * D;
         if (c->rma) {
             MPI_Aint disp = (MPI_Aint)((r->h * s_own + r->b0 * B - st0) * D);
             SPA_MPI_CHECK(MPI_Get(fk, (int)cnt, MPI_FLOAT, r->rank, disp, (int)cnt, MPI_FLOAT, c->win));
             SPA_MPI_CHECK(MPI_Get(fv, (int)cnt, MPI_FLOAT, r->rank, disp + (MPI_Aint)(H * s_own * D), (int)cnt,
                                   MPI_FLOAT, c->win));
         } else {
-            SPA_MPI_CHECK(MPI_Irecv(fk, (int)cnt, MPI_FLOAT, r->rank, TAG_RAND_K, c->comm, &c->rreqs[c->nrreqs++]));
-            SPA_MPI_CHECK(MPI_Irecv(fv, (int)cnt, MPI_FLOAT, r->rank, TAG_RAND_V, c->comm, &c->rreqs[c->nrreqs++]));
+            SPA_MPI_CHECK(MPI_Irecv(fk, (int)cnt, MPI_FLOAT, r->rank, TAG_RAND_K, c->comm, &c->rreqs[2 * i]));
+            SPA_MPI_CHECK(MPI_Irecv(fv, (int)cnt, MPI_FLOAT, r->rank, TAG_RAND_V, c->comm, &c->rreqs[2 * i + 1]));
         }
         st->bytes_rma += 2 * cnt * (int64_t)sizeof(float);
     }
-    if (!c->rma)
-        for (int i = 0; i < c->nserve; i++) {
-            const int64_t *d = c->serve + 4 * i; /* rank, h, b0, nblk */
-            spa_run_blk r = {(int)d[0], (int32_t)d[1], d[2], d[3]};
-            int64_t cnt = run_tokens(cfg, &r) * D, off = (r.h * n_own + r.b0 * B - pl->t0) * D;
-            SPA_MPI_CHECK(MPI_Isend(k + off, (int)cnt, MPI_FLOAT, r.rank, TAG_RAND_K, c->comm, &c->rreqs[c->nrreqs++]));
-            SPA_MPI_CHECK(MPI_Isend(v + off, (int)cnt, MPI_FLOAT, r.rank, TAG_RAND_V, c->comm, &c->rreqs[c->nrreqs++]));
-        }
+    if (!c->rma) c->rlo = 2 * pl->batch_run[bt], c->rhi = 2 * pl->batch_run[bt + 1]; /* in flight, for poke */
     st->seconds_rma += spa_now() - t;
     return SPA_OK;
 }
@@ -367,23 +403,44 @@ void spa_comm_poke(spa_comm *c)
      * surface at spa_comm_complete. */
     int flag;
     if (c->nreqs) MPI_Testall(c->nreqs, c->reqs, &flag, MPI_STATUSES_IGNORE);
-    if (c->nrreqs) MPI_Testall(c->nrreqs, c->rreqs, &flag, MPI_STATUSES_IGNORE);
-    if (c->rma) MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, c->comm, &flag, MPI_STATUS_IGNORE);
+    if (c->rhi > c->rlo) MPI_Testall(c->rhi - c->rlo, c->rreqs + c->rlo, &flag, MPI_STATUSES_IGNORE);
+    if (c->rma || c->nserve) MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, c->comm, &flag, MPI_STATUS_IGNORE);
 }
 
-spa_err spa_comm_complete(spa_comm *c, spa_stats *st)
+spa_err spa_comm_wait_halo(spa_comm *c, spa_stats *st)
 {
     double t = spa_now();
     SPA_MPI_CHECK(MPI_Waitall(c->nreqs, c->reqs, MPI_STATUSES_IGNORE));
     c->nreqs = 0;
     double t2 = spa_now();
     st->seconds_halo += t2 - t;
+    st->seconds_wait += t2 - t;
+    return SPA_OK;
+}
+
+spa_err spa_comm_wait_batch(spa_comm *c, int bt, spa_stats *st)
+{
+    const spa_commplan *pl = c->plan;
+    double t = spa_now();
+    /* one batch is in flight at a time, so flushing every target is
+     * flushing this batch */
     if (c->rma) SPA_MPI_CHECK(MPI_Win_flush_all(c->win));
-    else SPA_MPI_CHECK(MPI_Waitall(c->nrreqs, c->rreqs, MPI_STATUSES_IGNORE));
-    c->nrreqs = 0;
-    double t3 = spa_now();
-    st->seconds_rma += t3 - t2;
-    st->seconds_wait += t3 - t;
+    else
+        SPA_MPI_CHECK(MPI_Waitall(2 * (pl->batch_run[bt + 1] - pl->batch_run[bt]), c->rreqs + 2 * pl->batch_run[bt],
+                                  MPI_STATUSES_IGNORE));
+    double t2 = spa_now();
+    st->seconds_rma += t2 - t;
+    st->seconds_wait += t2 - t;
+    return SPA_OK;
+}
+
+spa_err spa_comm_finish(spa_comm *c, spa_stats *st)
+{
+    const spa_commplan *pl = c->plan;
+    if (c->rma || !c->nserve) return SPA_OK;
+    double t = spa_now();
+    SPA_MPI_CHECK(MPI_Waitall(2 * c->nserve, c->rreqs + 2 * pl->nruns, MPI_STATUSES_IGNORE));
+    st->seconds_rma += spa_now() - t;
     return SPA_OK;
 }
 

@@ -36,17 +36,22 @@ typedef struct spa_comm {
     MPI_Op part_op;
 
     /* fetched blocks: a window over K then V ([H][n_own][D] each), or the
-     * two-sided fallback; slots in plan order, (head, block) ascending */
+     * two-sided fallback. Batch k lands in buffer k % nbuf, in slots in
+     * plan order, (head, block) ascending within the batch. */
     MPI_Win win;
     float *wbase;
     int rma;                     /* 1 = MPI_Get, 0 = two-sided */
-    float *fk, *fv;              /* [nfetch][B][D] */
-    int64_t *fblock, *fhead_off; /* [nfetch], [H + 1] */
-    int64_t *run_slot;           /* [nruns] first slot of each run */
+    int nbuf;                    /* 2 when there are several batches */
+    int64_t buf_slots;           /* slots of one buffer: the largest batch */
+    float *fk, *fv;              /* [nbuf][buf_slots][B][D] */
+    int64_t *fblock;             /* [nfetch] block of each slot, batch by batch */
+    int64_t *batch_first;        /* [nbatch + 1] first slot of each batch in fblock */
+    int64_t *fhead_off;          /* [nbatch][H + 1] slots of each head, within its batch */
+    int64_t *run_slot;           /* [nruns] first slot of each run, within its batch */
     int64_t *serve;              /* two-sided: [nserve][4] (rank, h, b0, nblk) others want */
     int nserve;
-    MPI_Request *rreqs;
-    int nrreqs;
+    MPI_Request *rreqs;          /* two-sided: [2 nruns] receives, then [2 nserve] sends */
+    int rlo, rhi;                /* the receives in flight */
 } spa_comm;
 
 /* Duplicates comm for the context; its size and this rank. Collective. */
@@ -66,14 +71,27 @@ void spa_comm_destroy(spa_comm **c);
  *   q, k, v: [H][n_own][D] this rank's shard */
 spa_err spa_comm_gather(spa_comm *c, const float *q, const float *k, const float *v, spa_stats *st);
 
-/* Collective: posts the halo exchange and the fetches of remote blocks. */
+/* Collective: posts the halo exchange, exposes K and V for the fetches
+ * (window) or posts what other ranks fetch from this one (two-sided). */
 spa_err spa_comm_post(spa_comm *c, const float *k, const float *v, spa_stats *st);
+
+/* Posts the fetches of batch b, into buffer b % nbuf. At most one batch
+ * is in flight: wait for batch b - 1 first. */
+spa_err spa_comm_fetch(spa_comm *c, int b, spa_stats *st);
+
+/* Where batch b's blocks are, for the kernel. */
+void spa_comm_batch_keys(const spa_comm *c, int b, spa_keysrc *src);
 
 /* Drives MPI progress (thread 0, between blocks). */
 void spa_comm_poke(spa_comm *c);
 
-/* Waits for everything spa_comm_post started. */
-spa_err spa_comm_complete(spa_comm *c, spa_stats *st);
+/* Waits for the halo; for batch b's fetches. */
+spa_err spa_comm_wait_halo(spa_comm *c, spa_stats *st);
+spa_err spa_comm_wait_batch(spa_comm *c, int b, spa_stats *st);
+
+/* Waits for what other ranks fetched from this one (two-sided); the end of
+ * a run. */
+spa_err spa_comm_finish(spa_comm *c, spa_stats *st);
 
 /* Collective: merges the spread rows' partials, [nspread][D + 2], by
  * log-sum-exp over the ranks, in place. */

@@ -47,18 +47,6 @@ static spa_err split_by_owner(const spa_config *cfg, int P, int64_t a, int64_t b
     return SPA_OK;
 }
 
-typedef struct hb {
-    int32_t h;
-    int64_t b;
-} hb;
-
-static int cmp_hb(const void *x, const void *y)
-{
-    const hb *a = x, *b = y;
-    if (a->h != b->h) return (a->h > b->h) - (a->h < b->h);
-    return (a->b > b->b) - (a->b < b->b);
-}
-
 enum { SPA_MAX_RUN = 64 }; /* blocks per MPI_Get, keeps counts far below INT_MAX */
 
 /* Appends one spread row. */
@@ -121,46 +109,200 @@ static int64_t outside_ungathered(const spa_config *cfg, int32_t h, int64_t a, i
     return cnt;
 }
 
-/* Remote key blocks of this rank's non-spread query blocks that the halo
- * does not bring: distinct (head, block) pairs, coalesced into runs. */
+typedef struct hbk {
+    int32_t h, batch;
+    int64_t b;
+} hbk;
+
+static int cmp_hbk(const void *x, const void *y)
+{
+    const hbk *a = x, *b = y;
+    if (a->batch != b->batch) return (a->batch > b->batch) - (a->batch < b->batch);
+    if (a->h != b->h) return (a->h > b->h) - (a->h < b->h);
+    return (a->b > b->b) - (a->b < b->b);
+}
+
+typedef struct list {
+    void *p;
+    int64_t n, cap;
+    size_t size;
+} list;
+
+static void *list_push(list *l)
+{
+    if (l->n == l->cap) {
+        int64_t cap = l->cap ? 2 * l->cap : 256;
+        void *grown = realloc(l->p, (size_t)cap * l->size);
+        if (!grown) return NULL;
+        l->p = grown;
+        l->cap = cap;
+    }
+    return (char *)l->p + (size_t)l->n++ * l->size;
+}
+
+/* The blocks of (h, c) to fetch for its block pass: full key blocks (random,
+ * layout) with a key neither resident nor gathered. */
+static int64_t block_needs(const spa_config *cfg, const spa_commplan *plan, int32_t h, int64_t c, spa_patws *w,
+                           int32_t *need)
+{
+    const int64_t B = cfg->block, n = cfg->n;
+    spa_rowctx x;
+    spa_rowctx_init(&x, cfg, h, c, w);
+    int64_t m = 0;
+    for (int64_t k = 0; k < x.nkb; k++) {
+        int64_t a = (int64_t)x.kb[k] * B, e = a + B < n ? a + B : n;
+        if (outside_ungathered(cfg, h, a, e, plan->ext0, plan->ext1)) need[m++] = x.kb[k];
+    }
+    return m;
+}
+
+/* Remote key blocks of this rank's non-served query blocks that the halo
+ * does not bring, in batches that fit cfg->fetch_bytes (one batch, each
+ * block once, when everything fits), coalesced into runs. */
 static spa_err fetch_runs(const spa_config *cfg, spa_commplan *plan, spa_patws *w)
 {
-    const int64_t B = cfg->block, n = cfg->n, D = cfg->dim;
-    int64_t npair = 0, cap = 0;
-    hb *pairs = NULL;
-    for (int32_t h = 0; h < cfg->heads; h++)
+    const int64_t B = cfg->block, n = cfg->n, D = cfg->dim, nb = spa_nblocks(cfg), H = cfg->heads;
+    const int64_t blk = B * D * (int64_t)sizeof(float) * 2;
+    const int64_t slots_max = cfg->fetch_bytes > 0 ? (cfg->fetch_bytes / 2 / blk > 0 ? cfg->fetch_bytes / 2 / blk : 1)
+                                                   : INT64_MAX;
+    int32_t *stamp = calloc((size_t)(H * nb), sizeof *stamp); /* 1 + the batch that lists (h, b) */
+    int32_t *need = malloc((size_t)nb * sizeof *need);
+    list pairs = {NULL, 0, 0, sizeof(hbk)}, tasks = {NULL, 0, 0, sizeof(struct spa_hc)},
+         ready = {NULL, 0, 0, sizeof(struct spa_hc)}, tneed = {NULL, 0, 0, sizeof(int64_t)},
+         needs = {NULL, 0, 0, sizeof(int32_t)};
+    spa_err e = SPA_OK;
+#define PUSH(l, T, v)                                                                                              \
+    do {                                                                                                           \
+        T *slot_ = list_push(&(l));                                                                                \
+        if (!slot_) {                                                                                              \
+            e = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory planning the fetches");           \
+            goto done;                                                                                             \
+        }                                                                                                          \
+        *slot_ = (v);                                                                                              \
+    } while (0)
+    if (!stamp || !need) {
+        e = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory planning the fetches");
+        goto done;
+    }
+    /* 1. each query block's needs, and whether it is ready (no halo, no fetch) */
+    int any_residue = 0;
+    for (int32_t h = 0; h < H; h++) any_residue |= cfg->hr[h].stride || cfg->hr[h].ndilated;
+    int64_t distinct = 0;
+    for (int32_t h = 0; h < H; h++)
+        for (int64_t c = plan->b0; c < plan->b1; c++) {
+            if (spa_pattern_served_ws(cfg, h, c, w)) continue;
+            int64_t m = block_needs(cfg, plan, h, c, w, need), j0, j1;
+            spa_pattern_local_range(cfg, h, c, &j0, &j1);
+            struct spa_hc t = {h, c};
+            if (m == 0 && (j1 <= j0 || (j0 >= plan->t0 && j1 <= plan->t1))) {
+                PUSH(ready, struct spa_hc, t);
+                continue;
+            }
+            PUSH(tasks, struct spa_hc, t);
+            PUSH(tneed, int64_t, needs.n);
+            for (int64_t i = 0; i < m; i++) {
+                PUSH(needs, int32_t, need[i]);
+                if (!stamp[h * nb + need[i]]) stamp[h * nb + need[i]] = 1, distinct++;
+            }
+        }
+    PUSH(tneed, int64_t, needs.n);
+    /* the residue pass's keys: strided and dilated candidates */
+    list rneeds = {NULL, 0, 0, sizeof(hbk)};
+    for (int32_t h = 0; h < H && any_residue; h++)
         for (int64_t c = plan->b0; c < plan->b1; c++) {
             if (spa_pattern_served_ws(cfg, h, c, w)) continue;
             int64_t m = spa_pattern_key_blocks_ws(cfg, h, c, w);
             for (int64_t i = 0; i < m; i++) {
-                int64_t a = (int64_t)w->kb[i] * B, e = a + B < n ? a + B : n;
-                /* every token of it resident after the halo, or gathered */
-                if (!outside_ungathered(cfg, h, a, e, plan->ext0, plan->ext1)) continue;
-                if (npair == cap) {
-                    cap = cap ? 2 * cap : 256;
-                    hb *grown = realloc(pairs, (size_t)cap * sizeof *grown);
-                    if (!grown) {
-                        free(pairs);
-                        SPA_FAIL(SPA_ERR_OTHER, "out of memory");
-                    }
-                    pairs = grown;
+                int64_t a = (int64_t)w->kb[i] * B, end = a + B < n ? a + B : n;
+                if (w->kfull[i] || !outside_ungathered(cfg, h, a, end, plan->ext0, plan->ext1)) continue;
+                hbk p = {h, 0, w->kb[i]};
+                hbk *slot = list_push(&rneeds);
+                if (!slot) {
+                    free(rneeds.p);
+                    e = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory planning the fetches");
+                    goto done;
                 }
-                pairs[npair++] = (hb){h, w->kb[i]};
+                *slot = p;
+                if (!stamp[h * nb + p.b]) stamp[h * nb + p.b] = 1, distinct++;
             }
         }
-    if (npair) qsort(pairs, (size_t)npair, sizeof *pairs, cmp_hb);
-    int64_t u = 0;
-    for (int64_t i = 0; i < npair; i++)
-        if (u == 0 || cmp_hb(&pairs[u - 1], &pairs[i]) != 0) pairs[u++] = pairs[i];
-    plan->nfetch = u;
+    memset(stamp, 0, (size_t)(H * nb) * sizeof *stamp);
+
+    /* 2. batches: one when every distinct block fits, else greedy over the
+     *    query blocks in (head, block) order, then the residue pass's keys */
+    const struct spa_hc *tk = tasks.p;
+    const int64_t *tn = tneed.p;
+    const int32_t *nd = needs.p;
+    int32_t batch = 0;
+    int64_t slots = 0, in_batch = 0;
+    const int one = distinct <= slots_max;
+    plan->batch_task = tasks.p;
+    plan->ready_task = ready.p;
+    plan->ntask_ready = ready.n;
+    tasks.p = ready.p = NULL;
+    int64_t *task_off = malloc((size_t)(tasks.n + rneeds.n + 3) * sizeof *task_off);
+    int64_t *bslots = malloc((size_t)(tasks.n + 3) * sizeof *bslots);
+    if (!task_off || !bslots) {
+        free(task_off), free(bslots), free(rneeds.p);
+        e = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory planning the fetches");
+        goto done;
+    }
+    plan->batch_task_off = task_off;
+    plan->batch_slots = bslots;
+    task_off[0] = 0;
+    for (int64_t t = 0; t < tasks.n; t++) {
+        int64_t fresh = 0;
+        for (int64_t i = tn[t]; i < tn[t + 1]; i++) fresh += stamp[tk[t].h * nb + nd[i]] != batch + 1;
+        if (!one && in_batch && slots + fresh > slots_max) { /* close the batch */
+            bslots[batch] = slots;
+            task_off[++batch] = t;
+            slots = in_batch = 0;
+        }
+        for (int64_t i = tn[t]; i < tn[t + 1]; i++) {
+            int32_t *st = &stamp[tk[t].h * nb + nd[i]];
+            if (*st == batch + 1) continue;
+            *st = batch + 1;
+            slots++;
+            PUSH(pairs, hbk, ((hbk){tk[t].h, batch, nd[i]}));
+        }
+        in_batch++;
+    }
+    if (any_residue && !one && (in_batch || batch > 0)) { /* the residue pass gets a batch of its own */
+        bslots[batch] = slots;
+        task_off[++batch] = tasks.n;
+        slots = 0;
+    }
+    for (int64_t r = 0; r < rneeds.n; r++) {
+        hbk p = ((hbk *)rneeds.p)[r];
+        int32_t *st = &stamp[p.h * nb + p.b];
+        if (*st == batch + 1) continue;
+        *st = batch + 1;
+        slots++;
+        p.batch = batch;
+        PUSH(pairs, hbk, p);
+    }
+    free(rneeds.p);
+    bslots[batch] = slots;
+    task_off[batch + 1] = tasks.n;
+    plan->nbatch = batch + 1;
+
+    /* 3. runs: per batch, per head, contiguous blocks of one owner */
+    hbk *pp = pairs.p;
+    if (pairs.n) qsort(pp, (size_t)pairs.n, sizeof *pp, cmp_hbk);
+    plan->nfetch = pairs.n;
+    plan->batch_run = calloc((size_t)plan->nbatch + 1, sizeof *plan->batch_run);
+    if (!plan->batch_run) {
+        e = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory planning the fetches");
+        goto done;
+    }
     int rcap = 0;
-    for (int64_t i = 0; i < u; i++) {
-        int64_t a = pairs[i].b * B, e = a + B < n ? a + B : n;
-        plan->bytes_rma += (e - a) * D * (int64_t)sizeof(float) * 2;
+    for (int64_t i = 0; i < pairs.n; i++) {
+        int64_t a = pp[i].b * B, end = a + B < n ? a + B : n;
+        plan->bytes_rma += (end - a) * D * (int64_t)sizeof(float) * 2;
         int owner = spa_partition_owner(cfg, plan->P, a);
         spa_run_blk *last = plan->nruns ? &plan->runs[plan->nruns - 1] : NULL;
-        if (last && last->h == pairs[i].h && last->rank == owner && last->b0 + last->nblk == pairs[i].b &&
-            last->nblk < SPA_MAX_RUN) {
+        if (last && i > 0 && pp[i - 1].batch == pp[i].batch && last->h == pp[i].h && last->rank == owner &&
+            last->b0 + last->nblk == pp[i].b && last->nblk < SPA_MAX_RUN) {
             last->nblk++;
             continue;
         }
@@ -168,15 +310,20 @@ static spa_err fetch_runs(const spa_config *cfg, spa_commplan *plan, spa_patws *
             rcap = rcap ? 2 * rcap : 64;
             spa_run_blk *grown = realloc(plan->runs, (size_t)rcap * sizeof *grown);
             if (!grown) {
-                free(pairs);
-                SPA_FAIL(SPA_ERR_OTHER, "out of memory");
+                e = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory planning the fetches");
+                goto done;
             }
             plan->runs = grown;
         }
-        plan->runs[plan->nruns++] = (spa_run_blk){owner, pairs[i].h, pairs[i].b, 1};
+        plan->runs[plan->nruns++] = (spa_run_blk){owner, pp[i].h, pp[i].b, 1};
+        plan->batch_run[pp[i].batch + 1] = plan->nruns;
     }
-    free(pairs);
-    return SPA_OK;
+    for (int k = 1; k <= plan->nbatch; k++)
+        if (plan->batch_run[k] < plan->batch_run[k - 1]) plan->batch_run[k] = plan->batch_run[k - 1];
+done:
+#undef PUSH
+    free(stamp), free(need), free(pairs.p), free(tasks.p), free(ready.p), free(tneed.p), free(needs.p);
+    return e;
 }
 
 spa_err spa_commplan_build(const spa_config *cfg, int P, int r, spa_commplan *plan)
@@ -239,6 +386,10 @@ void spa_commplan_free(spa_commplan *plan)
     free(plan->send);
     free(plan->runs);
     free(plan->spread);
+    free(plan->batch_run), free(plan->batch_slots), free(plan->batch_task_off), free(plan->batch_task);
+    free(plan->ready_task);
+    plan->batch_run = NULL, plan->batch_slots = NULL, plan->batch_task_off = NULL, plan->batch_task = NULL;
+    plan->ready_task = NULL;
     plan->recv = plan->send = NULL;
     plan->runs = NULL;
     plan->spread = NULL;

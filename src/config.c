@@ -23,6 +23,7 @@ void spa_config_init(spa_config *cfg)
     cfg->seed = 0;
     cfg->causal = 0;
     cfg->scale = 0.0f;
+    cfg->fetch_bytes = SPA_FETCH_BYTES_DEFAULT;
 }
 
 spa_err spa_config_set_globals(spa_config *cfg, const char *spec)
@@ -381,6 +382,7 @@ spa_err spa_config_validate(spa_config *cfg)
         SPA_REQUIRE(cfg->local_blocks == 0 || (cfg->local_blocks >= 1 && cfg->local_blocks % 2 == 1),
                     SPA_ERR_USAGE, "--local-blocks must be odd and >= 1, or 0 (got %d)", cfg->local_blocks);
     }
+    SPA_REQUIRE(cfg->fetch_bytes >= 0, SPA_ERR_USAGE, "--fetch-mib must be >= 0");
     SPA_REQUIRE(cfg->random >= 0, SPA_ERR_USAGE, "--random must be >= 0 (got %d)", cfg->random);
     SPA_REQUIRE(isfinite(cfg->scale) && cfg->scale >= 0.0f, SPA_ERR_USAGE,
                 "--scale must be finite and > 0");

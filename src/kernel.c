@@ -632,9 +632,11 @@ void spa_kernel_residue(const spa_config *cfg, const spa_keysrc *src, spa_scratc
             int64_t j = k0 + (c0 + c) * M;
             const float *kp = NULL, *vp = NULL;
             s->kj[c] = j;
+            /* class 1: gathered, every row's block pass took it; class 2:
+             * not here, which is right only where the row masks it (a
+             * row's own full block, fetched in an earlier batch) */
             s->kcls[c] = (unsigned char)spa_pattern_is_gathered(cfg, h, j);
-            if (s->kcls[c]) kp = vp = NULL;
-            else if (!locate(cfg, src, h, j, 1, &kp, &vp)) kp = vp = s->nan_row; /* the plan failed: poison */
+            if (!s->kcls[c] && !locate(cfg, src, h, j, 1, &kp, &vp)) s->kcls[c] = 2;
             if (kp) {
                 memcpy(s->kc + (int64_t)c * D, kp, (size_t)D * sizeof(float));
                 memcpy(s->vc + (int64_t)c * D, vp, (size_t)D * sizeof(float));
@@ -655,7 +657,7 @@ void spa_kernel_residue(const spa_config *cfg, const spa_keysrc *src, spa_scratc
         }
         /* pass 3: mask what the block pass or an earlier rule took, and causality */
         for (int32_t c = 0; c < nk; c++)
-            if (s->kcls[c])
+            if (s->kcls[c] == 1)
                 for (int32_t r = 0; r < nr; r++) s->s[c * cs + r * rs] = -INFINITY;
         const int64_t jlo = k0 + c0 * M, jhi = k0 + (c1 - 1) * M; /* the chunk's token span */
         for (int32_t r = 0; r < nr; r++) {
@@ -687,6 +689,11 @@ void spa_kernel_residue(const spa_config *cfg, const spa_keysrc *src, spa_scratc
                 mask_progression(s->s, rs, cs, r, lo, hi, c0, c1, k0, M, rp, sa + (int64_t)h % rp);
             }
         }
+        /* a key the plan did not bring, yet a row attends it: poison the row loudly */
+        for (int32_t c = 0; c < nk; c++)
+            if (s->kcls[c] == 2)
+                for (int32_t r = 0; r < nr; r++)
+                    if (s->s[c * cs + r * rs] != -INFINITY) s->s[c * cs + r * rs] = NAN;
         /* passes 4-6: softmax of the chunk, merged into the running partials */
         s->nk = nk;
         s->npiece = 1;

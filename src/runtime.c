@@ -4,12 +4,14 @@
  * need them:
  *   1. allgather K, V of the gathered tokens and q of the spread rows
  *      (small, needed by every block)
- *   2. post the halo Irecv/Isend and the fetches of remote blocks
+ *   2. post the halo Irecv/Isend and the first batch's fetches
  *   3. compute the query blocks that need neither, then the partials of the
  *      spread rows over this shard (pure local work)
- *   4. wait for the halo and the fetches, compute the remaining blocks, then
- *      the residue pass of the strided and dilated rules, rule by rule, and
- *      merge each row's residue partial into its block result
+ *   4. wait for the halo; then batch by batch (cfg->fetch_bytes bounds the
+ *      fetched blocks of a batch): wait for the batch's fetches, post the
+ *      next batch's, compute the batch's query blocks; then the residue
+ *      pass of the strided and dilated rules, rule by rule, and merge each
+ *      row's residue partial into its block result
  *   5. merge the spread rows' partials by log-sum-exp and finish them
  * The MPI calls themselves live in comm.c; this file is the schedule.
  */
@@ -21,37 +23,19 @@
 
 void openblas_set_num_threads(int);
 
+/* Tasks in the plan's order: the ready query blocks (neither halo nor
+ * fetch), then batch by batch the others. */
 static spa_err setup_tasks(spa_ctx ctx)
 {
-    const spa_config *cfg = &ctx->cfg;
     const spa_commplan *pl = &ctx->plan;
-    const int64_t B = cfg->block, n = cfg->n, nq = pl->b1 - pl->b0;
-    ctx->task = malloc((size_t)(cfg->heads * nq + 1) * sizeof *ctx->task);
-    spa_patws *w = spa_patws_create(cfg);
-    if (!ctx->task || !w) {
-        spa_patws_destroy(w);
-        SPA_FAIL(SPA_ERR_OTHER, "out of memory");
-    }
-    /* ready tasks first: they run while the transfers are in flight */
-    int64_t nready = 0, k = 0;
-    for (int pass = 0; pass < 2; pass++)
-        for (int32_t h = 0; h < cfg->heads; h++)
-            for (int64_t c = pl->b0; c < pl->b1; c++) {
-                if (spa_pattern_served_ws(cfg, h, c, w)) continue;
-                int64_t j0, j1;
-                spa_pattern_local_range(cfg, h, c, &j0, &j1);
-                int ready = j1 <= j0 || (j0 >= pl->t0 && j1 <= pl->t1);
-                int64_t m = spa_pattern_key_blocks_ws(cfg, h, c, w);
-                for (int64_t i = 0; i < m && ready; i++) {
-                    int64_t a = (int64_t)w->kb[i] * B, e = a + B < n ? a + B : n;
-                    ready = (a >= pl->t0 && e <= pl->t1) || spa_pattern_gathered_in(cfg, h, a, e) == e - a;
-                }
-                if (ready == (pass == 0)) ctx->task[k++] = (spa_task){h, c};
-                nready += pass == 0 && ready;
-            }
-    ctx->ntask = k;
-    ctx->nready = nready;
-    spa_patws_destroy(w);
+    const int64_t nb_tasks = pl->batch_task_off[pl->nbatch];
+    ctx->nready = pl->ntask_ready;
+    ctx->ntask = ctx->nready + nb_tasks;
+    ctx->task = malloc((size_t)(ctx->ntask + 1) * sizeof *ctx->task);
+    SPA_REQUIRE(ctx->task, SPA_ERR_OTHER, "out of memory");
+    for (int64_t t = 0; t < ctx->nready; t++) ctx->task[t] = (spa_task){pl->ready_task[t].h, pl->ready_task[t].c};
+    for (int64_t t = 0; t < nb_tasks; t++)
+        ctx->task[ctx->nready + t] = (spa_task){pl->batch_task[t].h, pl->batch_task[t].c};
     return SPA_OK;
 }
 
@@ -85,10 +69,7 @@ static void setup_keys(spa_ctx ctx)
     ctx->src.seg = ctx->seg;
     ctx->src.gk = c->gk;
     ctx->src.gv = c->gv;
-    ctx->src.fblock = c->fblock;
-    ctx->src.fhead_off = c->fhead_off;
-    ctx->src.fk = c->fk;
-    ctx->src.fv = c->fv;
+    spa_comm_batch_keys(c, 0, &ctx->src);
 }
 
 /* Appends one residue task: rows [r0, r1) of rrows, of class g. */
@@ -416,18 +397,34 @@ spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v,
 
     SPA_CHECK(spa_comm_gather(ctx->cm, q, k, v, &z)); /* 1 */
     SPA_CHECK(spa_comm_post(ctx->cm, k, v, &z));      /* 2 */
-    if (!ctx->overlap) SPA_CHECK(spa_comm_complete(ctx->cm, &z));
+    SPA_CHECK(spa_comm_fetch(ctx->cm, 0, &z));
+    if (!ctx->overlap) {
+        SPA_CHECK(spa_comm_wait_halo(ctx->cm, &z));
+        SPA_CHECK(spa_comm_wait_batch(ctx->cm, 0, &z));
+    }
 
     t = spa_now(); /* 3 */
     compute_tasks(ctx, 0, ctx->nready, q, out, lse);
     spread_partials(ctx, k, v);
     z.seconds_compute += spa_now() - t;
 
-    if (ctx->overlap) SPA_CHECK(spa_comm_complete(ctx->cm, &z)); /* 4 */
-    t = spa_now();
-    compute_tasks(ctx, ctx->nready, ctx->ntask, q, out, lse);
+    /* 4: batch b computes while batch b + 1's fetches are in flight */
+    if (ctx->overlap) SPA_CHECK(spa_comm_wait_halo(ctx->cm, &z));
+    for (int b = 0; b < pl->nbatch; b++) {
+        if (ctx->overlap || b > 0) SPA_CHECK(spa_comm_wait_batch(ctx->cm, b, &z));
+        if (b + 1 < pl->nbatch) {
+            SPA_CHECK(spa_comm_fetch(ctx->cm, b + 1, &z));
+            if (!ctx->overlap) SPA_CHECK(spa_comm_wait_batch(ctx->cm, b + 1, &z));
+        }
+        spa_comm_batch_keys(ctx->cm, b, &ctx->src);
+        t = spa_now();
+        compute_tasks(ctx, ctx->nready + pl->batch_task_off[b], ctx->nready + pl->batch_task_off[b + 1], q, out, lse);
+        z.seconds_compute += spa_now() - t;
+    }
+    t = spa_now(); /* the residue pass's keys are in the last batch */
     residue_pass(ctx, q, out, lse);
     z.seconds_compute += spa_now() - t;
+    SPA_CHECK(spa_comm_finish(ctx->cm, &z));
 
     SPA_CHECK(spa_comm_merge(ctx->cm, ctx->part, &z)); /* 5 */
     for (int64_t r = 0; r < pl->nspread; r++) {

@@ -237,6 +237,9 @@ static inline spa_err case_config(const test_case *tc, uint64_t seed, spa_config
     cfg->random = tc->random;
     cfg->causal = tc->causal;
     cfg->seed = seed;
+    /* SPA_TEST_FETCH_BYTES: a fetch budget, to run every case in batches */
+    const char *fb = getenv("SPA_TEST_FETCH_BYTES");
+    if (fb) cfg->fetch_bytes = strtoll(fb, NULL, 10);
     SPA_CHECK(spa_config_set_globals(cfg, tc->globals));
     SPA_CHECK(case_rules(cfg, tc->rules));
     if (tc->layout) {

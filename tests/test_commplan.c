@@ -257,6 +257,82 @@ static void check_config(const char *name, const spa_config *cfg, const needs *n
     free(pl);
 }
 
+/* A fetch budget of a few blocks: the query blocks come in batches. Every
+ * owned query block is ready or in exactly one batch; each batch lists the
+ * blocks its query blocks' block pass needs (full key blocks with a key
+ * neither resident nor gathered), none twice, within the budget unless one
+ * query block alone exceeds it; the last batch holds the residue pass's
+ * keys; the byte count is the sum over the batches. */
+static void check_batches(const char *name, const spa_config *base, int P)
+{
+    spa_config cfg;
+    if (spa_config_copy(&cfg, base) != SPA_OK) return;
+    const int64_t B = cfg.block, n = cfg.n, D = cfg.dim, nb = spa_nblocks(&cfg), H = cfg.heads;
+    const int64_t blk = B * D * (int64_t)sizeof(float) * 2;
+    cfg.fetch_bytes = 2 * 3 * blk; /* three blocks per batch */
+    int32_t *kb = malloc((size_t)nb * sizeof *kb);
+    unsigned char *full = malloc((size_t)nb), *seen = malloc((size_t)(H * nb));
+    int64_t *inb = malloc((size_t)(H * nb) * sizeof *inb); /* (h, b) -> 1 + batch that lists it, or 0 */
+    for (int r = 0; r < P; r++) {
+        spa_commplan pl;
+        EXPECT(spa_commplan_build(&cfg, P, r, &pl) == SPA_OK, "%s P=%d: build: %s", name, P, spa_last_error());
+        memset(seen, 0, (size_t)(H * nb));
+        int64_t bytes = 0;
+        for (int k = 0; k < pl.nbatch; k++) {
+            memset(inb, 0, (size_t)(H * nb) * sizeof *inb);
+            int64_t slots = 0;
+            for (int i = pl.batch_run[k]; i < pl.batch_run[k + 1]; i++)
+                for (int64_t b = pl.runs[i].b0; b < pl.runs[i].b0 + pl.runs[i].nblk; b++) {
+                    int64_t *x = &inb[pl.runs[i].h * nb + b];
+                    EXPECT(!*x, "%s P=%d rank %d: batch %d lists (%d, %lld) twice", name, P, r, k, pl.runs[i].h,
+                           (long long)b);
+                    *x = 1;
+                    slots++;
+                    bytes += ((b + 1) * B < n ? B : n - b * B) * D * (int64_t)sizeof(float) * 2;
+                }
+            EXPECT(slots == pl.batch_slots[k], "%s P=%d rank %d: batch %d has %lld blocks, says %lld", name, P, r, k,
+                   (long long)slots, (long long)pl.batch_slots[k]);
+            const int64_t t0 = pl.batch_task_off[k], t1 = pl.batch_task_off[k + 1];
+            EXPECT(slots <= 3 || t1 - t0 <= 1 || (k == pl.nbatch - 1 && t1 == t0),
+                   "%s P=%d rank %d: batch %d holds %lld blocks for %lld query blocks", name, P, r, k,
+                   (long long)slots, (long long)(t1 - t0));
+            for (int64_t t = t0; t < t1; t++) {
+                const int32_t h = pl.batch_task[t].h;
+                const int64_t c = pl.batch_task[t].c;
+                EXPECT(!seen[h * nb + c], "%s P=%d rank %d: (%d, %lld) in two batches", name, P, r, h, (long long)c);
+                seen[h * nb + c] = 1;
+                int64_t m = spa_pattern_key_blocks(&cfg, h, c, kb, full);
+                for (int64_t i = 0; i < m; i++) {
+                    if (!full[i]) continue;
+                    int64_t a = (int64_t)kb[i] * B, e = a + B < n ? a + B : n, missing = -1;
+                    for (int64_t j = a; j < e && missing < 0; j++)
+                        if ((j < pl.ext0 || j >= pl.ext1) && !spa_pattern_is_gathered(&cfg, h, j)) missing = j;
+                    EXPECT(missing < 0 || inb[h * nb + kb[i]], "%s P=%d rank %d: batch %d lacks block %d of (%d, %lld)",
+                           name, P, r, k, kb[i], h, (long long)c);
+                }
+            }
+        }
+        for (int64_t t = 0; t < pl.ntask_ready; t++) {
+            int64_t x = pl.ready_task[t].h * nb + pl.ready_task[t].c;
+            EXPECT(!seen[x], "%s P=%d rank %d: a ready query block in a batch", name, P, r);
+            seen[x] = 1;
+        }
+        for (int32_t h = 0; h < H; h++)
+            for (int64_t c = pl.b0; c < pl.b1; c++) {
+                int64_t t0 = c * B, t1 = t0 + B < n ? t0 + B : n, g = 0;
+                for (int64_t i = t0; i < t1; i++) g += spa_pattern_is_global(&cfg, i);
+                int served = g == t1 - t0 || spa_pattern_spread(&cfg, h, c);
+                EXPECT(seen[h * nb + c] == !served, "%s P=%d rank %d: (%d, %lld) %s", name, P, r, h, (long long)c,
+                       served ? "served by the spread path, yet scheduled" : "in no batch and not ready");
+            }
+        EXPECT(bytes == pl.bytes_rma, "%s P=%d rank %d: batches fetch %lld bytes, plan says %lld", name, P, r,
+               (long long)bytes, (long long)pl.bytes_rma);
+        spa_commplan_free(&pl);
+    }
+    free(kb), free(full), free(seen), free(inb);
+    spa_config_free(&cfg);
+}
+
 int main(void)
 {
     const test_case extra[] = {
@@ -284,6 +360,8 @@ int main(void)
         int f0 = fails;
         int64_t fetched = 0;
         for (int P = 1; P <= 64; P++) check_config(tc->name, &cfg, &nd, P, &max_halo_ranks, &fetched);
+        const int batched_ranks[] = {2, 3, 7};
+        for (int i = 0; i < 3; i++) check_batches(tc->name, &cfg, batched_ranks[i]);
         if (fails > f0) printf("     in case %s\n", tc->name);
         /* a case with strided, dilated or layout blocks fetches at some P,
          * unless every query block is spread (a strided rule with S much

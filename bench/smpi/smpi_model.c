@@ -12,8 +12,8 @@
  *   - spa_alloc of 64 KiB or more and MPI_Win_allocate return SMPI shared
  *     memory, which every rank maps onto the same few pages;
  *   - spa_synth writes nothing;
- *   - the MPI_Gets of one run are summed and issued, at the end of the
- *     posting step, as one transfer of the same bytes from the rank half
+ *   - the MPI_Gets of one batch are summed and issued, at the end of the
+ *     batch's posting step, as one transfer of the same bytes from the rank half
  *     the ring away (chunked to the window's size). SimGrid's flow solver
  *     cannot handle the 10^5 concurrent small flows of the real pattern;
  *     with uniformly random links every rank sends about as many bytes as
@@ -43,7 +43,7 @@ int __real_MPI_Win_allocate(MPI_Aint size, int disp_unit, MPI_Info info, MPI_Com
 int __real_MPI_Win_free(MPI_Win *win);
 int __real_MPI_Get(const void *origin, int ocount, MPI_Datatype otype, int target, MPI_Aint disp,
                    int tcount, MPI_Datatype ttype, MPI_Win win);
-spa_err __real_spa_comm_post(spa_comm *c, const float *k, const float *v, spa_stats *st);
+spa_err __real_spa_comm_fetch(spa_comm *c, int b, spa_stats *st);
 
 /* SMPI privatises globals per rank, so these are per simulated rank. */
 static int model_mode = -1;
@@ -186,9 +186,9 @@ int __wrap_MPI_Get(const void *origin, int ocount, MPI_Datatype otype, int targe
     return MPI_SUCCESS;
 }
 
-spa_err __wrap_spa_comm_post(spa_comm *c, const float *k, const float *v, spa_stats *st)
+spa_err __wrap_spa_comm_fetch(spa_comm *c, int b, spa_stats *st)
 {
-    spa_err e = __real_spa_comm_post(c, k, v, st);
+    spa_err e = __real_spa_comm_fetch(c, b, st);
     if (!model_on() || e != SPA_OK || model_get_bytes <= 0.0) return e;
     const int P = c->P, rank = c->rank;
     const spa_config *cfg = c->cfg;

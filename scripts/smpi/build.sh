@@ -32,7 +32,7 @@ build=$(cd "$build" && pwd)
 
 gomp=$(gcc -print-file-name=libgomp.so)
 wrap=spa_kernel_block,--wrap=spa_kernel_global_partial,--wrap=spa_synth,--wrap=spa_alloc
-wrap=$wrap,--wrap=MPI_Win_allocate,--wrap=MPI_Win_free,--wrap=MPI_Get,--wrap=spa_comm_post,--wrap=MPI_Init_thread
+wrap=$wrap,--wrap=MPI_Win_allocate,--wrap=MPI_Win_free,--wrap=MPI_Get,--wrap=spa_comm_fetch,--wrap=MPI_Init_thread
 
 # the model object first: the link line of spa names it through the flags
 smpicc -std=c11 -O2 -Wall -Wextra -I"$src/include" -I"$src/src" \
