@@ -26,7 +26,7 @@ enum {
     F_INPUT, F_OUTPUT, F_N, F_HEADS, F_DIM, F_BLOCK, F_LOCAL, F_RADIUS, F_GLOBALS, F_RANDOM,
     F_SEED, F_CAUSAL, F_SCALE, F_JSON, F_THREADS, F_TEMP, F_PROGRESS, F_WARMUP, F_REPS,
     F_RANKS, F_STATS, F_IMAGE, F_NO_OVERLAP, F_HELP, F_STRIDE, F_SUMMARY, F_DILATED, F_LAYOUT,
-    F_EXPORT_LAYOUT, F_SAVE_ATTENTION, F_COUNT
+    F_EXPORT_LAYOUT, F_SAVE_ATTENTION, F_FETCH_MIB, F_COUNT
 };
 
 #define C_RUN (1u << SPA_CLI_RUN)
@@ -72,6 +72,7 @@ static const struct flag_def {
     [F_LAYOUT] = {"layout", 1, C_PATTERN},
     [F_EXPORT_LAYOUT] = {"export-layout", 1, C_PLAN},
     [F_SAVE_ATTENTION] = {"save-attention", 0, C_LAYER},
+    [F_FETCH_MIB] = {"fetch-mib", 1, C_PATTERN},
 };
 
 /* The flags of spa_config_add_rule: repeatable, parsed by validate. */
@@ -256,6 +257,10 @@ static spa_err set_flag(spa_cli_opts *o, int id, const char *val)
         break;
     case F_NO_OVERLAP:
         o->no_overlap = 1;
+        break;
+    case F_FETCH_MIB:
+        CLI_CHECK(parse_int(name, val, 0, (int64_t)1 << 40, &x));
+        o->cfg.fetch_bytes = x << 20;
         break;
     case F_WARMUP:
         CLI_CHECK(parse_int(name, val, 0, 1000000, &x));
@@ -544,6 +549,11 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
         "  --seed S           seed of the random links and synthetic inputs (default 0)\n"
         "  --causal           keep only keys j <= i, in every rule\n"
         "  --scale X          softmax scale (default 1/sqrt(dim))\n"
+        "  --fetch-mib M      memory for fetched remote blocks per rank, MiB (default\n"
+        "                     1024; 0 = no limit). Beyond it a rank works in batches\n"
+        "                     of query blocks whose blocks fit half of it, fetching\n"
+        "                     each batch while the previous one computes; a block\n"
+        "                     two batches need is fetched twice. Results do not change\n"
         "\n"
         "Per head: the value of --local-blocks, --radius, --random, --stride, --summary\n"
         "and --dilated may end in @a:b, applying the rule to heads [a, b) only, e.g.\n"
