@@ -97,14 +97,15 @@ typedef struct spa_config {
     int64_t radius;       /* R >= 0 selects radius mode; -1 = block mode */
     int32_t random;       /* random blocks per (head, query block), default 3 */
     uint64_t seed;        /* keys the random-link generator, default 0 */
-    /* Memory for fetched remote blocks, in bytes, per rank (--fetch-mib).
+    int causal;           /* keep only j <= i */
+    float scale;          /* 0 means 1/sqrt(D) once validated */
+    /* (after scale: bindings mirror the fields n .. scale)
+     * Memory for fetched remote blocks, in bytes, per rank (--fetch-mib).
      * When a rank's blocks do not fit, its query blocks are processed in
      * batches whose blocks fit half of it, each batch's fetches overlapping
      * the previous batch's compute; a block two batches need is fetched
      * twice. 0: no limit. Default SPA_FETCH_BYTES_DEFAULT. */
     int64_t fetch_bytes;
-    int causal;           /* keep only j <= i */
-    float scale;          /* 0 means 1/sqrt(D) once validated */
     char *globals_spec;   /* NULL = default (first and last block); "none" */
     /* Flag values per rule, as given: several values joined by ';'. NULL
      * when the flag was not given. Set with spa_config_add_rule. */
