@@ -342,6 +342,7 @@ typedef struct spa_stats {
     double checksum;   /* sum of all out values, all ranks */
     int rma;           /* 1 when random links went over MPI_Get, 0 for p2p */
     int threads;
+    int batches;       /* batches of fetched blocks (cfg->fetch_bytes); 1 when all fit */
 } spa_stats;
 
 /* Collective over comm. Partitions, plans, allocates every buffer and the

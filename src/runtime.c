@@ -441,6 +441,7 @@ spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v,
     z.seconds_total = spa_now() - t_start;
     z.flops = 4 * D * ctx->pairs_total;
     z.rma = ctx->cm->rma;
+    z.batches = pl->nbatch;
     z.threads = ctx->threads;
     if (st) *st = z;
     return SPA_OK;

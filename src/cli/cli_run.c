@@ -42,11 +42,11 @@ static void reduce_stats(MPI_Comm comm, const spa_stats *st, double seconds_io, 
     double sec[7] = {st->seconds_total, st->seconds_compute, st->seconds_halo,
                      st->seconds_global, st->seconds_rma, seconds_io, st->seconds_wait};
     double secmax[7];
-    int64_t loc[5] = {st->bytes_halo, st->bytes_global, st->bytes_rma, peak_rss_bytes(),
-                      st->rma ? 0 : 1};
-    int64_t mx[5], sum[3];
+    int64_t loc[6] = {st->bytes_halo, st->bytes_global, st->bytes_rma, peak_rss_bytes(),
+                      st->rma ? 0 : 1, st->batches};
+    int64_t mx[6], sum[3];
     MPI_Reduce(sec, secmax, 7, MPI_DOUBLE, MPI_MAX, 0, comm);
-    MPI_Reduce(loc, mx, 5, MPI_INT64_T, MPI_MAX, 0, comm);
+    MPI_Reduce(loc, mx, 6, MPI_INT64_T, MPI_MAX, 0, comm);
     MPI_Reduce(loc, sum, 3, MPI_INT64_T, MPI_SUM, 0, comm);
     MPI_Comm_size(comm, &rep->ranks);
     rep->st = *st;
@@ -62,6 +62,7 @@ static void reduce_stats(MPI_Comm comm, const spa_stats *st, double seconds_io, 
     rep->st.bytes_rma = mx[2];
     rep->peak_rss = mx[3];
     rep->rma_all = mx[4] == 0;
+    rep->st.batches = (int)mx[5];
     memcpy(rep->bytes_total, sum, sizeof sum);
 }
 
@@ -105,6 +106,7 @@ static void print_report(const spa_cli_opts *o, const cli_report *rep, const cha
         json_num(f, "gflops", gflops);
         json_num(f, "checksum", s->checksum);
         fprintf(f, ", \"peak_rss_bytes\": %lld, \"block\": %d", (long long)rep->peak_rss, cfg->block);
+        fprintf(f, ", \"fetch_bytes\": %lld, \"batches\": %d", (long long)cfg->fetch_bytes, s->batches);
         if (strcmp(mode, "blocks") == 0 || strcmp(mode, "none") == 0)
             fprintf(f, ", \"local_blocks\": %lld", (long long)lsize);
         else if (strcmp(mode, "radius") == 0)
