@@ -45,7 +45,7 @@ for a in "$work"/artifacts/crash-* "$work"/artifacts/leak-* "$work"/artifacts/ti
   timeout 60 "$exe" -timeout=10 -rss_limit_mb=2048 "$a" >"$a.txt" 2>&1
   # first frame that is not the sanitizer runtime or libc copying memory
   top=$(grep -E '^ +#[0-9]+ ' "$a.txt" | grep -vE \
-    '__interceptor_|__sanitizer|__asan|__ubsan|__lsan|sanitizer_common|compiler-rt|sysdeps/x86_64|libc\.so|in (malloc|calloc|realloc|free|mem(cpy|move|set|cmp)|str[a-z]*) ' |
+    '__interceptor_|__sanitizer|fuzzer::|__asan|__ubsan|__lsan|sanitizer_common|compiler-rt|sysdeps/x86_64|libc\.so|in (malloc|calloc|realloc|free|mem(cpy|move|set|cmp)|str[a-z]*) ' |
     head -1)
   case "$a" in
   */timeout-* | */oom-*) kind=$(basename "$a" | sed 's/-.*//') ;;
