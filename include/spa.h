@@ -21,6 +21,7 @@
 #ifndef SPA_H
 #define SPA_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -451,6 +452,18 @@ spa_err spa_io_read_layout(MPI_Comm comm, const char *path, int32_t block, int64
  * [H, nb, K'] from spa_pattern_export_row, unused entries 0, and the root
  * attribute `block`. Atomic: written under a temporary name, renamed. */
 spa_err spa_io_export_layout(const char *path, const spa_config *cfg);
+
+/* Stop requests (signals). flag points at a sig_atomic_t that a signal
+ * handler sets to the signal's number (NULL: none). spa_io_write and
+ * spa_io_gen agree across ranks, after each write step, whether any rank's
+ * flag is set; if so every rank abandons the temporary file (rank 0 removes
+ * it, the target is untouched) and they return SPA_ERR_OTHER. spa_io_read
+ * holds no temporary file and does not check it. Not collective. */
+void spa_io_set_stop(const volatile sig_atomic_t *flag);
+
+/* The signal that stopped the last spa_io_write or spa_io_gen (the largest
+ * number set on any rank), or 0. Not collective. */
+int spa_io_stopped(void);
 
 /* Records a printf-style message as spa_last_error() and returns code;
  * SPA_ERR_OTHER messages get " (file:line)". Not collective. */

@@ -12,15 +12,22 @@
  * Outputs are written under a temporary name beside the target and renamed
  * by rank 0 once every rank has closed the file.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memfd_create */
+#endif
 #include "spa_impl.h"
 
 #include "io.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <math.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -85,6 +92,92 @@ static void fmt_dims(char *buf, size_t len, int rank, const hsize_t *dims)
     if (o < len) snprintf(buf + o, len - o, "]");
 }
 
+/* Stop requests (spa_io_set_stop), checked between the steps of a write. */
+static const volatile sig_atomic_t *io_stop_flag;
+static int io_stop_sig;
+
+void spa_io_set_stop(const volatile sig_atomic_t *flag) { io_stop_flag = flag; }
+
+int spa_io_stopped(void) { return io_stop_sig; }
+
+/* Collective: the outcome of one step on every rank, then whether any
+ * rank has been asked to stop. */
+static spa_err step_agree(MPI_Comm comm, spa_err err)
+{
+    if ((err = spa_agree(comm, err)) != SPA_OK) return err;
+    int mine = io_stop_flag ? (int)*io_stop_flag : 0, sig = 0;
+    if (MPI_Allreduce(&mine, &sig, 1, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS)
+        return spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "MPI_Allreduce failed");
+    if (sig == 0) return SPA_OK;
+    io_stop_sig = sig;
+    return spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "stopped by signal %d", sig);
+}
+
+/* Test hook: SPA_TEST_DELAY_<PHASE>=seconds holds the phase open (until a
+ * stop request arrives) so a test can signal the run in the middle of it;
+ * SPA_TEST_DELAY_MARK names a file created when the hold begins. */
+static void test_delay(MPI_Comm comm, const char *var)
+{
+    const char *s = getenv(var), *mark = getenv("SPA_TEST_DELAY_MARK");
+    if (!s) return;
+    if (mark) { /* tells the test the phase has begun */
+        FILE *f = fopen(mark, "w");
+        if (f) fclose(f);
+    }
+    /* polled together, so a signal to one rank ends every rank's hold */
+    for (long i = (long)(atof(s) * 100); i > 0; i--) {
+        int mine = io_stop_flag ? (int)*io_stop_flag : 0, any = 0;
+        MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, comm);
+        if (any) break;
+        usleep(10000);
+    }
+}
+
+/* The cause of the HDF5 failure just returned: errno when the failing call
+ * set it, else the system error in HDF5's stack (the sec2 driver's "error
+ * message = '...'"), else MPI's error string, else the innermost message. */
+typedef struct cause_walk {
+    char sys[160], mpi[160], inner[160];
+} cause_walk;
+
+static herr_t cause_cb(unsigned n, const H5E_error2_t *e, void *arg)
+{
+    cause_walk *w = arg;
+    const char *d = e->desc ? e->desc : "", *m = strstr(d, "error message = '");
+    if (m && !w->sys[0]) {
+        m += strlen("error message = '");
+        size_t k = strcspn(m, "'");
+        snprintf(w->sys, sizeof w->sys, "%.*s", (int)(k < 159 ? k : 159), m);
+    }
+    if (e->min_num == H5E_MPIERRSTR && !w->mpi[0]) snprintf(w->mpi, sizeof w->mpi, "%s", d);
+    if (n == 0) snprintf(w->inner, sizeof w->inner, "%s", d);
+    return 0;
+}
+
+static void io_cause(int saved_errno, char *buf, size_t len)
+{
+    cause_walk w = {{0}, {0}, {0}};
+    if (saved_errno) {
+        snprintf(buf, len, "%s", strerror(saved_errno));
+        return;
+    }
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, cause_cb, &w);
+    snprintf(buf, len, "%s", w.sys[0] ? w.sys : w.mpi[0] ? w.mpi : w.inner[0] ? w.inner : "unknown cause");
+}
+
+/* Records "what: cause" as an SPA_ERR_OTHER error. Use right after the
+ * failing HDF5 call, before any other (each clears HDF5's stack). */
+#define IO_FAIL_CAUSE(saved_errno, ...)                                                            \
+    do {                                                                                           \
+        char why_[200], what_[400];                                                                \
+        io_cause((saved_errno), why_, sizeof why_);                                                \
+        snprintf(what_, sizeof what_, __VA_ARGS__);                                                \
+        IO_FAIL(SPA_ERR_OTHER, "%s: %s", what_, why_);                                             \
+    } while (0)
+
+/* The cause of the last failed transfer (xfer), for the caller's message. */
+static char io_last_cause[200];
+
 /* ------------------------------------------------------------ transfers */
 
 /* One collective transfer of the box where dimension `rowdim` runs over
@@ -99,6 +192,7 @@ static spa_err xfer(hid_t dset, hid_t memtype, int writing, int rowdim, int64_t 
     spa_err err = SPA_OK;
     hid_t fspace = H5I_INVALID_HID, mspace = H5I_INVALID_HID, dxpl = H5I_INVALID_HID;
     hsize_t dims[8], start[8], count[8], nelem = 1;
+    io_last_cause[0] = '\0';
     static char dummy[16]; /* HDF5 wants a buffer even for an empty selection */
 
     fspace = H5Dget_space(dset);
@@ -128,9 +222,13 @@ static spa_err xfer(hid_t dset, hid_t memtype, int writing, int rowdim, int64_t 
     dxpl = H5Pcreate(H5P_DATASET_XFER);
     if (dxpl < 0 || H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE) < 0)
         IO_FAIL(SPA_ERR_OTHER, "HDF5: cannot request collective transfers");
+    errno = 0;
     herr_t st = writing ? H5Dwrite(dset, memtype, mspace, fspace, dxpl, buf)
                         : H5Dread(dset, memtype, mspace, fspace, dxpl, buf);
-    if (st < 0) IO_FAIL(SPA_ERR_OTHER, "HDF5: %s failed", writing ? "H5Dwrite" : "H5Dread");
+    if (st < 0) {
+        io_cause(errno, io_last_cause, sizeof io_last_cause);
+        IO_FAIL(SPA_ERR_OTHER, "HDF5: %s failed: %s", writing ? "H5Dwrite" : "H5Dread", io_last_cause);
+    }
 
     H5D_mpio_actual_io_mode_t mode = H5D_MPIO_NO_COLLECTIVE;
     H5Pget_mpio_actual_io_mode(dxpl, &mode);
@@ -184,7 +282,7 @@ static spa_err read_one(spa_input in, int i, int64_t t0, int64_t t1, float *dst,
     switch (in->kind[i]) {
     case KIND_F32:
     case KIND_HDF5:
-        SPA_CHECK(xfer(in->dset[i], H5T_NATIVE_FLOAT, 0, rowdim, t0, t1, dst));
+        if ((err = xfer(in->dset[i], H5T_NATIVE_FLOAT, 0, rowdim, t0, t1, dst)) != SPA_OK) goto unreadable;
         for (int64_t e = 0; e < len; e++)
             if (!isfinite(dst[e])) {
                 *bad = e;
@@ -195,7 +293,7 @@ static spa_err read_one(spa_input in, int i, int64_t t0, int64_t t1, float *dst,
         double *d = tmp = spa_alloc((size_t)len * sizeof(double));
         if (!tmp) IO_FAIL(SPA_ERR_OTHER, "out of memory reading '%s'", io_names[i]);
         err = xfer(in->dset[i], H5T_NATIVE_DOUBLE, 0, rowdim, t0, t1, tmp);
-        if (err != SPA_OK) goto done;
+        if (err != SPA_OK) goto unreadable;
         for (int64_t e = 0; e < len; e++) {
             dst[e] = (float)d[e]; /* beyond float32 range becomes inf: reported below */
             if (*bad < 0 && !isfinite(dst[e])) *bad = e;
@@ -206,7 +304,7 @@ static spa_err read_one(spa_input in, int i, int64_t t0, int64_t t1, float *dst,
         uint16_t *h = tmp = spa_alloc((size_t)len * sizeof(uint16_t));
         if (!tmp) IO_FAIL(SPA_ERR_OTHER, "out of memory reading '%s'", io_names[i]);
         err = xfer(in->dset[i], in->ftype[i], 0, rowdim, t0, t1, tmp);
-        if (err != SPA_OK) goto done;
+        if (err != SPA_OK) goto unreadable;
         for (int64_t e = 0; e < len; e++) {
             dst[e] = half_to_float(h[e]);
             if (*bad < 0 && !isfinite(dst[e])) *bad = e;
@@ -217,6 +315,10 @@ static spa_err read_one(spa_input in, int i, int64_t t0, int64_t t1, float *dst,
 done:
     spa_free(tmp);
     return err;
+unreadable: /* a damaged file, as far as spa can tell */
+    err = spa_set_error(SPA_ERR_INPUT, __FILE__, __LINE__, "input: cannot read dataset '%s': %s",
+                        io_names[i], io_last_cause[0] ? io_last_cause : spa_last_error());
+    goto done;
 }
 
 /* Rank 0 looks at the path before HDF5 opens it in parallel, for messages
@@ -229,6 +331,52 @@ static spa_err check_input_path(const char *path)
     SPA_REQUIRE(!S_ISDIR(st.st_mode), SPA_ERR_INPUT, "input '%s' is a folder", path);
     SPA_REQUIRE(access(path, R_OK) == 0, SPA_ERR_INPUT, "input '%s' is not readable", path);
     SPA_REQUIRE(H5Fis_hdf5(path) > 0, SPA_ERR_INPUT, "input '%s' is not an HDF5 file", path);
+    /* A damaged superblock can point MPI-IO at offsets it rejects (and
+     * prints about): open it serially first. */
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    SPA_REQUIRE(f >= 0, SPA_ERR_INPUT, "input '%s': HDF5 cannot open it (damaged?)", path);
+    H5Fclose(f);
+    return SPA_OK;
+}
+
+/* Guards what a damaged file may claim: the data of dataset i must lie
+ * inside the file. Otherwise MPI-IO would be asked to read at a bogus
+ * offset (and print its own complaint) or HDF5 to decode garbage. */
+static spa_err check_storage(spa_input in, int i)
+{
+    const char *name = io_names[i];
+    hsize_t eof = 0, nchunks = 0;
+    hid_t dcpl = H5Dget_create_plist(in->dset[i]);
+    H5D_layout_t lay = dcpl >= 0 ? H5Pget_layout(dcpl) : H5D_LAYOUT_ERROR;
+    if (dcpl >= 0) H5Pclose(dcpl);
+    SPA_REQUIRE(lay != H5D_LAYOUT_ERROR && H5Fget_filesize(in->file, &eof) >= 0, SPA_ERR_INPUT,
+                "input: cannot read the layout of dataset '%s'", name);
+    if (lay == H5D_CONTIGUOUS) {
+        haddr_t a = H5Dget_offset(in->dset[i]);
+        hsize_t sz = H5Dget_storage_size(in->dset[i]);
+        SPA_REQUIRE(a == HADDR_UNDEF || (a <= eof && sz <= eof - a), SPA_ERR_INPUT,
+                    "input: dataset '%s' lies beyond the end of the file (truncated or damaged)", name);
+    } else if (lay == H5D_CHUNKED) {
+        /* H5Dget_chunk_info walks the index: bounded work for big files */
+        spa_err err = SPA_OK;
+        hid_t space = H5Dget_space(in->dset[i]);
+        if (space < 0 || H5Dget_num_chunks(in->dset[i], space, &nchunks) < 0)
+            err = spa_set_error(SPA_ERR_INPUT, __FILE__, __LINE__,
+                                "input: cannot read the chunk index of dataset '%s'", name);
+        for (hsize_t c = 0; err == SPA_OK && c < nchunks && c < 4096; c++) {
+            hsize_t off[32];
+            unsigned mask;
+            haddr_t a;
+            hsize_t sz;
+            if (H5Dget_chunk_info(in->dset[i], space, c, off, &mask, &a, &sz) < 0 || a == HADDR_UNDEF ||
+                a > eof || sz > eof - a)
+                err = spa_set_error(SPA_ERR_INPUT, __FILE__, __LINE__,
+                                    "input: chunk %llu of dataset '%s' lies beyond the end of the "
+                                    "file (truncated or damaged)", (unsigned long long)c, name);
+        }
+        if (space >= 0) H5Sclose(space);
+        return err;
+    }
     return SPA_OK;
 }
 
@@ -262,7 +410,7 @@ static spa_err open_one(spa_input in, int i, int *rank, hsize_t *dims)
     SPA_REQUIRE(*rank >= 2 && *rank <= 4, SPA_ERR_INPUT,
                 "dataset '%s' has rank %d; spa needs [N, D], [H, N, D] or [Bt, H, N, D]", name,
                 *rank);
-    return SPA_OK;
+    return check_storage(in, i);
 }
 
 /* Fills the shape from q's dims after checking sizes. */
@@ -384,8 +532,13 @@ spa_err spa_io_read(spa_input in, int64_t t0, int64_t t1, float *q, float *k, fl
                             (long long)t1, (long long)s->n);
     if ((err = spa_agree(in->comm, err)) != SPA_OK) goto done;
 
-    for (int i = 0; i < 3 && err == SPA_OK; i++) err = read_one(in, i, t0, t1, dst[i], &bad[i]);
-    if ((err = spa_agree(in->comm, err)) != SPA_OK) goto done;
+    /* agreed after each dataset: a rank that failed must not skip the
+     * next collective read */
+    for (int i = 0; i < 3; i++) {
+        err = read_one(in, i, t0, t1, dst[i], &bad[i]);
+        if ((err = spa_agree(in->comm, err)) != SPA_OK) goto done;
+        if (i == 0) test_delay(in->comm, "SPA_TEST_DELAY_READ");
+    }
 
     /* Local memory index (h, t - t0, d) -> global flat index (h, t, d); the
      * lowest over ranks is the first non-finite value of the dataset. */
@@ -419,113 +572,405 @@ done:
 
 /* --------------------------------------------------------------- output */
 
-/* An output file under construction: `tmp` beside the target. */
+/* An output file is built in two phases, so that no rank can be left
+ * waiting in a collective that another rank has abandoned:
+ *
+ *   1. rank 0 alone creates the whole file under a temporary name with
+ *      HDF5's serial driver: every dataset allocated (early, never filled),
+ *      the small datasets (globals, the layout copy) and the attributes
+ *      written; then it closes it. A failure here is rank 0's alone.
+ *   2. every rank reopens it with MPI-IO and writes its rows of the large
+ *      datasets in collective transfers, agreeing on the outcome (and on a
+ *      stop request) after each one; then all close it together.
+ *
+ * Phase 2 writes no HDF5 metadata: a raw transfer that fails (a full disk
+ * on one rank) returns on every rank, so after the agreement all ranks
+ * reach H5Fclose together and it has nothing to flush. Had a metadata flush
+ * failed on one rank only, that rank would have left the collectives of
+ * H5Fclose while the others waited in them.
+ *
+ * The temporary name `.<name>.tmp.<host>.<pid>` (rank 0's host and pid)
+ * says who wrote it: a later successful write of the same target removes
+ * the temporary files of writers on this host that no longer exist (a job
+ * killed with SIGKILL cannot clean up). */
+
+/* An output file under construction: `tmp` beside the target, opened
+ * with MPI-IO for phase 2. off[i] is the file offset of raw dataset i. */
+enum { TARGET_MAX_RAW = 3 };
 typedef struct target {
+    const char *path;
     char *tmp;
-    hid_t file;
+    MPI_File fh;
     int rank;
+    int64_t off[TARGET_MAX_RAW];
 } target;
 
-/* Collective. Checks the target's folder, reserves a temporary name and
- * creates the HDF5 file there. On failure nothing is left behind. */
-static spa_err target_begin(MPI_Comm comm, const char *path, target *t)
+/* ".<base>.tmp." prefix of the target's temporary names, and its folder. */
+static spa_err tmp_prefix(const char *path, char **dir, char **prefix)
 {
-    spa_err err = SPA_OK;
-    char *dcopy = NULL, *bcopy = NULL;
-    hid_t fapl = H5I_INVALID_HID;
-    long pid = (long)getpid();
-    struct stat st;
-
-    t->tmp = NULL;
-    t->file = H5I_INVALID_HID;
-    SPA_MPI_CHECK(MPI_Comm_rank(comm, &t->rank));
-    SPA_MPI_CHECK(MPI_Bcast(&pid, 1, MPI_LONG, 0, comm));
-
-    size_t len = strlen(path);
-    dcopy = malloc(len + 1);
-    bcopy = malloc(len + 1);
-    t->tmp = malloc(2 * len + 64);
-    const char *dir = ".";
-    if (!dcopy || !bcopy || !t->tmp) {
-        err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
-    } else {
-        memcpy(dcopy, path, len + 1);
-        memcpy(bcopy, path, len + 1);
-        dir = dirname(dcopy);
-        snprintf(t->tmp, 2 * len + 64, "%s/.%s.tmp.%ld", dir, basename(bcopy), pid);
+    char *dcopy = strdup(path), *bcopy = strdup(path);
+    *dir = *prefix = NULL;
+    if (dcopy && bcopy) {
+        *dir = strdup(dirname(dcopy));
+        size_t len = strlen(bcopy) + 16;
+        *prefix = malloc(len);
+        if (*prefix) snprintf(*prefix, len, ".%s.tmp.", basename(bcopy));
     }
-
-    if (t->rank == 0 && err == SPA_OK) {
-        int fd = -1;
-        if (len == 0)
-            err = spa_set_error(SPA_ERR_USAGE, __FILE__, __LINE__, "output path is empty");
-        else if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
-            err = spa_set_error(SPA_ERR_USAGE, __FILE__, __LINE__, "output '%s' is a folder", path);
-        else if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
-            err = spa_set_error(SPA_ERR_USAGE, __FILE__, __LINE__,
-                                "output '%s': folder '%s' does not exist", path, dir);
-        /* Creating the file is the only test of writability that holds for
-         * root and on read-only mounts alike. */
-        else if ((fd = open(t->tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644)) < 0)
-            err = spa_set_error(SPA_ERR_USAGE, __FILE__, __LINE__,
-                                "output '%s': cannot create a file in folder '%s': %s", path, dir,
-                                strerror(errno));
-        if (fd >= 0) close(fd);
-    }
-    if ((err = spa_agree(comm, err)) != SPA_OK) {
-        free(t->tmp);
-        t->tmp = NULL; /* nothing was created */
-        goto done;
-    }
-
-    fapl = H5Pcreate(H5P_FILE_ACCESS);
-    if (fapl < 0 || H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL) < 0 ||
-        H5Pset_coll_metadata_write(fapl, 1) < 0)
-        err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "HDF5: cannot set up MPI-IO");
-    else if ((t->file = H5Fcreate(t->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl)) < 0)
-        err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "HDF5: cannot create '%s'", t->tmp);
-    err = spa_agree(comm, err);
-done:
-    close_id(&fapl, H5Pclose);
     free(dcopy);
     free(bcopy);
+    if (*dir && *prefix) return SPA_OK;
+    free(*dir);
+    free(*prefix);
+    *dir = *prefix = NULL;
+    return spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
+}
+
+/* "<dir>/.<base>.tmp.<host>.<pid>" in a malloc'ed string, or NULL. */
+static char *tmp_name(const char *path, const char *host, long pid)
+{
+    char *dir, *prefix, *tmp = NULL;
+    if (tmp_prefix(path, &dir, &prefix) != SPA_OK) return NULL;
+    size_t len = strlen(dir) + strlen(prefix) + strlen(host) + 32;
+    if ((tmp = malloc(len))) snprintf(tmp, len, "%s/%s%s.%ld", dir, prefix, host, pid);
+    free(dir);
+    free(prefix);
+    return tmp;
+}
+
+static void host_name(char *host, size_t len)
+{
+    if (gethostname(host, len) != 0) snprintf(host, len, "localhost");
+    host[len - 1] = '\0';
+    for (char *c = host; *c; c++)
+        if (*c == '/') *c = '_';
+}
+
+/* A process that no longer exists, or a zombie (dead, not yet reaped: a
+ * container's init may never reap it). */
+static int writer_gone(long pid)
+{
+    char path[64], buf[512];
+    if (kill((pid_t)pid, 0) != 0) return errno == ESRCH;
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f) fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* "pid (comm) state ..." */
+    return p && (p[2] == 'Z' || p[2] == 'X');
+}
+
+/* Removes the target's temporary files left by writers on this host that
+ * are gone (writer_gone). Names of other hosts, of live
+ * processes and of any other form are left alone. Not collective. */
+static void remove_stale(const char *path)
+{
+    char *dir, *prefix, host[256];
+    if (tmp_prefix(path, &dir, &prefix) != SPA_OK) return;
+    host_name(host, sizeof host);
+    size_t plen = strlen(prefix), hlen = strlen(host);
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        const char *s = e->d_name;
+        if (strncmp(s, prefix, plen) != 0) continue;
+        s += plen; /* "<host>.<pid>" */
+        if (strncmp(s, host, hlen) != 0 || s[hlen] != '.') continue;
+        char *end;
+        long pid = strtol(s + hlen + 1, &end, 10);
+        if (*end || pid <= 0 || pid == (long)getpid()) continue;
+        if (!writer_gone(pid)) continue;
+        size_t len = strlen(dir) + strlen(e->d_name) + 2;
+        char *full = malloc(len);
+        if (full) {
+            snprintf(full, len, "%s/%s", dir, e->d_name);
+            unlink(full);
+        }
+        free(full);
+    }
+    if (d) closedir(d);
+    free(dir);
+    free(prefix);
+}
+
+/* Phase 1 on rank 0: fills the new file (datasets created and allocated,
+ * small ones written, attributes) and returns in off[] the file offsets
+ * of the raw datasets phase 2 writes (-1: empty, nothing to write). */
+typedef spa_err (*build_fn)(hid_t file, const void *arg, int64_t *off);
+
+/* Copies the file image in descriptor src (a memory file) to path, which
+ * exists: its data extents, then its size, so the never-written raw
+ * datasets stay holes. The system's own error names the cause. */
+static spa_err copy_image(int src, const char *path, const char *target)
+{
+    spa_err err = SPA_OK;
+    char *buf = malloc(1 << 20);
+    int dst = open(path, O_WRONLY | O_TRUNC);
+    off_t size = lseek(src, 0, SEEK_END), pos = 0;
+    if (!buf) IO_FAIL(SPA_ERR_OTHER, "out of memory");
+    if (dst < 0 || size < 0) IO_FAIL(SPA_ERR_OTHER, "writing '%s' failed: %s", target, strerror(errno));
+    while (pos < size) {
+        off_t d = lseek(src, pos, SEEK_DATA), h;
+        if (d < 0 && errno == ENXIO) break; /* only a hole is left */
+        if (d < 0) d = pos;                 /* no SEEK_DATA: copy everything */
+        h = lseek(src, d, SEEK_HOLE);
+        if (h < 0) h = size;
+        for (off_t o = d; o < h;) {
+            size_t len = (size_t)(h - o < (1 << 20) ? h - o : (1 << 20));
+            ssize_t got = pread(src, buf, len, o);
+            if (got <= 0) IO_FAIL(SPA_ERR_OTHER, "writing '%s' failed: reading its image: %s", target,
+                                  got < 0 ? strerror(errno) : "short read");
+            for (ssize_t w = 0; w < got;) {
+                ssize_t put = pwrite(dst, buf + w, (size_t)(got - w), o + w);
+                if (put < 0) IO_FAIL(SPA_ERR_OTHER, "writing '%s' failed: %s", target, strerror(errno));
+                w += put;
+            }
+            o += got;
+        }
+        pos = h;
+    }
+    if (ftruncate(dst, size) != 0) IO_FAIL(SPA_ERR_OTHER, "writing '%s' failed: %s", target, strerror(errno));
+done:
+    if (dst >= 0 && close(dst) != 0 && err == SPA_OK)
+        err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "writing '%s' failed: %s", target,
+                            strerror(errno));
+    free(buf);
     return err;
 }
 
-/* Collective. Closes the file; on success everywhere rank 0 renames it over
- * the target, otherwise removes it. Returns the agreed outcome. */
-static spa_err target_end(MPI_Comm comm, const char *path, target *t, spa_err err)
+/* Moves a new serial HDF5 file into an anonymous memory file: its bytes
+ * so far are copied there and its descriptor is pointed at it. Returns a
+ * descriptor of the memory file, or -1 when that is not possible (the file
+ * then stays where it is). */
+static int to_memory(hid_t file)
 {
-    if (t->file >= 0 && H5Fclose(t->file) < 0 && err == SPA_OK)
-        err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "HDF5: closing '%s' failed", t->tmp);
-    t->file = H5I_INVALID_HID;
-    /* Every rank has closed (and so flushed) before the rename. */
-    err = spa_agree(comm, err);
+    int img = -1, fd;
+    void *h = NULL;
+    char buf[4096];
+#ifdef __linux__
+    img = memfd_create("spa-output", 0);
+#endif
+    if (img < 0) return -1;
+    if (H5Fget_vfd_handle(file, H5P_DEFAULT, &h) < 0 || !h) goto fail;
+    fd = *(int *)h;
+    for (off_t o = 0;;) {
+        ssize_t got = pread(fd, buf, sizeof buf, o);
+        if (got < 0) goto fail;
+        if (got == 0) break;
+        if (pwrite(img, buf, (size_t)got, o) != got) goto fail;
+        o += got;
+    }
+    if (dup2(img, fd) < 0) goto fail;
+    return img;
+fail:
+    close(img);
+    return -1;
+}
+
+/* Rank 0's phase 1: the folder checks, then the skeleton under t->tmp.
+ * HDF5 builds it in an anonymous memory file, which cannot fail to take a
+ * write; spa then copies it to the temporary file itself. HDF5 1.10 does
+ * not survive a failed write in H5Fflush or H5Fclose: the file can then
+ * never be closed, and the library crashes when it tries again at exit. */
+static spa_err target_build(target *t, build_fn build, const void *arg, int *created)
+{
+    spa_err err = SPA_OK;
+    hid_t file = H5I_INVALID_HID;
+    char *dir = NULL, *prefix = NULL;
+    struct stat st;
+    int fd = -1, img = -1;
+
+    SPA_CHECK(tmp_prefix(t->path, &dir, &prefix));
+    if (strlen(t->path) == 0)
+        IO_FAIL(SPA_ERR_USAGE, "output path is empty");
+    if (stat(t->path, &st) == 0 && S_ISDIR(st.st_mode))
+        IO_FAIL(SPA_ERR_USAGE, "output '%s' is a folder", t->path);
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        IO_FAIL(SPA_ERR_USAGE, "output '%s': folder '%s' does not exist", t->path, dir);
+    /* Creating the file is the only test of writability that holds for
+     * root and on read-only mounts alike. */
+    if ((fd = open(t->tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644)) < 0)
+        IO_FAIL(SPA_ERR_USAGE, "output '%s': cannot create a file in folder '%s': %s", t->path, dir,
+                strerror(errno));
+    close(fd);
+    *created = 1;
+
+    errno = 0;
+    if ((file = H5Fcreate(t->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT)) < 0)
+        IO_FAIL_CAUSE(errno, "writing '%s' failed: cannot create its temporary file", t->path);
+    img = to_memory(file);
+    err = build(file, arg, t->off);
+    errno = 0;
+    herr_t cl = H5Fclose(file);
+    file = H5I_INVALID_HID;
+    if (cl < 0 && err == SPA_OK) IO_FAIL_CAUSE(errno, "writing '%s' failed", t->path);
+    if (err == SPA_OK && img >= 0) err = copy_image(img, t->tmp, t->path);
+done:
+    if (img >= 0) close(img);
+    free(dir);
+    free(prefix);
+    return err;
+}
+
+/* Collective. Names the temporary file, lets rank 0 build it (phase 1),
+ * then opens it with MPI-IO on every rank. On failure nothing is left. */
+static spa_err target_begin(MPI_Comm comm, const char *path, target *t, build_fn build,
+                            const void *arg)
+{
+    spa_err err = SPA_OK;
+    int created = 0;
+    struct {
+        long pid;
+        char host[256];
+    } who;
+
+    t->path = path;
+    t->tmp = NULL;
+    t->fh = MPI_FILE_NULL;
+    for (int i = 0; i < TARGET_MAX_RAW; i++) t->off[i] = -1;
+    SPA_MPI_CHECK(MPI_Comm_rank(comm, &t->rank));
+    who.pid = (long)getpid();
+    host_name(who.host, sizeof who.host);
+    SPA_MPI_CHECK(MPI_Bcast(&who, (int)sizeof who, MPI_BYTE, 0, comm));
+    if (!(t->tmp = tmp_name(path, who.host, who.pid)))
+        err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
+    if (t->rank == 0 && err == SPA_OK) err = target_build(t, build, arg, &created);
+    if ((err = step_agree(comm, err)) == SPA_OK &&
+        MPI_Bcast(t->off, TARGET_MAX_RAW, MPI_INT64_T, 0, comm) != MPI_SUCCESS)
+        err = spa_agree(comm, spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "MPI_Bcast failed"));
+    if (err != SPA_OK) {
+        if (created) unlink(t->tmp);
+        free(t->tmp);
+        t->tmp = NULL;
+        return err;
+    }
+
+    /* phase 2: every rank opens the skeleton for its raw writes */
+    int rc = MPI_File_open(comm, t->tmp, MPI_MODE_WRONLY, MPI_INFO_NULL, &t->fh);
+    if (rc != MPI_SUCCESS) {
+        t->fh = MPI_FILE_NULL;
+        err = spa_mpi_error(rc, "MPI_File_open of the output", __FILE__, __LINE__);
+    }
+    return spa_agree(comm, err);
+}
+
+/* Collective. Closes the file on every rank together; on success
+ * everywhere rank 0 renames it over the target (and removes stale
+ * temporary files of the same target), otherwise removes it. Returns the
+ * agreed outcome. err must already be agreed. */
+static spa_err target_end(MPI_Comm comm, target *t, spa_err err)
+{
+    if (t->fh != MPI_FILE_NULL) {
+        int rc = MPI_File_close(&t->fh);
+        if (rc != MPI_SUCCESS && err == SPA_OK)
+            err = spa_mpi_error(rc, "MPI_File_close of the output", __FILE__, __LINE__);
+    }
+    /* Every rank has closed (and so flushed) before the rename; a stop
+     * request that came in the meantime still abandons the file. */
+    err = step_agree(comm, err);
     if (t->tmp && t->rank == 0) {
-        if (err == SPA_OK && rename(t->tmp, path) != 0)
+        if (err == SPA_OK && rename(t->tmp, t->path) != 0)
             err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "cannot rename '%s' to '%s': %s",
-                                t->tmp, path, strerror(errno));
+                                t->tmp, t->path, strerror(errno));
         if (err != SPA_OK) unlink(t->tmp);
+        else remove_stale(t->path);
     }
     free(t->tmp);
     t->tmp = NULL;
     return spa_agree(comm, err);
 }
 
+/* The cause of a failed MPI-IO call: errno when the call set it, else the
+ * MPI error class's meaning. */
+static void mpi_cause(int rc, int saved_errno, char *buf, size_t len)
+{
+    int cls = MPI_ERR_OTHER, n = 0;
+    MPI_Error_class(rc, &cls);
+    if (saved_errno) snprintf(buf, len, "%s", strerror(saved_errno));
+    else if (cls == MPI_ERR_NO_SPACE) snprintf(buf, len, "%s", strerror(ENOSPC));
+    else if (cls == MPI_ERR_QUOTA) snprintf(buf, len, "%s", strerror(EDQUOT));
+    else if (MPI_Error_string(rc, buf, &n) != MPI_SUCCESS) snprintf(buf, len, "MPI error %d", rc);
+}
+
+/* errno values that only a failed write leaves */
+static int write_errno(int e) { return e == ENOSPC || e == EDQUOT || e == EIO || e == EFBIG || e == EROFS; }
+
+/* Phase 2, collective: this rank's rows [r0, r1) of a raw dataset seen as
+ * [lead][nrows][width] elements of etype (esize bytes) at file offset base,
+ * from buf ([lead][r1 - r0][width]): lead pieces of (r1 - r0) * width
+ * elements, nrows * width apart, in one collective MPI-IO write. Returns
+ * this rank's outcome; the caller agrees. */
+static spa_err write_raw(MPI_Comm comm, target *t, const char *name, int64_t base, int64_t lead,
+                         int64_t nrows, int64_t width, MPI_Datatype etype, int64_t esize,
+                         int64_t r0, int64_t r1, const void *buf)
+{
+    spa_err err = SPA_OK;
+    MPI_Datatype row = MPI_DATATYPE_NULL, blk = MPI_DATATYPE_NULL, ftype = MPI_DATATYPE_NULL;
+    int64_t rows = r1 - r0;
+    int rc;
+    if (base < 0) return SPA_OK; /* an empty dataset: every rank skips it */
+    if (lead > INT32_MAX || width > INT32_MAX || rows > INT32_MAX)
+        err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "'%s': too many rows for one write", name);
+    else if (MPI_Type_contiguous((int)width, etype, &row) != MPI_SUCCESS ||
+             MPI_Type_contiguous((int)rows, row, &blk) != MPI_SUCCESS ||
+             MPI_Type_create_hvector((int)lead, 1, (MPI_Aint)(nrows * width * esize), blk, &ftype) !=
+                 MPI_SUCCESS ||
+             MPI_Type_commit(&blk) != MPI_SUCCESS || MPI_Type_commit(&ftype) != MPI_SUCCESS)
+        err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "MPI: cannot describe rows of '%s'", name);
+    /* set_view and write_all are collective: every rank calls both, and a
+     * rank with nothing to write passes a count of 0 */
+    rc = MPI_File_set_view(t->fh, (MPI_Offset)(base + r0 * width * esize), MPI_BYTE,
+                           err == SPA_OK && rows > 0 ? ftype : MPI_BYTE, "native", MPI_INFO_NULL);
+    if (rc != MPI_SUCCESS && err == SPA_OK) err = spa_mpi_error(rc, "MPI_File_set_view", __FILE__, __LINE__);
+    if ((err = spa_agree(comm, err)) != SPA_OK) goto done;
+    MPI_Status st;
+    MPI_Count done_bytes = 0, want = rows > 0 ? (MPI_Count)(lead * rows * width * esize) : 0;
+    errno = 0;
+    rc = MPI_File_write_all(t->fh, buf, rows > 0 ? (int)lead : 0, blk, &st);
+    int e = errno;
+    io_transfers++;
+    io_collective++;
+    /* Some MPI-IO layers report a failed write only as a short count, and
+     * Open MPI's OMPIO (4.1) not at all: it prints the system error and
+     * returns success, leaving the errno of the failed write behind. */
+    if (rc == MPI_SUCCESS && (MPI_Get_elements_x(&st, MPI_BYTE, &done_bytes) != MPI_SUCCESS ||
+                              done_bytes != want || write_errno(e))) {
+        if (write_errno(e))
+            err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__,
+                                "writing '%s' failed: dataset '%s': %s", t->path, name, strerror(e));
+        else
+            err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__,
+                                "writing '%s' failed: dataset '%s': %lld of %lld bytes written",
+                                t->path, name, (long long)done_bytes, (long long)want);
+    } else if (rc != MPI_SUCCESS) {
+        char why[200];
+        mpi_cause(rc, e, why, sizeof why);
+        err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "writing '%s' failed: dataset '%s': %s",
+                            t->path, name, why);
+    }
+done:
+    if (ftype != MPI_DATATYPE_NULL) MPI_Type_free(&ftype);
+    if (blk != MPI_DATATYPE_NULL) MPI_Type_free(&blk);
+    if (row != MPI_DATATYPE_NULL) MPI_Type_free(&row);
+    return err;
+}
+
+/* A dataset of the final size with its space allocated now: phase 2 then
+ * writes raw data only and never changes the file's metadata. */
 static hid_t new_dataset(hid_t loc, const char *name, hid_t ftype, int rank, const hsize_t *dims)
 {
     hid_t space = H5Screate_simple(rank, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE), d = -1;
     /* Every element is written once; filling first would double the I/O.
      * No timestamps, so equal contents give equal files. */
     if (space >= 0 && dcpl >= 0 && H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER) >= 0 &&
-        H5Pset_obj_track_times(dcpl, 0) >= 0)
+        H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY) >= 0 && H5Pset_obj_track_times(dcpl, 0) >= 0)
         d = H5Dcreate2(loc, name, ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     if (dcpl >= 0) H5Pclose(dcpl);
     if (space >= 0) H5Sclose(space);
     return d;
 }
 
-/* Attributes are metadata: every rank writes the same value. */
+/* Attributes are metadata, written in phase 1. */
 static int attr_num(hid_t loc, const char *name, hid_t ftype, hid_t mtype, const void *v)
 {
     hid_t space = H5Screate(H5S_SCALAR), a = -1;
@@ -573,43 +1018,137 @@ static const char *local_mode(const spa_config *cfg, int64_t *size)
     return r0->radius >= 0 ? "radius" : r0->local_blocks > 0 ? "blocks" : "none";
 }
 
-/* Collective. plan/kv_num_blocks [Hl, nb] and plan/kv_indices [Hl, nb, K]
- * (K the longest row, at least 1, padded with 0), written by rank 0. */
-static spa_err write_layout_copy(MPI_Comm comm, hid_t plan, const spa_layout *lay, int me)
+/* Creates dataset name in loc and writes all of buf into it (phase 1,
+ * serial). */
+static spa_err write_whole(hid_t loc, const char *path, const char *name, hid_t ftype, hid_t mtype,
+                           int rank, const hsize_t *dims, const void *buf)
+{
+    spa_err err = SPA_OK;
+    hsize_t nelem = 1;
+    for (int i = 0; i < rank; i++) nelem *= dims[i];
+    errno = 0;
+    hid_t d = new_dataset(loc, name, ftype, rank, dims);
+    if (d < 0) IO_FAIL_CAUSE(errno, "writing '%s' failed: cannot create '%s'", path, name);
+    errno = 0;
+    if (nelem > 0 && H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0)
+        IO_FAIL_CAUSE(errno, "writing '%s' failed: dataset '%s'", path, name);
+done:
+    close_id(&d, H5Dclose);
+    return err;
+}
+
+/* plan/kv_num_blocks [Hl, nb] and plan/kv_indices [Hl, nb, K] (K the
+ * longest row, at least 1, padded with 0). Phase 1, serial. */
+static spa_err write_layout_copy(hid_t plan, const char *path, const spa_layout *lay)
 {
     spa_err err = SPA_OK;
     int64_t rows = (int64_t)lay->heads * lay->nb, K = 1;
     for (int64_t r = 0; r < rows; r++)
         if (lay->off[r + 1] - lay->off[r] > K) K = lay->off[r + 1] - lay->off[r];
-    int32_t *num = NULL, *idx = NULL;
-    hid_t d = H5I_INVALID_HID;
-    if (me == 0) {
-        num = malloc((size_t)rows * sizeof *num);
-        idx = calloc((size_t)(rows * K), sizeof *idx);
-        if (!num || !idx) err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
-        for (int64_t r = 0; err == SPA_OK && r < rows; r++) {
-            num[r] = (int32_t)(lay->off[r + 1] - lay->off[r]);
-            memcpy(idx + r * K, lay->idx + lay->off[r], (size_t)num[r] * sizeof *idx);
-        }
+    int32_t *num = malloc((size_t)rows * sizeof *num);
+    int32_t *idx = calloc((size_t)(rows * K), sizeof *idx);
+    if (!num || !idx) IO_FAIL(SPA_ERR_OTHER, "out of memory");
+    for (int64_t r = 0; r < rows; r++) {
+        num[r] = (int32_t)(lay->off[r + 1] - lay->off[r]);
+        memcpy(idx + r * K, lay->idx + lay->off[r], (size_t)num[r] * sizeof *idx);
     }
-    if ((err = spa_agree(comm, err)) != SPA_OK) goto done;
     hsize_t dn[2] = {(hsize_t)lay->heads, (hsize_t)lay->nb};
     hsize_t di[3] = {(hsize_t)lay->heads, (hsize_t)lay->nb, (hsize_t)K};
-    if ((d = new_dataset(plan, "kv_num_blocks", H5T_STD_I32LE, 2, dn)) < 0)
-        err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "HDF5: cannot create 'plan/kv_num_blocks'");
-    else
-        err = xfer(d, H5T_NATIVE_INT32, 1, 0, 0, me == 0 ? lay->heads : 0, num);
-    close_id(&d, H5Dclose);
-    if ((err = spa_agree(comm, err)) != SPA_OK) goto done;
-    if ((d = new_dataset(plan, "kv_indices", H5T_STD_I32LE, 3, di)) < 0)
-        err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "HDF5: cannot create 'plan/kv_indices'");
-    else
-        err = xfer(d, H5T_NATIVE_INT32, 1, 0, 0, me == 0 ? lay->heads : 0, idx);
-    close_id(&d, H5Dclose);
-    err = spa_agree(comm, err);
+    if ((err = write_whole(plan, path, "kv_num_blocks", H5T_STD_I32LE, H5T_NATIVE_INT32, 2, dn,
+                           num)) == SPA_OK)
+        err = write_whole(plan, path, "kv_indices", H5T_STD_I32LE, H5T_NATIVE_INT32, 3, di, idx);
 done:
     free(num);
     free(idx);
+    return err;
+}
+
+/* What phase 1 of spa_io_write needs. */
+typedef struct out_skel {
+    const char *path;
+    const spa_shape *shape;
+    const spa_config *cfg;
+    int ranks, threads;
+} out_skel;
+
+/* The file offset of a contiguous dataset's data; -1 when it has none
+ * (an empty dataset). */
+static spa_err raw_offset(hid_t d, const char *name, hsize_t nelem, int64_t *off)
+{
+    haddr_t a = H5Dget_offset(d);
+    *off = a == HADDR_UNDEF ? -1 : (int64_t)a;
+    SPA_REQUIRE(nelem == 0 || *off >= 0, SPA_ERR_OTHER, "HDF5: dataset '%s' has no storage", name);
+    return SPA_OK;
+}
+
+/* out and lse: raw, at off[0] and off[1]; plan/random_blocks at off[2].
+ * Raw datasets are of the native types phase 2 writes (IEEE little endian
+ * on every machine spa targets). */
+static spa_err build_output(hid_t file, const void *arg, int64_t *off)
+{
+    const out_skel *k = arg;
+    const spa_shape *shape = k->shape;
+    const spa_config *cfg = k->cfg;
+    spa_err err = SPA_OK;
+    hid_t d = H5I_INVALID_HID, plan = H5I_INVALID_HID, gcpl = H5I_INVALID_HID;
+    hsize_t dims[4], rdims[3] = {(hsize_t)cfg->heads, (hsize_t)spa_nblocks(cfg), (hsize_t)cfg->random_max};
+    hsize_t gdims[1] = {(hsize_t)cfg->nglobals}, nout = 1;
+    for (int i = 0; i < shape->rank; i++) {
+        dims[i] = (hsize_t)shape->dims[i];
+        nout *= dims[i];
+    }
+
+    errno = 0;
+    if ((d = new_dataset(file, "out", H5T_NATIVE_FLOAT, shape->rank, dims)) < 0)
+        IO_FAIL_CAUSE(errno, "writing '%s' failed: cannot create 'out'", k->path);
+    if ((err = raw_offset(d, "out", nout, &off[0])) != SPA_OK) goto done;
+    close_id(&d, H5Dclose);
+    if ((d = new_dataset(file, "lse", H5T_NATIVE_FLOAT, shape->rank - 1, dims)) < 0)
+        IO_FAIL_CAUSE(errno, "writing '%s' failed: cannot create 'lse'", k->path);
+    if ((err = raw_offset(d, "lse", nout / dims[shape->rank - 1], &off[1])) != SPA_OK) goto done;
+    close_id(&d, H5Dclose);
+    gcpl = H5Pcreate(H5P_GROUP_CREATE);
+    if (gcpl >= 0 && H5Pset_obj_track_times(gcpl, 0) >= 0)
+        plan = H5Gcreate2(file, "plan", H5P_DEFAULT, gcpl, H5P_DEFAULT);
+    if (plan < 0) IO_FAIL_CAUSE(errno, "writing '%s' failed: cannot create 'plan'", k->path);
+    if ((d = new_dataset(plan, "random_blocks", H5T_NATIVE_INT32, 3, rdims)) < 0)
+        IO_FAIL_CAUSE(errno, "writing '%s' failed: cannot create 'plan/random_blocks'", k->path);
+    if ((err = raw_offset(d, "plan/random_blocks", rdims[0] * rdims[1] * rdims[2], &off[2])) != SPA_OK)
+        goto done;
+    close_id(&d, H5Dclose);
+    if ((err = write_whole(plan, k->path, "globals", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, gdims,
+                           cfg->globals)) != SPA_OK)
+        goto done;
+    /* the layout in sparse form, so the file describes itself */
+    if (cfg->layout.heads > 0 && (err = write_layout_copy(plan, k->path, &cfg->layout)) != SPA_OK)
+        goto done;
+
+    int64_t lsize;
+    const char *mode = local_mode(cfg, &lsize);
+    errno = 0;
+    int ok = attr_i64(file, "block", cfg->block) && attr_str(file, "local_mode", mode) &&
+             attr_i64(file, "local_size", lsize) && attr_i64(file, "random", cfg->random_max) &&
+             attr_num(file, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &cfg->seed) &&
+             attr_i64(file, "causal", cfg->causal ? 1 : 0) &&
+             attr_f64(file, "scale", (double)cfg->scale) && attr_i64(file, "n", cfg->n) &&
+             attr_i64(file, "heads", cfg->heads) && attr_i64(file, "dim", cfg->dim) &&
+             attr_i64(file, "ranks", k->ranks) && attr_i64(file, "threads", k->threads) &&
+             attr_str(file, "version", SPA_VERSION);
+    /* each rule flag as given, values in command-line order */
+    for (int r = 0; ok && r < SPA_RULE_COUNT; r++)
+        if (cfg->rule_spec[r]) {
+            char *v = strdup(cfg->rule_spec[r]);
+            for (char *c = v; c && *c; c++)
+                if (*c == ';') *c = ' ';
+            ok = v && attr_str(file, rule_attr[r], v);
+            free(v);
+        }
+    if (ok && cfg->layout_name) ok = attr_str(file, "layout", cfg->layout_name);
+    if (!ok) IO_FAIL_CAUSE(errno, "writing '%s' failed: cannot write attributes", k->path);
+done:
+    close_id(&d, H5Dclose);
+    close_id(&plan, H5Gclose);
+    close_id(&gcpl, H5Pclose);
     return err;
 }
 
@@ -618,8 +1157,7 @@ spa_err spa_io_write(MPI_Comm comm, const char *path, const spa_shape *shape,
                      const float *lse, int threads)
 {
     spa_err err = SPA_OK;
-    target t = {NULL, H5I_INVALID_HID, 0};
-    hid_t d = H5I_INVALID_HID, plan = H5I_INVALID_HID;
+    target t = {path, NULL, MPI_FILE_NULL, 0, {-1, -1, -1}};
     int32_t *rnd = NULL;
     int P, me;
     int64_t b0, b1, pt0, pt1;
@@ -629,7 +1167,6 @@ spa_err spa_io_write(MPI_Comm comm, const char *path, const spa_shape *shape,
     SPA_MPI_CHECK(MPI_Comm_rank(comm, &me));
     quiet_begin(&qt);
     int32_t H = shape->heads, R = cfg->random_max;
-    int64_t nb = spa_nblocks(cfg);
     if (cfg->n != shape->n || cfg->heads != shape->heads || cfg->dim != shape->dim ||
         !(t0 >= 0 && t0 <= t1 && t1 <= shape->n))
         err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__,
@@ -640,8 +1177,12 @@ spa_err spa_io_write(MPI_Comm comm, const char *path, const spa_shape *shape,
         rnd = spa_alloc((size_t)H * (size_t)(b1 - b0) * (size_t)(R > 0 ? R : 1) * sizeof(int32_t));
         if (!rnd) err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
     }
-    if ((err = spa_agree(comm, err)) != SPA_OK) goto done;
-    if ((err = target_begin(comm, path, &t)) != SPA_OK) goto done;
+    if ((err = step_agree(comm, err)) != SPA_OK) goto done;
+
+    /* Every rank must write identical attributes; rank 0's thread count is
+     * the one recorded (rank 0 writes them, in phase 1). */
+    out_skel skel = {path, shape, cfg, P, threads};
+    if ((err = target_begin(comm, path, &t, build_output, &skel)) != SPA_OK) goto done;
 
     /* rnd: [H][b1 - b0][R], -1 past the drawn count */
     for (int32_t h = 0; h < H; h++)
@@ -651,80 +1192,52 @@ spa_err spa_io_write(MPI_Comm comm, const char *path, const spa_shape *shape,
             for (int32_t j = m; j < R; j++) row[j] = -1;
         }
 
-    hsize_t dims[4], ldims[4];
-    for (int i = 0; i < shape->rank; i++) dims[i] = ldims[i] = (hsize_t)shape->dims[i];
-    hsize_t rdims[3] = {(hsize_t)H, (hsize_t)nb, (hsize_t)R}, gdims[1] = {(hsize_t)cfg->nglobals};
-
-    if ((d = new_dataset(t.file, "out", H5T_IEEE_F32LE, shape->rank, dims)) < 0)
-        err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "HDF5: cannot create 'out'");
-    else
-        err = xfer(d, H5T_NATIVE_FLOAT, 1, shape->rank - 2, t0, t1, (void *)out);
-    close_id(&d, H5Dclose);
-    if ((err = spa_agree(comm, err)) != SPA_OK) goto done;
-
-    if ((d = new_dataset(t.file, "lse", H5T_IEEE_F32LE, shape->rank - 1, ldims)) < 0)
-        err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "HDF5: cannot create 'lse'");
-    else
-        err = xfer(d, H5T_NATIVE_FLOAT, 1, shape->rank - 2, t0, t1, (void *)lse);
-    close_id(&d, H5Dclose);
-    if ((err = spa_agree(comm, err)) != SPA_OK) goto done;
-
-    hid_t gcpl = H5Pcreate(H5P_GROUP_CREATE);
-    if (gcpl >= 0 && H5Pset_obj_track_times(gcpl, 0) >= 0)
-        plan = H5Gcreate2(t.file, "plan", H5P_DEFAULT, gcpl, H5P_DEFAULT);
-    close_id(&gcpl, H5Pclose);
-    if (plan < 0 || (d = new_dataset(plan, "random_blocks", H5T_STD_I32LE, 3, rdims)) < 0)
-        err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "HDF5: cannot create 'plan'");
-    else if (R > 0) /* same R on every rank: all skip or none */
-        err = xfer(d, H5T_NATIVE_INT32, 1, 1, b0, b1, rnd);
-    close_id(&d, H5Dclose);
-    if ((err = spa_agree(comm, err)) != SPA_OK) goto done;
-
-    /* globals: rank 0 writes all of them, the others an empty selection */
-    if ((d = new_dataset(plan, "globals", H5T_STD_I64LE, 1, gdims)) < 0)
-        err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "HDF5: cannot create 'globals'");
-    else if (cfg->nglobals > 0)
-        err = xfer(d, H5T_NATIVE_INT64, 1, 0, 0, me == 0 ? cfg->nglobals : 0, cfg->globals);
-    close_id(&d, H5Dclose);
-    if ((err = spa_agree(comm, err)) != SPA_OK) goto done;
-
-    /* The layout in sparse form, so the file describes itself: rank 0
-     * writes it, the others take part with empty selections. */
-    if (cfg->layout.heads > 0) {
-        if ((err = write_layout_copy(comm, plan, &cfg->layout, me)) != SPA_OK) goto done;
-    }
-
-    /* Every rank must write identical attributes; rank 0's thread count is
-     * the one recorded. */
-    if (MPI_Bcast(&threads, 1, MPI_INT, 0, comm) != MPI_SUCCESS)
-        IO_FAIL(SPA_ERR_OTHER, "MPI_Bcast failed");
-    int64_t lsize;
-    const char *mode = local_mode(cfg, &lsize);
-    int ok = attr_i64(t.file, "block", cfg->block) && attr_str(t.file, "local_mode", mode) &&
-             attr_i64(t.file, "local_size", lsize) && attr_i64(t.file, "random", cfg->random_max) &&
-             attr_num(t.file, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &cfg->seed) &&
-             attr_i64(t.file, "causal", cfg->causal ? 1 : 0) &&
-             attr_f64(t.file, "scale", (double)cfg->scale) && attr_i64(t.file, "n", cfg->n) &&
-             attr_i64(t.file, "heads", cfg->heads) && attr_i64(t.file, "dim", cfg->dim) &&
-             attr_i64(t.file, "ranks", P) && attr_i64(t.file, "threads", threads) &&
-             attr_str(t.file, "version", SPA_VERSION);
-    /* each rule flag as given, values in command-line order */
-    for (int r = 0; ok && r < SPA_RULE_COUNT; r++)
-        if (cfg->rule_spec[r]) {
-            char *v = strdup(cfg->rule_spec[r]);
-            for (char *c = v; c && *c; c++)
-                if (*c == ';') *c = ' ';
-            ok = v && attr_str(t.file, rule_attr[r], v);
-            free(v);
-        }
-    if (ok && cfg->layout_name) ok = attr_str(t.file, "layout", cfg->layout_name);
-    if (!ok) err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "HDF5: cannot write attributes");
+    /* out [H][n][D], lse [H][n], random_blocks [H][nb][R] (leading dims
+     * flattened into H) */
+    err = write_raw(comm, &t, "out", t.off[0], H, shape->n, shape->dim, MPI_FLOAT, 4, t0, t1, out);
+    if ((err = step_agree(comm, err)) != SPA_OK) goto done;
+    test_delay(comm, "SPA_TEST_DELAY_WRITE");
+    err = write_raw(comm, &t, "lse", t.off[1], H, shape->n, 1, MPI_FLOAT, 4, t0, t1, lse);
+    if ((err = step_agree(comm, err)) != SPA_OK) goto done;
+    err = write_raw(comm, &t, "plan/random_blocks", t.off[2], H, spa_nblocks(cfg), R, MPI_INT32_T, 4,
+                    b0, b1, rnd);
+    err = step_agree(comm, err);
 done:
-    close_id(&d, H5Dclose);
-    close_id(&plan, H5Gclose);
-    if (t.tmp) err = target_end(comm, path, &t, err);
+    if (t.tmp) err = target_end(comm, &t, err);
     spa_free(rnd);
     quiet_end(&qt);
+    return err;
+}
+
+/* What phase 1 of spa_io_gen needs. */
+typedef struct gen_skel {
+    const char *path;
+    int64_t n;
+    int32_t heads, dim;
+    uint64_t seed;
+    float temperature;
+} gen_skel;
+
+static spa_err build_gen(hid_t file, const void *arg, int64_t *off)
+{
+    const gen_skel *k = arg;
+    spa_err err = SPA_OK;
+    hsize_t dims[3] = {(hsize_t)k->heads, (hsize_t)k->n, (hsize_t)k->dim};
+    for (int which = 0; which < 3; which++) {
+        errno = 0;
+        hid_t d = new_dataset(file, io_names[which], H5T_NATIVE_FLOAT, 3, dims);
+        if (d < 0)
+            IO_FAIL_CAUSE(errno, "writing '%s' failed: cannot create '%s'", k->path, io_names[which]);
+        err = raw_offset(d, io_names[which], dims[0] * dims[1] * dims[2], &off[which]);
+        H5Dclose(d);
+        if (err != SPA_OK) goto done;
+    }
+    errno = 0;
+    if (!(attr_num(file, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &k->seed) &&
+          attr_f64(file, "temperature", (double)k->temperature) &&
+          attr_str(file, "version", SPA_VERSION)))
+        IO_FAIL_CAUSE(errno, "writing '%s' failed: cannot write attributes", k->path);
+done:
     return err;
 }
 
@@ -732,8 +1245,7 @@ spa_err spa_io_gen(MPI_Comm comm, const char *path, int64_t n, int32_t heads, in
                    uint64_t seed, float temperature)
 {
     spa_err err = SPA_OK;
-    target t = {NULL, H5I_INVALID_HID, 0};
-    hid_t d = H5I_INVALID_HID;
+    target t = {path, NULL, MPI_FILE_NULL, 0, {-1, -1, -1}};
     float *buf = NULL;
     int P, me;
     int64_t b0, b1, t0, t1, bytes;
@@ -758,29 +1270,19 @@ spa_err spa_io_gen(MPI_Comm comm, const char *path, int64_t n, int32_t heads, in
     int64_t rows = t1 - t0;
     buf = spa_alloc((size_t)heads * (size_t)rows * (size_t)dim * sizeof(float));
     if (!buf) err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
-    if ((err = spa_agree(comm, err)) != SPA_OK) goto done;
-    if ((err = target_begin(comm, path, &t)) != SPA_OK) goto done;
+    if ((err = step_agree(comm, err)) != SPA_OK) goto done;
+    gen_skel skel = {path, n, heads, dim, seed, temperature};
+    if ((err = target_begin(comm, path, &t, build_gen, &skel)) != SPA_OK) goto done;
 
-    hsize_t dims[3] = {(hsize_t)heads, (hsize_t)n, (hsize_t)dim};
     for (int which = 0; which < 3; which++) {
         /* buf: [H][rows][D] */
         for (int32_t h = 0; h < heads; h++)
             spa_synth(seed, temperature, which, h, t0, t1, dim, buf + (int64_t)h * rows * dim);
-        if ((d = new_dataset(t.file, io_names[which], H5T_IEEE_F32LE, 3, dims)) < 0)
-            err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "HDF5: cannot create '%s'",
-                                io_names[which]);
-        else
-            err = xfer(d, H5T_NATIVE_FLOAT, 1, 1, t0, t1, buf);
-        close_id(&d, H5Dclose);
-        if ((err = spa_agree(comm, err)) != SPA_OK) goto done;
+        err = write_raw(comm, &t, io_names[which], t.off[which], heads, n, dim, MPI_FLOAT, 4, t0, t1, buf);
+        if ((err = step_agree(comm, err)) != SPA_OK) goto done;
     }
-    int ok = attr_num(t.file, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &seed) &&
-             attr_f64(t.file, "temperature", (double)temperature) &&
-             attr_str(t.file, "version", SPA_VERSION);
-    if (!ok) err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "HDF5: cannot write attributes");
 done:
-    close_id(&d, H5Dclose);
-    if (t.tmp) err = target_end(comm, path, &t, err);
+    if (t.tmp) err = target_end(comm, &t, err);
     spa_free(buf);
     quiet_end(&qt);
     return err;
@@ -1295,19 +1797,9 @@ spa_err spa_io_export_layout(const char *path, const spa_config *cfg)
     if (!flist || !plist) IO_FAIL(SPA_ERR_OTHER, "out of memory for the layout export");
 
     /* beside the target under a temporary name, renamed when complete */
-    size_t len = strlen(path);
-    char *dcopy = strdup(path), *bcopy = strdup(path);
-    tmp = malloc(2 * len + 64);
-    int named = dcopy && bcopy && tmp;
-    if (named)
-        snprintf(tmp, 2 * len + 64, "%s/.%s.tmp.%ld", dirname(dcopy), basename(bcopy), (long)getpid());
-    free(dcopy);
-    free(bcopy);
-    if (!named) {
-        free(tmp);
-        tmp = NULL;
-        IO_FAIL(SPA_ERR_OTHER, "out of memory");
-    }
+    char host[256];
+    host_name(host, sizeof host);
+    if (!(tmp = tmp_name(path, host, (long)getpid()))) IO_FAIL(SPA_ERR_OTHER, "out of memory");
     file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (file < 0) {
         free(tmp);
@@ -1328,6 +1820,7 @@ spa_err spa_io_export_layout(const char *path, const spa_config *cfg)
         IO_FAIL(SPA_ERR_OTHER, "cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
     free(tmp);
     tmp = NULL;
+    remove_stale(path);
 done:
     close_id(&file, H5Fclose);
     if (tmp) unlink(tmp);
