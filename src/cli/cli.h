@@ -92,6 +92,26 @@ void spa_cli_layer_help(FILE *f);
 /* Not collective: one process computes the whole report. cfg validated. */
 spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out);
 
+/* ------------------------------------------------------- stop requests */
+
+/* Installs the handlers of SIGTERM, SIGINT, SIGUSR1 and SIGXCPU (they record
+ * the signal) and hands the flag to spa_io_set_stop. Not collective. */
+void spa_cli_stop_install(void);
+
+/* Collective: SPA_OK unless some rank has received one of those signals;
+ * then every rank gets SPA_ERR_OTHER and spa_cli_stopped() the signal.
+ * where ("after reading the input") goes into the final message. */
+spa_err spa_cli_stop_check(MPI_Comm comm, const char *where);
+
+/* The signal that stopped the command (agreed by every rank, here or in a
+ * write), or 0; where it stopped; the signal's name. */
+int spa_cli_stopped(void);
+const char *spa_cli_stop_where(void);
+const char *spa_cli_signal_name(int sig);
+
+/* Test hook (SPA_TEST_DELAY_COMPUTE): holds the compute phase open. */
+void spa_cli_test_delay_compute(spa_ctx ctx);
+
 /* ------------------------------------------------------- plan analyses */
 
 /* Pixel kinds of the block mask. OTHER: the strided, summary, dilated

@@ -279,6 +279,7 @@ spa_err spa_cli_run(MPI_Comm comm, spa_cli_opts *o)
         t = spa_now();
         err = spa_agree(comm, spa_io_open(comm, o->input, &in, &shape));
         t_io += spa_now() - t;
+        if (!err) err = spa_cli_stop_check(comm, "while opening the input");
         if (err) goto done;
         cfg->n = shape.n;
         cfg->heads = shape.heads;
@@ -299,6 +300,7 @@ spa_err spa_cli_run(MPI_Comm comm, spa_cli_opts *o)
         t = spa_now();
         err = spa_agree(comm, spa_io_read(in, t0, t1, sh.q, sh.k, sh.v));
         t_io += spa_now() - t;
+        if (!err) err = spa_cli_stop_check(comm, "while reading the input");
         if (err) goto done;
     } else {
         shards_synth(o, t0, t1, &sh);
@@ -307,8 +309,10 @@ spa_err spa_cli_run(MPI_Comm comm, spa_cli_opts *o)
     progress pr = {spa_now(), (double)cfg->heads * (double)(spa_ctx_plan(ctx)->b1 - spa_ctx_plan(ctx)->b0),
                    "run", 0};
     if (want_progress(o, rank)) spa_ctx_set_progress(ctx, progress_line, &pr);
+    spa_cli_test_delay_compute(ctx);
     err = spa_agree(comm, spa_ctx_run(ctx, sh.q, sh.k, sh.v, sh.out, sh.lse, &st));
     progress_end(&pr);
+    if (!err) err = spa_cli_stop_check(comm, "while computing");
     if (err) goto done;
 
     if (o->output) {
@@ -422,6 +426,7 @@ spa_err spa_cli_bench(MPI_Comm comm, spa_cli_opts *o)
         err = spa_agree(comm, spa_ctx_run(ctx, sh.q, sh.k, sh.v, sh.out, sh.lse, &st));
         progress_end(&pr);
         spa_ctx_set_progress(ctx, NULL, NULL);
+        if (!err) err = spa_cli_stop_check(comm, "while benchmarking");
         if (err) goto done;
         if (timed) reduce_stats(comm, &st, 0.0, &reps[it - o->warmup]);
     }

@@ -8,8 +8,10 @@
  */
 #include "cli.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 int main(int argc, char **argv)
 {
@@ -20,6 +22,8 @@ int main(int argc, char **argv)
     }
     MPI_Comm comm = MPI_COMM_WORLD;
     MPI_Comm_rank(comm, &rank);
+    /* after MPI_Init, so MPI's own set-up keeps the default actions */
+    spa_cli_stop_install();
 
     spa_cli_opts o;
     /* every rank parses the same argv: a usage error is the same everywhere */
@@ -55,12 +59,31 @@ int main(int argc, char **argv)
         default: err = SPA_ERR_OTHER; break;
         }
     }
+    int sig = err != SPA_OK ? spa_cli_stopped() : 0;
+    if (sig) {
+        /* agreed by every rank: all exit with 128 + sig, rank 0 says why */
+        if (rank == 0)
+            fprintf(stderr, "spa: error: stopped by %s (signal %d) %s; no output was written\n",
+                    spa_cli_signal_name(sig), sig, spa_cli_stop_where());
+        spa_config_free(&o.cfg);
+        MPI_Finalize();
+        return 128 + sig;
+    }
     if (err != SPA_OK && rank == 0) {
         static const char *names[] = {"", " run", " gen", " bench", " plan", " layer"};
         if (err == SPA_ERR_USAGE)
             fprintf(stderr, "spa: error: %s (see 'spa%s --help')\n", spa_last_error(), names[o.cmd]);
         else
             fprintf(stderr, "spa: error: %s\n", spa_last_error());
+    }
+    if (err != SPA_OK) {
+        /* The one message is out. What libraries print while shutting down
+         * after a failure only confuses it: HDF5 1.10, for one, cannot
+         * release a damaged object header that failed to open and reports
+         * "infinite loop closing library" in MPI_Finalize. */
+        fflush(stderr);
+        int null = open("/dev/null", O_WRONLY);
+        if (null >= 0) dup2(null, STDERR_FILENO), close(null);
     }
     spa_config_free(&o.cfg);
     MPI_Finalize();

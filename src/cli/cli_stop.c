@@ -1,0 +1,96 @@
+/* cli_stop.c - stopping a run on a signal (SIGTERM, SIGINT, SIGUSR1,
+ * SIGXCPU): what Slurm sends at a time limit, on preemption, with
+ * --signal, and what a user's Ctrl-C gives.
+ *
+ * The handler only records the signal. The run stops at the next safe
+ * point: between phases (here) and between the steps of a write (io.c,
+ * through spa_io_set_stop). Every safe point agrees across ranks, so a
+ * signal that reached one rank only stops all of them, and they leave
+ * together: the temporary output file is removed, the target is untouched,
+ * and the exit code is 128 + the signal, as a shell reports a death by it.
+ */
+#include "cli.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t stop_sig; /* first signal received, 0 none */
+static int stop_agreed;                /* the signal every rank agreed on */
+static const char *stop_where = "";
+
+static void on_signal(int sig)
+{
+    if (!stop_sig) stop_sig = sig;
+}
+
+static const int stop_signals[] = {SIGTERM, SIGINT, SIGUSR1, SIGXCPU};
+
+void spa_cli_stop_install(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART; /* I/O and MPI calls go on; the flag is polled */
+    for (size_t i = 0; i < sizeof stop_signals / sizeof *stop_signals; i++)
+        sigaction(stop_signals[i], &sa, NULL);
+    spa_io_set_stop(&stop_sig);
+}
+
+spa_err spa_cli_stop_check(MPI_Comm comm, const char *where)
+{
+    int mine = stop_sig, sig = 0;
+    if (MPI_Allreduce(&mine, &sig, 1, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS)
+        CLI_FAIL(SPA_ERR_OTHER, "MPI_Allreduce failed");
+    if (!sig) return SPA_OK;
+    stop_agreed = sig;
+    stop_where = where;
+    CLI_FAIL(SPA_ERR_OTHER, "stopped by signal %d %s", sig, where);
+}
+
+int spa_cli_stopped(void)
+{
+    if (stop_agreed) return stop_agreed;
+    if (spa_io_stopped()) stop_where = "while writing the output";
+    return spa_io_stopped();
+}
+
+const char *spa_cli_stop_where(void) { return stop_where; }
+
+const char *spa_cli_signal_name(int sig)
+{
+    switch (sig) {
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGUSR1: return "SIGUSR1";
+    case SIGXCPU: return "SIGXCPU";
+    default: return "a signal";
+    }
+}
+
+/* Test hook: SPA_TEST_DELAY_COMPUTE=seconds holds the first progress report
+ * of spa_ctx_run (so the middle of the compute phase) until a signal
+ * arrives or the time is up, so a test can signal a run while it computes. */
+static void compute_delay(double frac, void *arg)
+{
+    int *held = arg;
+    const char *s = getenv("SPA_TEST_DELAY_COMPUTE");
+    if (*held || !s || frac >= 1.0) return;
+    *held = 1;
+    const char *mark = getenv("SPA_TEST_DELAY_MARK");
+    if (mark) { /* tells the test the phase has begun */
+        FILE *f = fopen(mark, "w");
+        if (f) fclose(f);
+    }
+    double until = spa_now() + atof(s);
+    while (spa_now() < until && !stop_sig) usleep(10000);
+}
+
+void spa_cli_test_delay_compute(spa_ctx ctx)
+{
+    static int held;
+    if (getenv("SPA_TEST_DELAY_COMPUTE")) spa_ctx_set_progress(ctx, compute_delay, &held);
+}
