@@ -563,6 +563,13 @@ spa_err spa_io_layer_write(MPI_Comm comm, const char *path, const spa_config *cf
                            int64_t t0, int64_t t1, const float *y, const float *out,
                            const float *lse, const char *pattern);
 
+/* ------------------------------------ kernel instruction set (issue 10) */
+/* The kernel the library chose for this process, once, from the CPU's
+ * features: "avx512", "avx2" or "generic"; SPA_KERNEL=avx512|avx2|generic
+ * forces one the CPU has, SPA_KERNEL=blas runs the products on OpenBLAS
+ * ("blas"). Not collective. */
+const char *spa_kernel_name(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -58,6 +58,7 @@ struct spa_scratch {
     int npiece;
     float *nan_row;  /* [D] NaN: stands for a key the plan failed to bring */
     int fast;        /* register-blocked products (D % 8 == 0, not SPA_KERNEL=blas) */
+    const spa_kernels *K; /* their instruction set (microkernel.c) */
     int nk;          /* keys in the current chunk */
     /* residue pass, per row of the tile: its local range, and its block's
      * random blocks and layout row (the full blocks the block pass took) */
@@ -75,8 +76,9 @@ spa_scratch *spa_scratch_create(const spa_config *cfg)
     s->D = D;
     s->rows = ((cfg->block > SPA_QT ? cfg->block : SPA_QT) + 15) / 16 * 16;
     /* SPA_KERNEL=blas keeps every product on OpenBLAS, for comparison */
-    const char *kern = getenv("SPA_KERNEL");
-    s->fast = D % 8 == 0 && !(kern && strcmp(kern, "blas") == 0);
+    int blas;
+    s->K = spa_kernels_get(&blas);
+    s->fast = D % 8 == 0 && !blas;
     s->kc = spa_alloc((size_t)SPA_KC * D * sizeof(float));
     s->vc = spa_alloc((size_t)SPA_KC * D * sizeof(float));
     s->s = spa_alloc((size_t)s->rows * SPA_KC * sizeof(float));
@@ -258,52 +260,40 @@ static void softmax_tail(spa_scratch *s, int32_t rows)
  *   s->qt: [D][ldq] query rows;  S^T: [nk][ldq];  acc: [rows][D]
  * Column i of S^T is query row i, so the softmax statistics of all rows
  * advance together, one vector of rows per key. */
-static void softmax_tail_t(spa_scratch *s, int32_t rows);
+static void softmax_tail_t(spa_scratch *s, int32_t rows, int have_max);
 
 static void chunk_update_t(const spa_config *cfg, spa_scratch *s, int64_t ti0, int32_t rows)
 {
     const int32_t D = s->D, ldq = s->ldq;
     float *St = s->s;
 
-    /* pass 1: scores and mask */
+    /* pass 1: scores; without a mask (no causality, no token rule: the
+     * default pattern) the column maxima come with them */
+    const int nomask = !cfg->causal && !s->any_cls;
+    if (nomask)
+        for (int32_t r = 0; r < ldq; r++) s->mc[r] = -INFINITY;
     for (int p = 0, j = 0; p < s->npiece; j += s->pn[p], p++)
-        spa_mk_qk(s->pn[p], D, ldq, cfg->scale, s->pk[p], s->qt, St + (int64_t)j * ldq);
-    mask_scores(cfg, s, ti0, rows, St, 1, ldq);
-    softmax_tail_t(s, rows);
+        s->K->qk(s->pn[p], D, ldq, cfg->scale, s->pk[p], s->qt, St + (int64_t)j * ldq, nomask ? s->mc : NULL);
+    if (!nomask) mask_scores(cfg, s, ti0, rows, St, 1, ldq);
+    softmax_tail_t(s, rows, nomask);
 }
 
 /* Passes 2-4 of chunk_update_t on masked transposed scores s->s
- * [nk][ldq], with the values in the chunk's pieces. */
-static void softmax_tail_t(spa_scratch *s, int32_t rows)
+ * [nk][ldq], with the values in the chunk's pieces. have_max: s->mc holds
+ * the column maxima already. */
+static void softmax_tail_t(spa_scratch *s, int32_t rows, int have_max)
 {
     const int32_t D = s->D, nk = s->nk, ldq = s->ldq;
-    float *St = s->s, *mc = s->mc, *lc = s->lc, *sh = s->sh;
+    float *St = s->s, *mc = s->mc, *lc = s->lc;
 
-    /* pass 2: column maxima, exp, column sums */
-    for (int32_t r = 0; r < ldq; r++) mc[r] = -INFINITY;
-    for (int32_t c = 0; c < nk; c++) {
-        const float *row = St + (int64_t)c * ldq;
-#pragma omp simd
-        for (int32_t r = 0; r < ldq; r++) mc[r] = row[r] > mc[r] ? row[r] : mc[r];
-    }
-    for (int32_t r = 0; r < ldq; r++) sh[r] = mc[r] == -INFINITY ? 0.0f : mc[r];
-    for (int32_t c = 0; c < nk; c++) {
-        float *row = St + (int64_t)c * ldq;
-#pragma omp simd
-        for (int32_t r = 0; r < ldq; r++) row[r] -= sh[r];
-    }
-    spa_vexp(St, (int64_t)nk * ldq);
-    for (int32_t r = 0; r < ldq; r++) lc[r] = 0.0f;
-    for (int32_t c = 0; c < nk; c++) {
-        const float *row = St + (int64_t)c * ldq;
-#pragma omp simd
-        for (int32_t r = 0; r < ldq; r++) lc[r] += row[r];
-    }
+    /* pass 2: column maxima, then exp and column sums in one pass */
+    if (!have_max) s->K->colmax(St, nk, ldq, mc);
+    s->K->expsum(St, nk, ldq, mc, lc);
 
     /* pass 3: cacc = P V */
     memset(s->cacc, 0, (size_t)rows * D * sizeof(float));
     for (int p = 0, j = 0; p < s->npiece; j += s->pn[p], p++) /* j order kept: same sums */
-        spa_mk_pv(s->pn[p], D, ldq, rows, St + (int64_t)j * ldq, s->pv[p], s->cacc);
+        s->K->pv(s->pn[p], D, ldq, rows, St + (int64_t)j * ldq, s->pv[p], s->cacc);
 
     /* pass 4 */
     merge_chunk(s, rows);
@@ -648,7 +638,7 @@ void spa_kernel_residue(const spa_config *cfg, const spa_keysrc *src, spa_scratc
         /* pass 2: scores */
         int64_t rs, cs;
         if (s->fast) {
-            spa_mk_qk(nk, D, ldq, cfg->scale, s->kc, s->qt, s->s);
+            s->K->qk(nk, D, ldq, cfg->scale, s->kc, s->qt, s->s, NULL);
             rs = 1, cs = ldq;
         } else {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, nk, D, cfg->scale, s->qt, D, s->kc, D, 0.0f,
@@ -700,7 +690,7 @@ void spa_kernel_residue(const spa_config *cfg, const spa_keysrc *src, spa_scratc
         s->pk[0] = s->kc;
         s->pv[0] = s->vc;
         s->pn[0] = nk;
-        if (s->fast) softmax_tail_t(s, nr);
+        if (s->fast) softmax_tail_t(s, nr, 0);
         else softmax_tail(s, nr);
     }
     s->nk = 0;
@@ -746,7 +736,7 @@ static void global_partial_t(const spa_config *cfg, spa_scratch *s, const spa_ro
             e = (a / SPA_KC + 1) * SPA_KC < jend ? (a / SPA_KC + 1) * SPA_KC : jend;
             const int32_t nk = (int32_t)(e - a);
             /* pass 1: scores, causal mask */
-            spa_mk_qk(nk, D, ldq, cfg->scale, k + (a - j0) * D, s->qt, St);
+            s->K->qk(nk, D, ldq, cfg->scale, k + (a - j0) * D, s->qt, St, NULL);
             mask_rows(cfg, x, gi, rows, a, nk, St, 1, ldq);
             /* pass 2: column maxima; exp(s - m) = exp(d) * (1 + lo) */
             for (int32_t r = 0; r < ldq; r++) mc[r] = -INFINITY, lc[r] = 0.0f;
@@ -770,7 +760,7 @@ static void global_partial_t(const spa_config *cfg, spa_scratch *s, const spa_ro
             }
             /* pass 3: chunk acc = P V */
             memset(s->cacc, 0, (size_t)rows * D * sizeof(float));
-            spa_mk_pv(nk, D, ldq, rows, St, v + (a - j0) * D, s->cacc);
+            s->K->pv(nk, D, ldq, rows, St, v + (a - j0) * D, s->cacc);
             /* pass 4: merge into the running partials, in double */
             for (int32_t r = 0; r < rows; r++) {
                 double chunk[2 + D];

@@ -140,11 +140,31 @@ static inline int spa_rowctx_residue(const spa_rowctx *x, int64_t i, int64_t j)
 
 /* ------------------------------------------------------------------ kernel */
 
-/* Register-blocked products of the block kernel (microkernel.c).
- *   qk: st[nk][ldq] = scale * k[nk][D] . qt[D][ldq]      (ldq % 16 == 0)
- *   pv: o[rows][D] += pt[nk][ldq]^T . v[nk][D]           (D % 8 == 0) */
-void spa_mk_qk(int64_t nk, int32_t D, int32_t ldq, float scale, const float *k, const float *qt, float *st);
-void spa_mk_pv(int64_t nk, int32_t D, int32_t ldq, int32_t rows, const float *pt, const float *v, float *o);
+/* The kernel's inner loops for one instruction set (kernel_isa.inc,
+ * compiled once per set; microkernel.c picks one at start-up).
+ *   qk:     st[nk][ldq] = scale * k[nk][D] . qt[D][ldq]   (ldq % 16 == 0);
+ *           cmax != NULL: cmax[ldq] = max(cmax, column maxima of st)
+ *   pv:     o[rows][D] += pt[nk][ldq]^T . v[nk][D]        (D % 8 == 0)
+ *   vexp:   x[i] = exp(x[i]), relative error < 2e-7, exp(-inf) = 0
+ *   colmax: mc[ldq] = column maxima of st[nk][ldq]
+ *   expsum: st = exp(st - mc) by column (mc = -inf counts as 0), lc[ldq] =
+ *           column sums in ascending key order */
+typedef struct spa_kernels {
+    const char *name; /* "avx512", "avx2", "generic" */
+    int lanes;
+    void (*qk)(int64_t nk, int32_t D, int32_t ldq, float scale, const float *k, const float *qt, float *st,
+               float *cmax);
+    void (*pv)(int64_t nk, int32_t D, int32_t ldq, int32_t rows, const float *pt, const float *v, float *o);
+    void (*vexp)(float *x, int64_t len);
+    void (*colmax)(const float *st, int32_t nk, int32_t ldq, float *mc);
+    void (*expsum)(float *st, int32_t nk, int32_t ldq, const float *mc, float *lc);
+} spa_kernels;
+extern const spa_kernels spa_kernels_generic, spa_kernels_avx2, spa_kernels_avx512;
+
+/* The table chosen once per process: SPA_KERNEL=avx512|avx2|generic when
+ * the CPU has it, else the widest the CPU has. *blas (may be NULL) is set
+ * with SPA_KERNEL=blas: the products then run on OpenBLAS. */
+const spa_kernels *spa_kernels_get(int *blas);
 
 /* Where one rank finds the keys and values of a token range.
  * A source is a list of disjoint token ranges, each backed by memory laid

@@ -86,9 +86,9 @@ static void print_report(const spa_cli_opts *o, const cli_report *rep, const cha
     const char *mode = spa_cli_local_mode(cfg, &lsize);
     char *flags = spa_cli_pattern_flags(cfg);
     if (o->json) {
-        fprintf(f, "{\"command\": \"%s\", \"version\": \"%s\", \"n\": %lld, \"heads\": %d, "
+        fprintf(f, "{\"command\": \"%s\", \"version\": \"%s\", \"kernel\": \"%s\", \"n\": %lld, \"heads\": %d, "
                    "\"dim\": %d, \"ranks\": %d, \"threads\": %d",
-                cmd, SPA_VERSION, (long long)cfg->n, cfg->heads, cfg->dim, rep->ranks, s->threads);
+                cmd, SPA_VERSION, spa_kernel_name(), (long long)cfg->n, cfg->heads, cfg->dim, rep->ranks, s->threads);
         json_num(f, "seconds_total", s->seconds_total);
         json_num(f, "seconds_compute", s->seconds_compute);
         json_num(f, "seconds_halo", s->seconds_halo);

@@ -36,7 +36,7 @@ int main(int argc, char **argv)
         return SPA_ERR_OTHER;
     }
     if (err == SPA_OK && o.version) {
-        if (rank == 0) printf("spa %s\n", SPA_VERSION);
+        if (rank == 0) printf("spa %s\nkernel %s\n", SPA_VERSION, spa_kernel_name());
     } else if (err == SPA_OK && o.help) {
         if (rank == 0) spa_cli_help(stdout, o.cmd);
     } else if (err == SPA_OK) {

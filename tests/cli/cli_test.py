@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -120,7 +121,8 @@ def cmd_version(opt, rest):
     want = opt.pre[0]
     p = launch(opt, ["--version"])
     check(p.returncode == 0, "exit code 0")
-    check(p.stdout == "spa %s\n" % want, "prints 'spa %s'" % want)
+    check(re.fullmatch(r"spa %s\nkernel (avx512|avx2|generic|blas)\n" % re.escape(want), p.stdout) is not None,
+          "prints 'spa %s' and the kernel" % want)
     finish()
 
 
