@@ -141,17 +141,20 @@ static void *list_push(list *l)
 }
 
 /* The blocks of (h, c) to fetch for its block pass: full key blocks (random,
- * layout) with a key neither resident nor gathered. */
+ * layout) with a key neither resident nor gathered. *own: every such key
+ * is in the shard itself (none in the halo). */
 static int64_t block_needs(const spa_config *cfg, const spa_commplan *plan, int32_t h, int64_t c, spa_patws *w,
-                           int32_t *need)
+                           int32_t *need, int *own)
 {
     const int64_t B = cfg->block, n = cfg->n;
     spa_rowctx x;
     spa_rowctx_init(&x, cfg, h, c, w);
     int64_t m = 0;
+    *own = 1;
     for (int64_t k = 0; k < x.nkb; k++) {
         int64_t a = (int64_t)x.kb[k] * B, e = a + B < n ? a + B : n;
         if (outside_ungathered(cfg, h, a, e, plan->ext0, plan->ext1)) need[m++] = x.kb[k];
+        if (outside_ungathered(cfg, h, a, e, plan->t0, plan->t1)) *own = 0;
     }
     return m;
 }
@@ -188,13 +191,16 @@ static spa_err fetch_runs(const spa_config *cfg, spa_commplan *plan, spa_patws *
     int any_residue = 0;
     for (int32_t h = 0; h < H; h++) any_residue |= cfg->hr[h].stride || cfg->hr[h].ndilated;
     int64_t distinct = 0;
+    int own;
     for (int32_t h = 0; h < H; h++)
         for (int64_t c = plan->b0; c < plan->b1; c++) {
             if (spa_pattern_served_ws(cfg, h, c, w)) continue;
-            int64_t m = block_needs(cfg, plan, h, c, w, need), j0, j1;
+            int64_t m = block_needs(cfg, plan, h, c, w, need, &own), j0, j1;
             spa_pattern_local_range(cfg, h, c, &j0, &j1);
             struct spa_hc t = {h, c};
-            if (m == 0 && (j1 <= j0 || (j0 >= plan->t0 && j1 <= plan->t1))) {
+            /* ready: it runs before the halo arrives, so every key it needs
+             * is in the shard itself */
+            if (own && (j1 <= j0 || (j0 >= plan->t0 && j1 <= plan->t1))) {
                 PUSH(ready, struct spa_hc, t);
                 continue;
             }

@@ -313,9 +313,22 @@ static void check_batches(const char *name, const spa_config *base, int P)
             }
         }
         for (int64_t t = 0; t < pl.ntask_ready; t++) {
-            int64_t x = pl.ready_task[t].h * nb + pl.ready_task[t].c;
+            const int32_t h = pl.ready_task[t].h;
+            const int64_t c = pl.ready_task[t].c, x = h * nb + c;
             EXPECT(!seen[x], "%s P=%d rank %d: a ready query block in a batch", name, P, r);
             seen[x] = 1;
+            /* ready blocks run before the halo arrives: their keys are in the shard */
+            int64_t j0, j1, m = spa_pattern_key_blocks(&cfg, h, c, kb, full), far = -1;
+            spa_pattern_local_range(&cfg, h, c, &j0, &j1);
+            EXPECT(j1 <= j0 || (j0 >= pl.t0 && j1 <= pl.t1), "%s P=%d rank %d: ready (%d, %lld) needs the halo [%lld, %lld)",
+                   name, P, r, h, (long long)c, (long long)j0, (long long)j1);
+            for (int64_t i = 0; i < m; i++) {
+                if (!full[i]) continue;
+                for (int64_t j = (int64_t)kb[i] * B; j < ((int64_t)kb[i] + 1) * B && j < n && far < 0; j++)
+                    if ((j < pl.t0 || j >= pl.t1) && !spa_pattern_is_gathered(&cfg, h, j)) far = j;
+            }
+            EXPECT(far < 0, "%s P=%d rank %d: ready (%d, %lld) needs key %lld outside its shard", name, P, r, h,
+                   (long long)c, (long long)far);
         }
         for (int32_t h = 0; h < H; h++)
             for (int64_t c = pl.b0; c < pl.b1; c++) {
