@@ -724,7 +724,7 @@ static void global_partial_t(const spa_config *cfg, spa_scratch *s, const spa_ro
                              double *part)
 {
     const int32_t D = cfg->dim, ld = D + 2;
-    float *St = s->s, *mc = s->mc, *lc = s->lc, *sh = s->sh;
+    float *St = s->s, *mc = s->mc, *lc = s->lc;
     for (int64_t g0 = 0; g0 < ng; g0 += SPA_QT) {
         const int32_t rows = (int32_t)(ng - g0 < SPA_QT ? ng - g0 : SPA_QT), ldq = (rows + 15) / 16 * 16;
         const int64_t *gi = gidx + g0;
@@ -739,25 +739,8 @@ static void global_partial_t(const spa_config *cfg, spa_scratch *s, const spa_ro
             s->K->qk(nk, D, ldq, cfg->scale, k + (a - j0) * D, s->qt, St, NULL);
             mask_rows(cfg, x, gi, rows, a, nk, St, 1, ldq);
             /* pass 2: column maxima; exp(s - m) = exp(d) * (1 + lo) */
-            for (int32_t r = 0; r < ldq; r++) mc[r] = -INFINITY, lc[r] = 0.0f;
-            for (int32_t c = 0; c < nk; c++) {
-                const float *row = St + (int64_t)c * ldq;
-#pragma omp simd
-                for (int32_t r = 0; r < ldq; r++) mc[r] = row[r] > mc[r] ? row[r] : mc[r];
-            }
-            for (int32_t r = 0; r < ldq; r++) sh[r] = mc[r] == -INFINITY ? 0.0f : mc[r];
-            float *lo = s->lo; /* one key row at a time: ldq <= QT <= KC */
-            for (int32_t c = 0; c < nk; c++) {
-                float *row = St + (int64_t)c * ldq;
-#pragma omp simd
-                for (int32_t r = 0; r < ldq; r++) row[r] = shift_exact(row[r], sh[r], &lo[r]);
-                spa_vexp(row, ldq);
-#pragma omp simd
-                for (int32_t r = 0; r < ldq; r++) {
-                    row[r] += row[r] * lo[r];
-                    lc[r] += row[r];
-                }
-            }
+            s->K->colmax(St, nk, ldq, mc);
+            s->K->expsum_lo(St, nk, ldq, mc, lc);
             /* pass 3: chunk acc = P V */
             memset(s->cacc, 0, (size_t)rows * D * sizeof(float));
             s->K->pv(nk, D, ldq, rows, St, v + (a - j0) * D, s->cacc);

@@ -158,6 +158,10 @@ typedef struct spa_kernels {
     void (*vexp)(float *x, int64_t len);
     void (*colmax)(const float *st, int32_t nk, int32_t ldq, float *mc);
     void (*expsum)(float *st, int32_t nk, int32_t ldq, const float *mc, float *lc);
+    /* expsum with the shift's rounding error: exp(st - mc) to float
+     * precision whatever mc is (global rows, whose maxima depend on the
+     * split of their keys over ranks) */
+    void (*expsum_lo)(float *st, int32_t nk, int32_t ldq, const float *mc, float *lc);
 } spa_kernels;
 extern const spa_kernels spa_kernels_generic, spa_kernels_avx2, spa_kernels_avx512;
 
