@@ -3,8 +3,9 @@
 # folder. Usage: scripts/test_extra.sh [sanitize] [fuzz] [memcheck] [mpich]
 # (no argument: all four, in that order).
 #   sanitize  build-asan/ (clang, -DSPA_FUZZ=ON: ASan + UBSan with every
-#             report fatal, LeakSanitizer, libFuzzer coverage): the dist,
-#             cli and io tests at 1 to 4 ranks (the usage-error checks at 1)
+#             report fatal, LeakSanitizer, libFuzzer coverage): the dist
+#             cases (test_dist --quick), cli and io tests at 1 to 4 ranks
+#             (the usage-error checks at 1)
 #   fuzz      build-asan/: each libFuzzer harness for $SPA_FUZZ_SECONDS
 #             (default 60) from tests/fuzz/corpus (ctest label fuzz)
 #   memcheck  spa run at 2 ranks under valgrind (label memcheck): in
@@ -44,7 +45,9 @@ for s in $suites; do
     asan_build
     # the usage-error checks at 4 ranks add only rank agreement to their
     # 1-rank twins: under the sanitizers, the 1-rank ones suffice
-    (cd build-asan && ctest --output-on-failure -j "$jobs" -R "$sel" -E '^cli_exit_.*_p4$')
+    # and the dist cases with test_dist --quick (tests/sanitize)
+    (cd build-asan && ctest --output-on-failure -j "$jobs" -R '^(san_dist_p[1-4]|cli_|io_)' \
+      -E '^cli_exit_.*_p4$')
     ;;
   fuzz)
     asan_build
