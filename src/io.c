@@ -595,14 +595,15 @@ done:
  * killed with SIGKILL cannot clean up). */
 
 /* An output file under construction: `tmp` beside the target, opened
- * with MPI-IO for phase 2. off[i] is the file offset of raw dataset i. */
-enum { TARGET_MAX_RAW = 3 };
+ * with MPI-IO for phase 2. off[i] is the file offset of dataset i (-1: no
+ * raw data to write), noff the number of datasets. */
 typedef struct target {
     const char *path;
     char *tmp;
     MPI_File fh;
     int rank;
-    int64_t off[TARGET_MAX_RAW];
+    int noff;
+    int64_t *off;
 } target;
 
 /* ".<base>.tmp." prefix of the target's temporary names, and its folder. */
@@ -813,7 +814,8 @@ done:
 }
 
 /* Collective. Names the temporary file, lets rank 0 build it (phase 1),
- * then opens it with MPI-IO on every rank. On failure nothing is left. */
+ * then opens it with MPI-IO on every rank. t->off and t->noff are set by
+ * the caller. On failure nothing is left. */
 static spa_err target_begin(MPI_Comm comm, const char *path, target *t, build_fn build,
                             const void *arg)
 {
@@ -827,7 +829,7 @@ static spa_err target_begin(MPI_Comm comm, const char *path, target *t, build_fn
     t->path = path;
     t->tmp = NULL;
     t->fh = MPI_FILE_NULL;
-    for (int i = 0; i < TARGET_MAX_RAW; i++) t->off[i] = -1;
+    for (int i = 0; i < t->noff; i++) t->off[i] = -1;
     SPA_MPI_CHECK(MPI_Comm_rank(comm, &t->rank));
     who.pid = (long)getpid();
     host_name(who.host, sizeof who.host);
@@ -836,7 +838,7 @@ static spa_err target_begin(MPI_Comm comm, const char *path, target *t, build_fn
         err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
     if (t->rank == 0 && err == SPA_OK) err = target_build(t, build, arg, &created);
     if ((err = step_agree(comm, err)) == SPA_OK &&
-        MPI_Bcast(t->off, TARGET_MAX_RAW, MPI_INT64_T, 0, comm) != MPI_SUCCESS)
+        t->noff > 0 && MPI_Bcast(t->off, t->noff, MPI_INT64_T, 0, comm) != MPI_SUCCESS)
         err = spa_agree(comm, spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "MPI_Bcast failed"));
     if (err != SPA_OK) {
         if (created) unlink(t->tmp);
@@ -1037,39 +1039,29 @@ done:
     return err;
 }
 
-/* plan/kv_num_blocks [Hl, nb] and plan/kv_indices [Hl, nb, K] (K the
- * longest row, at least 1, padded with 0). Phase 1, serial. */
-static spa_err write_layout_copy(hid_t plan, const char *path, const spa_layout *lay)
+/* FlexAttention's padded form of compressed rows (off[rows + 1], list):
+ * num[rows] counts and idx[rows][K] indices padded with 0, K the longest
+ * row and at least 1. The caller frees num and idx. */
+static spa_err pad_rows(int64_t rows, const int64_t *off, const int32_t *list, int32_t **num,
+                        int32_t **idx, int64_t *K)
 {
-    spa_err err = SPA_OK;
-    int64_t rows = (int64_t)lay->heads * lay->nb, K = 1;
+    *K = 1;
     for (int64_t r = 0; r < rows; r++)
-        if (lay->off[r + 1] - lay->off[r] > K) K = lay->off[r + 1] - lay->off[r];
-    int32_t *num = malloc((size_t)rows * sizeof *num);
-    int32_t *idx = calloc((size_t)(rows * K), sizeof *idx);
-    if (!num || !idx) IO_FAIL(SPA_ERR_OTHER, "out of memory");
-    for (int64_t r = 0; r < rows; r++) {
-        num[r] = (int32_t)(lay->off[r + 1] - lay->off[r]);
-        memcpy(idx + r * K, lay->idx + lay->off[r], (size_t)num[r] * sizeof *idx);
+        if (off[r + 1] - off[r] > *K) *K = off[r + 1] - off[r];
+    *num = malloc((size_t)(rows > 0 ? rows : 1) * sizeof **num);
+    *idx = calloc((size_t)(rows > 0 ? rows * *K : 1), sizeof **idx);
+    if (!*num || !*idx) {
+        free(*num);
+        free(*idx);
+        *num = *idx = NULL;
+        SPA_FAIL(SPA_ERR_OTHER, "out of memory");
     }
-    hsize_t dn[2] = {(hsize_t)lay->heads, (hsize_t)lay->nb};
-    hsize_t di[3] = {(hsize_t)lay->heads, (hsize_t)lay->nb, (hsize_t)K};
-    if ((err = write_whole(plan, path, "kv_num_blocks", H5T_STD_I32LE, H5T_NATIVE_INT32, 2, dn,
-                           num)) == SPA_OK)
-        err = write_whole(plan, path, "kv_indices", H5T_STD_I32LE, H5T_NATIVE_INT32, 3, di, idx);
-done:
-    free(num);
-    free(idx);
-    return err;
+    for (int64_t r = 0; r < rows; r++) {
+        (*num)[r] = (int32_t)(off[r + 1] - off[r]);
+        memcpy(*idx + r * *K, list + off[r], (size_t)(*num)[r] * sizeof **idx);
+    }
+    return SPA_OK;
 }
-
-/* What phase 1 of spa_io_write needs. */
-typedef struct out_skel {
-    const char *path;
-    const spa_shape *shape;
-    const spa_config *cfg;
-    int ranks, threads;
-} out_skel;
 
 /* The file offset of a contiguous dataset's data; -1 when it has none
  * (an empty dataset). */
@@ -1081,91 +1073,260 @@ static spa_err raw_offset(hid_t d, const char *name, hsize_t nelem, int64_t *off
     return SPA_OK;
 }
 
-/* out and lse: raw, at off[0] and off[1]; plan/random_blocks at off[2].
- * Raw datasets are of the native types phase 2 writes (IEEE little endian
- * on every machine spa targets). */
-static spa_err build_output(hid_t file, const void *arg, int64_t *off)
+/* ------------------------------------------- atomic collective writer */
+
+/* Element types: the file type of a dataset written in rows (raw bytes
+ * from memory, so the native type), of one written whole (HDF5 converts),
+ * the memory type, and MPI's. */
+static int wtype_ok(int type, int attr)
 {
-    const out_skel *k = arg;
-    const spa_shape *shape = k->shape;
-    const spa_config *cfg = k->cfg;
-    spa_err err = SPA_OK;
-    hid_t d = H5I_INVALID_HID, plan = H5I_INVALID_HID, gcpl = H5I_INVALID_HID;
-    hsize_t dims[4], rdims[3] = {(hsize_t)cfg->heads, (hsize_t)spa_nblocks(cfg), (hsize_t)cfg->random_max};
-    hsize_t gdims[1] = {(hsize_t)cfg->nglobals}, nout = 1;
-    for (int i = 0; i < shape->rank; i++) {
-        dims[i] = (hsize_t)shape->dims[i];
-        nout *= dims[i];
+    return attr ? type == SPA_WT_I64 || type == SPA_WT_U64 || type == SPA_WT_F64 || type == SPA_WT_STR
+                : type == SPA_WT_F32 || type == SPA_WT_I32 || type == SPA_WT_I64;
+}
+
+static hid_t wtype_file(int type, int whole)
+{
+    switch (type) {
+    case SPA_WT_F32: return whole ? H5T_IEEE_F32LE : H5T_NATIVE_FLOAT;
+    case SPA_WT_I32: return whole ? H5T_STD_I32LE : H5T_NATIVE_INT32;
+    case SPA_WT_I64: return whole ? H5T_STD_I64LE : H5T_NATIVE_INT64;
+    case SPA_WT_U64: return H5T_STD_U64LE;
+    default: return H5T_IEEE_F64LE;
     }
+}
 
-    errno = 0;
-    if ((d = new_dataset(file, "out", H5T_NATIVE_FLOAT, shape->rank, dims)) < 0)
-        IO_FAIL_CAUSE(errno, "writing '%s' failed: cannot create 'out'", k->path);
-    if ((err = raw_offset(d, "out", nout, &off[0])) != SPA_OK) goto done;
-    close_id(&d, H5Dclose);
-    if ((d = new_dataset(file, "lse", H5T_NATIVE_FLOAT, shape->rank - 1, dims)) < 0)
-        IO_FAIL_CAUSE(errno, "writing '%s' failed: cannot create 'lse'", k->path);
-    if ((err = raw_offset(d, "lse", nout / dims[shape->rank - 1], &off[1])) != SPA_OK) goto done;
-    close_id(&d, H5Dclose);
-    gcpl = H5Pcreate(H5P_GROUP_CREATE);
-    if (gcpl >= 0 && H5Pset_obj_track_times(gcpl, 0) >= 0)
-        plan = H5Gcreate2(file, "plan", H5P_DEFAULT, gcpl, H5P_DEFAULT);
-    if (plan < 0) IO_FAIL_CAUSE(errno, "writing '%s' failed: cannot create 'plan'", k->path);
-    if ((d = new_dataset(plan, "random_blocks", H5T_NATIVE_INT32, 3, rdims)) < 0)
-        IO_FAIL_CAUSE(errno, "writing '%s' failed: cannot create 'plan/random_blocks'", k->path);
-    if ((err = raw_offset(d, "plan/random_blocks", rdims[0] * rdims[1] * rdims[2], &off[2])) != SPA_OK)
-        goto done;
-    close_id(&d, H5Dclose);
-    if ((err = write_whole(plan, k->path, "globals", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, gdims,
-                           cfg->globals)) != SPA_OK)
-        goto done;
-    /* the layout in sparse form, so the file describes itself */
-    if (cfg->layout.heads > 0 && (err = write_layout_copy(plan, k->path, &cfg->layout)) != SPA_OK)
-        goto done;
+static hid_t wtype_mem(int type)
+{
+    switch (type) {
+    case SPA_WT_F32: return H5T_NATIVE_FLOAT;
+    case SPA_WT_I32: return H5T_NATIVE_INT32;
+    case SPA_WT_I64: return H5T_NATIVE_INT64;
+    case SPA_WT_U64: return H5T_NATIVE_UINT64;
+    default: return H5T_NATIVE_DOUBLE;
+    }
+}
 
-    int64_t lsize;
-    const char *mode = local_mode(cfg, &lsize);
-    errno = 0;
-    int ok = attr_i64(file, "block", cfg->block) && attr_str(file, "local_mode", mode) &&
-             attr_i64(file, "local_size", lsize) && attr_i64(file, "random", cfg->random_max) &&
-             attr_num(file, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &cfg->seed) &&
-             attr_i64(file, "causal", cfg->causal ? 1 : 0) &&
-             attr_f64(file, "scale", (double)cfg->scale) && attr_i64(file, "n", cfg->n) &&
-             attr_i64(file, "heads", cfg->heads) && attr_i64(file, "dim", cfg->dim) &&
-             attr_i64(file, "ranks", k->ranks) && attr_i64(file, "threads", k->threads) &&
-             attr_str(file, "version", SPA_VERSION);
-    /* each rule flag as given, values in command-line order */
-    for (int r = 0; ok && r < SPA_RULE_COUNT; r++)
-        if (cfg->rule_spec[r]) {
-            char *v = strdup(cfg->rule_spec[r]);
-            for (char *c = v; c && *c; c++)
-                if (*c == ';') *c = ' ';
-            ok = v && attr_str(file, rule_attr[r], v);
-            free(v);
+/* What phase 1 of a writer builds. */
+typedef struct wspec {
+    const char *path;
+    const spa_wdset *d;
+    int nd;
+    const spa_wattr *a;
+    int na;
+} wspec;
+
+/* The group that holds dataset `name` ("a/b/c": a/b, made as needed, with
+ * no timestamps); *leaf is the last component. Phase 1, serial. */
+static spa_err parent_group(hid_t file, const char *path, const char *name, hid_t *grp, const char **leaf)
+{
+    spa_err err = SPA_OK;
+    char part[256];
+    hid_t gcpl = H5I_INVALID_HID;
+    const char *slash;
+    *grp = H5Gopen2(file, "/", H5P_DEFAULT);
+    *leaf = name;
+    if (*grp < 0) IO_FAIL_CAUSE(0, "writing '%s' failed: cannot open its root group", path);
+    while ((slash = strchr(*leaf, '/'))) {
+        size_t len = (size_t)(slash - name);
+        if (len >= sizeof part) IO_FAIL(SPA_ERR_OTHER, "writing '%s' failed: name '%s' is too long", path, name);
+        memcpy(part, name, len);
+        part[len] = '\0';
+        hid_t g = H5I_INVALID_HID;
+        errno = 0;
+        if (H5Lexists(file, part, H5P_DEFAULT) > 0) {
+            g = H5Gopen2(file, part, H5P_DEFAULT);
+        } else {
+            if (gcpl < 0 && (gcpl = H5Pcreate(H5P_GROUP_CREATE)) >= 0) H5Pset_obj_track_times(gcpl, 0);
+            if (gcpl >= 0) g = H5Gcreate2(file, part, H5P_DEFAULT, gcpl, H5P_DEFAULT);
         }
-    if (ok && cfg->layout_name) ok = attr_str(file, "layout", cfg->layout_name);
+        if (g < 0) IO_FAIL_CAUSE(errno, "writing '%s' failed: cannot create '%s'", path, part);
+        close_id(grp, H5Gclose);
+        *grp = g;
+        *leaf = slash + 1;
+    }
+done:
+    close_id(&gcpl, H5Pclose);
+    if (err != SPA_OK) close_id(grp, H5Gclose);
+    return err;
+}
+
+static int write_attr(hid_t file, const spa_wattr *a)
+{
+    switch (a->type) {
+    case SPA_WT_I64: return attr_i64(file, a->name, a->i);
+    case SPA_WT_U64: return attr_num(file, a->name, H5T_STD_U64LE, H5T_NATIVE_UINT64, &a->u);
+    case SPA_WT_F64: return attr_f64(file, a->name, a->f);
+    default: return attr_str(file, a->name, a->s ? a->s : "");
+    }
+}
+
+/* Phase 1 of a writer on rank 0: every dataset in order (rows datasets
+ * allocated, whole ones written), then the root attributes in order. */
+static spa_err build_spec(hid_t file, const void *arg, int64_t *off)
+{
+    const wspec *k = arg;
+    spa_err err = SPA_OK;
+    hid_t grp = H5I_INVALID_HID, d = H5I_INVALID_HID;
+    for (int i = 0; i < k->nd; i++) {
+        const spa_wdset *x = &k->d[i];
+        const char *leaf;
+        hsize_t dims[8], nelem = 1;
+        for (int j = 0; j < x->rank; j++) nelem *= dims[j] = (hsize_t)x->dims[j];
+        if ((err = parent_group(file, k->path, x->name, &grp, &leaf)) != SPA_OK) goto done;
+        if (x->whole) {
+            err = write_whole(grp, k->path, leaf, wtype_file(x->type, 1), wtype_mem(x->type), x->rank,
+                              dims, x->data);
+        } else {
+            errno = 0;
+            if ((d = new_dataset(grp, leaf, wtype_file(x->type, 0), x->rank, dims)) < 0)
+                IO_FAIL_CAUSE(errno, "writing '%s' failed: cannot create '%s'", k->path, x->name);
+            err = raw_offset(d, x->name, nelem, &off[i]);
+            close_id(&d, H5Dclose);
+        }
+        close_id(&grp, H5Gclose);
+        if (err != SPA_OK) goto done;
+    }
+    errno = 0;
+    int ok = 1;
+    for (int i = 0; ok && i < k->na; i++) ok = write_attr(file, &k->a[i]);
     if (!ok) IO_FAIL_CAUSE(errno, "writing '%s' failed: cannot write attributes", k->path);
 done:
     close_id(&d, H5Dclose);
-    close_id(&plan, H5Gclose);
-    close_id(&gcpl, H5Pclose);
+    close_id(&grp, H5Gclose);
     return err;
 }
+
+/* A dataset written in rows: [lead][nrows][width] elements of etype. */
+typedef struct wraw {
+    char *name;
+    int whole;
+    int64_t lead, nrows, width, esize;
+    MPI_Datatype etype;
+} wraw;
+
+struct spa_io_writer_s {
+    MPI_Comm comm;
+    target t;
+    int nd;
+    wraw *d;
+    int64_t *off;
+};
+
+static void writer_free(spa_io_writer w)
+{
+    if (!w) return;
+    for (int i = 0; w->d && i < w->nd; i++) free(w->d[i].name);
+    free(w->d);
+    free(w->off);
+    free(w->t.tmp);
+    free(w);
+}
+
+/* This rank's view of the specification; the same answer on every rank. */
+static spa_err writer_setup(spa_io_writer w, const spa_wdset *d, int nd, const spa_wattr *a, int na)
+{
+    w->nd = nd;
+    w->d = calloc((size_t)(nd > 0 ? nd : 1), sizeof *w->d);
+    w->off = calloc((size_t)(nd > 0 ? nd : 1), sizeof *w->off);
+    SPA_REQUIRE(w->d && w->off, SPA_ERR_OTHER, "out of memory");
+    for (int i = 0; i < nd; i++) {
+        const spa_wdset *x = &d[i];
+        wraw *r = &w->d[i];
+        SPA_REQUIRE(x->name && x->name[0] && x->rank >= 1 && x->rank <= 8 && wtype_ok(x->type, 0) &&
+                        (x->whole || (x->rowdim >= 0 && x->rowdim < x->rank)),
+                    SPA_ERR_OTHER, "spa_io_writer_begin: dataset %d is malformed", i);
+        SPA_REQUIRE((r->name = strdup(x->name)), SPA_ERR_OTHER, "out of memory");
+        r->whole = x->whole;
+        r->lead = r->width = 1;
+        for (int j = 0; j < x->rank; j++) {
+            SPA_REQUIRE(x->dims[j] >= 0, SPA_ERR_OTHER, "spa_io_writer_begin: '%s' has a negative size",
+                        x->name);
+            if (x->whole) continue;
+            if (j < x->rowdim) r->lead *= x->dims[j];
+            else if (j > x->rowdim) r->width *= x->dims[j];
+        }
+        r->nrows = x->whole ? 0 : x->dims[x->rowdim];
+        r->esize = x->type == SPA_WT_I64 ? 8 : 4;
+        r->etype = x->type == SPA_WT_F32 ? MPI_FLOAT : x->type == SPA_WT_I32 ? MPI_INT32_T : MPI_INT64_T;
+    }
+    for (int i = 0; i < na; i++)
+        SPA_REQUIRE(a[i].name && a[i].name[0] && wtype_ok(a[i].type, 1), SPA_ERR_OTHER,
+                    "spa_io_writer_begin: attribute %d is malformed", i);
+    return SPA_OK;
+}
+
+spa_err spa_io_writer_begin(MPI_Comm comm, const char *path, const spa_wdset *d, int nd,
+                            const spa_wattr *a, int na, spa_io_writer *out)
+{
+    spa_err err = SPA_OK;
+    spa_io_writer w = calloc(1, sizeof *w);
+    quiet qt;
+
+    *out = NULL;
+    if (!w) err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
+    else {
+        w->comm = comm;
+        err = writer_setup(w, d, nd, a, na);
+    }
+    if ((err = step_agree(comm, err)) != SPA_OK) {
+        writer_free(w);
+        return err;
+    }
+    wspec spec = {path, d, nd, a, na};
+    w->t.off = w->off;
+    w->t.noff = nd;
+    quiet_begin(&qt);
+    err = target_begin(comm, path, &w->t, build_spec, &spec);
+    quiet_end(&qt);
+    if (err != SPA_OK) {
+        /* built but not opened everywhere: close and remove it */
+        if (w->t.tmp) target_end(comm, &w->t, err);
+        writer_free(w);
+        return err;
+    }
+    *out = w;
+    return SPA_OK;
+}
+
+spa_err spa_io_writer_rows(spa_io_writer w, int i, int64_t r0, int64_t r1, const void *buf)
+{
+    spa_err err = SPA_OK;
+    if (i < 0 || i >= w->nd || w->d[i].whole || !(r0 >= 0 && r0 <= r1 && r1 <= w->d[i].nrows))
+        err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__,
+                            "spa_io_writer_rows: dataset %d, rows [%lld, %lld) out of range", i,
+                            (long long)r0, (long long)r1);
+    if ((err = spa_agree(w->comm, err)) != SPA_OK) return err;
+    const wraw *r = &w->d[i];
+    err = write_raw(w->comm, &w->t, r->name, w->off[i], r->lead, r->nrows, r->width, r->etype, r->esize,
+                    r0, r1, buf);
+    return step_agree(w->comm, err);
+}
+
+spa_err spa_io_writer_end(spa_io_writer *pw, spa_err err)
+{
+    spa_io_writer w = pw ? *pw : NULL;
+    if (!w) return err;
+    err = target_end(w->comm, &w->t, spa_agree(w->comm, err));
+    writer_free(w);
+    *pw = NULL;
+    return err;
+}
+
+/* ----------------------------------------------------- spa_io_write, gen */
 
 spa_err spa_io_write(MPI_Comm comm, const char *path, const spa_shape *shape,
                      const spa_config *cfg, int64_t t0, int64_t t1, const float *out,
                      const float *lse, int threads)
 {
     spa_err err = SPA_OK;
-    target t = {path, NULL, MPI_FILE_NULL, 0, {-1, -1, -1}};
-    int32_t *rnd = NULL;
+    spa_io_writer w = NULL;
+    int32_t *rnd = NULL, *num = NULL, *idx = NULL;
+    char *rules[SPA_RULE_COUNT] = {0};
     int P, me;
-    int64_t b0, b1, pt0, pt1;
-    quiet qt;
+    int64_t b0, b1, pt0, pt1, K = 1;
 
     SPA_MPI_CHECK(MPI_Comm_size(comm, &P));
     SPA_MPI_CHECK(MPI_Comm_rank(comm, &me));
-    quiet_begin(&qt);
     int32_t H = shape->heads, R = cfg->random_max;
     if (cfg->n != shape->n || cfg->heads != shape->heads || cfg->dim != shape->dim ||
         !(t0 >= 0 && t0 <= t1 && t1 <= shape->n))
@@ -1177,12 +1338,63 @@ spa_err spa_io_write(MPI_Comm comm, const char *path, const spa_shape *shape,
         rnd = spa_alloc((size_t)H * (size_t)(b1 - b0) * (size_t)(R > 0 ? R : 1) * sizeof(int32_t));
         if (!rnd) err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
     }
+    /* rank 0 writes the small datasets: the layout in sparse form, so the
+     * file describes itself, and each rule flag as given, values in
+     * command-line order */
+    const spa_layout *lay = &cfg->layout;
+    if (err == SPA_OK && me == 0 && lay->heads > 0)
+        err = pad_rows((int64_t)lay->heads * lay->nb, lay->off, lay->idx, &num, &idx, &K);
+    for (int r = 0; err == SPA_OK && r < SPA_RULE_COUNT; r++)
+        if (cfg->rule_spec[r]) {
+            if (!(rules[r] = strdup(cfg->rule_spec[r])))
+                err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
+            for (char *c = rules[r]; c && *c; c++)
+                if (*c == ';') *c = ' ';
+        }
     if ((err = step_agree(comm, err)) != SPA_OK) goto done;
+
+    /* out [.., n, D], lse [.., n] and plan/random_blocks [H, nb, R] in rows;
+     * plan/globals and the layout copy whole. Raw datasets are of the
+     * native types phase 2 writes (IEEE little endian on every machine spa
+     * targets). */
+    spa_wdset ds[6];
+    memset(ds, 0, sizeof ds);
+    ds[0] = (spa_wdset){"out", SPA_WT_F32, shape->rank, {0}, shape->rank - 2, 0, NULL};
+    ds[1] = (spa_wdset){"lse", SPA_WT_F32, shape->rank - 1, {0}, shape->rank - 2, 0, NULL};
+    for (int i = 0; i < shape->rank; i++) ds[0].dims[i] = ds[1].dims[i] = shape->dims[i];
+    ds[2] = (spa_wdset){"plan/random_blocks", SPA_WT_I32, 3, {H, spa_nblocks(cfg), R}, 1, 0, NULL};
+    ds[3] = (spa_wdset){"plan/globals", SPA_WT_I64, 1, {cfg->nglobals}, 0, 1, cfg->globals};
+    ds[4] = (spa_wdset){"plan/kv_num_blocks", SPA_WT_I32, 2, {lay->heads, lay->nb}, 0, 1, num};
+    ds[5] = (spa_wdset){"plan/kv_indices", SPA_WT_I32, 3, {lay->heads, lay->nb, K}, 0, 1, idx};
+    int nd = lay->heads > 0 ? 6 : 4;
 
     /* Every rank must write identical attributes; rank 0's thread count is
      * the one recorded (rank 0 writes them, in phase 1). */
-    out_skel skel = {path, shape, cfg, P, threads};
-    if ((err = target_begin(comm, path, &t, build_output, &skel)) != SPA_OK) goto done;
+    int64_t lsize;
+    const char *mode = local_mode(cfg, &lsize);
+    spa_wattr at[16 + SPA_RULE_COUNT];
+    int na = 0;
+#define AT_I(nm, v) at[na++] = (spa_wattr){(nm), SPA_WT_I64, (v), 0, 0.0, NULL}
+#define AT_S(nm, v) at[na++] = (spa_wattr){(nm), SPA_WT_STR, 0, 0, 0.0, (v)}
+    AT_I("block", cfg->block);
+    AT_S("local_mode", mode);
+    AT_I("local_size", lsize);
+    AT_I("random", cfg->random_max);
+    at[na++] = (spa_wattr){"seed", SPA_WT_U64, 0, cfg->seed, 0.0, NULL};
+    AT_I("causal", cfg->causal ? 1 : 0);
+    at[na++] = (spa_wattr){"scale", SPA_WT_F64, 0, 0, (double)cfg->scale, NULL};
+    AT_I("n", cfg->n);
+    AT_I("heads", cfg->heads);
+    AT_I("dim", cfg->dim);
+    AT_I("ranks", P);
+    AT_I("threads", threads);
+    AT_S("version", SPA_VERSION);
+    for (int r = 0; r < SPA_RULE_COUNT; r++)
+        if (rules[r]) AT_S(rule_attr[r], rules[r]);
+    if (cfg->layout_name) AT_S("layout", cfg->layout_name);
+#undef AT_I
+#undef AT_S
+    if ((err = spa_io_writer_begin(comm, path, ds, nd, at, na, &w)) != SPA_OK) goto done;
 
     /* rnd: [H][b1 - b0][R], -1 past the drawn count */
     for (int32_t h = 0; h < H; h++)
@@ -1191,53 +1403,16 @@ spa_err spa_io_write(MPI_Comm comm, const char *path, const spa_shape *shape,
             int32_t m = spa_pattern_random_blocks(cfg, h, c, row);
             for (int32_t j = m; j < R; j++) row[j] = -1;
         }
-
-    /* out [H][n][D], lse [H][n], random_blocks [H][nb][R] (leading dims
-     * flattened into H) */
-    err = write_raw(comm, &t, "out", t.off[0], H, shape->n, shape->dim, MPI_FLOAT, 4, t0, t1, out);
-    if ((err = step_agree(comm, err)) != SPA_OK) goto done;
+    if ((err = spa_io_writer_rows(w, 0, t0, t1, out)) != SPA_OK) goto done;
     test_delay(comm, "SPA_TEST_DELAY_WRITE");
-    err = write_raw(comm, &t, "lse", t.off[1], H, shape->n, 1, MPI_FLOAT, 4, t0, t1, lse);
-    if ((err = step_agree(comm, err)) != SPA_OK) goto done;
-    err = write_raw(comm, &t, "plan/random_blocks", t.off[2], H, spa_nblocks(cfg), R, MPI_INT32_T, 4,
-                    b0, b1, rnd);
-    err = step_agree(comm, err);
+    if ((err = spa_io_writer_rows(w, 1, t0, t1, lse)) != SPA_OK) goto done;
+    err = spa_io_writer_rows(w, 2, b0, b1, rnd);
 done:
-    if (t.tmp) err = target_end(comm, &t, err);
+    err = spa_io_writer_end(&w, err);
+    for (int r = 0; r < SPA_RULE_COUNT; r++) free(rules[r]);
+    free(num);
+    free(idx);
     spa_free(rnd);
-    quiet_end(&qt);
-    return err;
-}
-
-/* What phase 1 of spa_io_gen needs. */
-typedef struct gen_skel {
-    const char *path;
-    int64_t n;
-    int32_t heads, dim;
-    uint64_t seed;
-    float temperature;
-} gen_skel;
-
-static spa_err build_gen(hid_t file, const void *arg, int64_t *off)
-{
-    const gen_skel *k = arg;
-    spa_err err = SPA_OK;
-    hsize_t dims[3] = {(hsize_t)k->heads, (hsize_t)k->n, (hsize_t)k->dim};
-    for (int which = 0; which < 3; which++) {
-        errno = 0;
-        hid_t d = new_dataset(file, io_names[which], H5T_NATIVE_FLOAT, 3, dims);
-        if (d < 0)
-            IO_FAIL_CAUSE(errno, "writing '%s' failed: cannot create '%s'", k->path, io_names[which]);
-        err = raw_offset(d, io_names[which], dims[0] * dims[1] * dims[2], &off[which]);
-        H5Dclose(d);
-        if (err != SPA_OK) goto done;
-    }
-    errno = 0;
-    if (!(attr_num(file, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &k->seed) &&
-          attr_f64(file, "temperature", (double)k->temperature) &&
-          attr_str(file, "version", SPA_VERSION)))
-        IO_FAIL_CAUSE(errno, "writing '%s' failed: cannot write attributes", k->path);
-done:
     return err;
 }
 
@@ -1245,11 +1420,10 @@ spa_err spa_io_gen(MPI_Comm comm, const char *path, int64_t n, int32_t heads, in
                    uint64_t seed, float temperature)
 {
     spa_err err = SPA_OK;
-    target t = {path, NULL, MPI_FILE_NULL, 0, {-1, -1, -1}};
+    spa_io_writer w = NULL;
     float *buf = NULL;
     int P, me;
     int64_t b0, b1, t0, t1, bytes;
-    quiet qt;
 
     SPA_REQUIRE(n > 0 && heads > 0 && dim > 0, SPA_ERR_USAGE,
                 "gen: n, heads and dim must be positive");
@@ -1258,7 +1432,6 @@ spa_err spa_io_gen(MPI_Comm comm, const char *path, int64_t n, int32_t heads, in
                 SPA_ERR_USAGE, "gen: n * heads * dim overflows 64-bit sizes");
     SPA_MPI_CHECK(MPI_Comm_size(comm, &P));
     SPA_MPI_CHECK(MPI_Comm_rank(comm, &me));
-    quiet_begin(&qt);
 
     /* Default-block shards: the split only decides who writes which rows,
      * never the values. */
@@ -1271,20 +1444,24 @@ spa_err spa_io_gen(MPI_Comm comm, const char *path, int64_t n, int32_t heads, in
     buf = spa_alloc((size_t)heads * (size_t)rows * (size_t)dim * sizeof(float));
     if (!buf) err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
     if ((err = step_agree(comm, err)) != SPA_OK) goto done;
-    gen_skel skel = {path, n, heads, dim, seed, temperature};
-    if ((err = target_begin(comm, path, &t, build_gen, &skel)) != SPA_OK) goto done;
 
-    for (int which = 0; which < 3; which++) {
+    spa_wdset ds[3];
+    for (int which = 0; which < 3; which++)
+        ds[which] = (spa_wdset){io_names[which], SPA_WT_F32, 3, {heads, n, dim}, 1, 0, NULL};
+    spa_wattr at[3] = {{"seed", SPA_WT_U64, 0, seed, 0.0, NULL},
+                       {"temperature", SPA_WT_F64, 0, 0, (double)temperature, NULL},
+                       {"version", SPA_WT_STR, 0, 0, 0.0, SPA_VERSION}};
+    if ((err = spa_io_writer_begin(comm, path, ds, 3, at, 3, &w)) != SPA_OK) goto done;
+
+    for (int which = 0; which < 3 && err == SPA_OK; which++) {
         /* buf: [H][rows][D] */
         for (int32_t h = 0; h < heads; h++)
             spa_synth(seed, temperature, which, h, t0, t1, dim, buf + (int64_t)h * rows * dim);
-        err = write_raw(comm, &t, io_names[which], t.off[which], heads, n, dim, MPI_FLOAT, 4, t0, t1, buf);
-        if ((err = step_agree(comm, err)) != SPA_OK) goto done;
+        err = spa_io_writer_rows(w, which, t0, t1, buf);
     }
 done:
-    if (t.tmp) err = target_end(comm, &t, err);
+    err = spa_io_writer_end(&w, err);
     spa_free(buf);
-    quiet_end(&qt);
     return err;
 }
 
@@ -1728,19 +1905,13 @@ done:
 static spa_err write_pair(hid_t file, const char *num_name, const char *idx_name, int32_t H, int64_t nb,
                           const int64_t *off, const int32_t *list)
 {
-    int64_t K = 1, rows = (int64_t)H * nb;
-    for (int64_t r = 0; r < rows; r++)
-        if (off[r + 1] - off[r] > K) K = off[r + 1] - off[r];
-    int32_t *num = malloc((size_t)rows * sizeof *num);
-    int32_t *idx = calloc((size_t)(rows * K), sizeof *idx);
+    int64_t K = 1;
+    int32_t *num = NULL, *idx = NULL;
     spa_err err = SPA_OK;
     hid_t d1 = H5I_INVALID_HID, d2 = H5I_INVALID_HID;
+    if (pad_rows((int64_t)H * nb, off, list, &num, &idx, &K) != SPA_OK)
+        IO_FAIL(SPA_ERR_OTHER, "out of memory for the layout export");
     hsize_t dn[2] = {(hsize_t)H, (hsize_t)nb}, di[3] = {(hsize_t)H, (hsize_t)nb, (hsize_t)K};
-    if (!num || !idx) IO_FAIL(SPA_ERR_OTHER, "out of memory for the layout export");
-    for (int64_t r = 0; r < rows; r++) {
-        num[r] = (int32_t)(off[r + 1] - off[r]);
-        memcpy(idx + r * K, list + off[r], (size_t)num[r] * sizeof *idx);
-    }
     d1 = new_dataset(file, num_name, H5T_STD_I32LE, 2, dn);
     d2 = new_dataset(file, idx_name, H5T_STD_I32LE, 3, di);
     if (d1 < 0 || d2 < 0 || H5Dwrite(d1, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, num) < 0 ||

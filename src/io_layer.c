@@ -5,16 +5,19 @@
  * in one collective MPI-IO transfer. The weights are model data, the same
  * on every rank and small next to x at long sequences, so every rank reads
  * them whole, independently, rather than reading once and broadcasting.
- * The output is written like spa_io_write's: collectively into a temporary
- * file beside the target, renamed by rank 0 once every rank has closed it,
- * so an interrupted or failed write never leaves a half-written file under
- * the requested name. (io.c's helpers are private to it; this file keeps
- * its own small version of the same idea.)
+ * The output goes through io.c's atomic collective writer (io.h), like
+ * spa_io_write's: rank 0 builds the file skeleton alone, every rank then
+ * writes its rows of y (out, lse) in one collective MPI-IO write each,
+ * agreeing on the outcome after each, and rank 0 renames the temporary
+ * file over the target only when every rank succeeded. A failed write on
+ * any rank (a full disk) stops every rank with one message naming the
+ * cause, removes the temporary file and leaves the target untouched.
  */
 #include "spa_impl.h"
 
+#include "io.h"
+
 #include <errno.h>
-#include <libgen.h>
 #include <math.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -53,10 +56,10 @@ static void fmt_dims(char *buf, size_t len, int rank, const hsize_t *dims)
     if (at < len) snprintf(buf + at, len - at, "]");
 }
 
-/* One collective transfer of the box whose dimension `rowdim` runs over
+/* One collective read of the box whose dimension `rowdim` runs over
  * [r0, r1), every other dimension whole; memory is the box in row-major
  * order. A rank with an empty box takes part with an empty selection. */
-static spa_err box_xfer(hid_t dset, int writing, int rowdim, int64_t r0, int64_t r1, void *buf)
+static spa_err box_read(hid_t dset, int rowdim, int64_t r0, int64_t r1, void *buf)
 {
     spa_err err = SPA_OK;
     hid_t fs = H5I_INVALID_HID, ms = H5I_INVALID_HID, dxpl = H5I_INVALID_HID;
@@ -82,9 +85,7 @@ static spa_err box_xfer(hid_t dset, int writing, int rowdim, int64_t r0, int64_t
     dxpl = H5Pcreate(H5P_DATASET_XFER);
     if (ms < 0 || dxpl < 0 || H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE) < 0)
         IO_FAIL(SPA_ERR_OTHER, "HDF5: cannot set up a transfer");
-    herr_t st = writing ? H5Dwrite(dset, H5T_NATIVE_FLOAT, ms, fs, dxpl, buf)
-                        : H5Dread(dset, H5T_NATIVE_FLOAT, ms, fs, dxpl, buf);
-    if (st < 0) IO_FAIL(SPA_ERR_OTHER, "HDF5: %s failed", writing ? "H5Dwrite" : "H5Dread");
+    if (H5Dread(dset, H5T_NATIVE_FLOAT, ms, fs, dxpl, buf) < 0) IO_FAIL(SPA_ERR_OTHER, "HDF5: H5Dread failed");
 done:
     close_id(&dxpl, H5Pclose);
     close_id(&ms, H5Sclose);
@@ -252,7 +253,7 @@ spa_err spa_io_layer_read(spa_layer_input in, int64_t t0, int64_t t1, float *x, 
     w->d_model = dm;
 
     /* x: this rank's rows, collectively */
-    err = box_xfer(in->d[L_X], 0, 0, t0, t1, x);
+    err = box_read(in->d[L_X], 0, t0, t1, x);
     int64_t bad = err ? -1 : first_bad(x, (t1 - t0) * dm);
     if (bad >= 0)
         err = spa_set_error(SPA_ERR_INPUT, __FILE__, __LINE__, "'%s': dataset 'x' holds a non-finite value at [%lld, %lld]",
@@ -284,120 +285,38 @@ spa_err spa_io_layer_read(spa_layer_input in, int64_t t0, int64_t t1, float *x, 
 
 /* ----------------------------------------------------------------- output */
 
-static int attr_num(hid_t loc, const char *name, hid_t ftype, hid_t mtype, const void *v)
-{
-    hid_t sp = H5Screate(H5S_SCALAR), a = H5Acreate2(loc, name, ftype, sp, H5P_DEFAULT, H5P_DEFAULT);
-    int ok = a >= 0 && H5Awrite(a, mtype, v) >= 0;
-    if (a >= 0) H5Aclose(a);
-    if (sp >= 0) H5Sclose(sp);
-    return ok;
-}
-
-static int attr_i64(hid_t loc, const char *name, int64_t v)
-{
-    return attr_num(loc, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &v);
-}
-
-static int attr_str(hid_t loc, const char *name, const char *v)
-{
-    hid_t t = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR);
-    H5Tset_size(t, strlen(v) + 1);
-    hid_t a = H5Acreate2(loc, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
-    int ok = a >= 0 && H5Awrite(a, t, v) >= 0;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
-    H5Tclose(t);
-    return ok;
-}
-
-static hid_t new_dataset(hid_t file, const char *name, int rank, const hsize_t *dims)
-{
-    hid_t sp = H5Screate_simple(rank, dims, NULL);
-    hid_t d = sp < 0 ? -1 : H5Dcreate2(file, name, H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    if (sp >= 0) H5Sclose(sp);
-    return d;
-}
-
-/* "<dir>/.<base>.tmp.layer.<pid>": rank 0's pid, one name for every rank. */
-static char *layer_tmp_name(const char *path, long pid)
-{
-    char *dc = strdup(path), *bc = strdup(path), *tmp = NULL;
-    if (dc && bc) {
-        size_t len = strlen(path) + 64;
-        if ((tmp = malloc(len))) snprintf(tmp, len, "%s/.%s.tmp.layer.%ld", dirname(dc), basename(bc), pid);
-    }
-    free(dc);
-    free(bc);
-    return tmp;
-}
-
 spa_err spa_io_layer_write(MPI_Comm comm, const char *path, const spa_config *cfg, int64_t d_model,
                            int64_t t0, int64_t t1, const float *y, const float *out,
                            const float *lse, const char *pattern)
 {
     spa_err err = SPA_OK;
-    hid_t fapl = H5I_INVALID_HID, file = H5I_INVALID_HID, d = H5I_INVALID_HID;
-    int rank = 0, P = 1;
-    long pid = (long)getpid();
-    char *tmp = NULL;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &P);
-    MPI_Bcast(&pid, 1, MPI_LONG, 0, comm);
-    if (!(tmp = layer_tmp_name(path, pid))) err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
-    if ((err = spa_agree(comm, err)) != SPA_OK) goto end;
-
-    H5E_auto2_t fn;
-    void *fdata;
-    H5Eget_auto2(H5E_DEFAULT, &fn, &fdata);
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    fapl = H5Pcreate(H5P_FILE_ACCESS);
-    if (fapl < 0 || H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL) < 0)
-        IO_FAIL(SPA_ERR_OTHER, "HDF5: cannot set up MPI-IO");
-    /* collective: every rank gets the same outcome */
-    if ((file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl)) < 0)
-        IO_FAIL(SPA_ERR_OTHER, "writing '%s' failed: cannot create its temporary file '%s'", path, tmp);
-
-    /* metadata: the same calls with the same values on every rank */
+    spa_io_writer w = NULL;
+    int P = 1;
+    SPA_MPI_CHECK(MPI_Comm_size(comm, &P));
     const int64_t n = cfg->n, H = cfg->heads, D = cfg->dim;
-    int ok = attr_i64(file, "n", n) && attr_i64(file, "heads", H) && attr_i64(file, "dim", D) &&
-             attr_i64(file, "d_model", d_model) && attr_i64(file, "block", cfg->block) &&
-             attr_i64(file, "random", cfg->random_max) && attr_i64(file, "causal", cfg->causal) &&
-             attr_i64(file, "ranks", P) && attr_str(file, "version", SPA_VERSION) &&
-             attr_num(file, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &cfg->seed) &&
-             attr_num(file, "scale", H5T_IEEE_F64LE, H5T_NATIVE_FLOAT, &cfg->scale) &&
-             (!pattern || attr_str(file, "pattern", pattern));
-    if (!ok) IO_FAIL(SPA_ERR_OTHER, "writing '%s' failed: attributes", path);
+    const int attention = out && lse;
 
-    const hsize_t ydims[2] = {(hsize_t)n, (hsize_t)d_model}, odims[3] = {(hsize_t)H, (hsize_t)n, (hsize_t)D};
-    if ((d = new_dataset(file, "y", 2, ydims)) < 0) IO_FAIL(SPA_ERR_OTHER, "writing '%s' failed: dataset y", path);
-    err = box_xfer(d, 1, 0, t0, t1, (void *)y);
-    close_id(&d, H5Dclose);
-    if ((err = spa_agree(comm, err)) != SPA_OK) goto done;
-    if (out && lse) {
-        if ((d = new_dataset(file, "out", 3, odims)) < 0) IO_FAIL(SPA_ERR_OTHER, "writing '%s' failed: dataset out", path);
-        err = box_xfer(d, 1, 1, t0, t1, (void *)out);
-        close_id(&d, H5Dclose);
-        if ((err = spa_agree(comm, err)) != SPA_OK) goto done;
-        if ((d = new_dataset(file, "lse", 2, odims)) < 0) IO_FAIL(SPA_ERR_OTHER, "writing '%s' failed: dataset lse", path);
-        err = box_xfer(d, 1, 1, t0, t1, (void *)lse);
-        close_id(&d, H5Dclose);
-    }
-done:
-    close_id(&d, H5Dclose);
-    if (file >= 0 && H5Fclose(file) < 0 && err == SPA_OK)
-        err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "writing '%s' failed: closing", path);
-    close_id(&fapl, H5Pclose);
-    H5Eset_auto2(H5E_DEFAULT, fn, fdata);
-    /* every rank has closed: rank 0 renames, or removes what is left */
-    err = spa_agree(comm, err);
-    if (rank == 0) {
-        if (err == SPA_OK && rename(tmp, path) != 0)
-            err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "cannot rename '%s' to '%s': %s", tmp, path,
-                                strerror(errno));
-        if (err != SPA_OK) unlink(tmp);
-    }
-    err = spa_agree(comm, err);
-end:
-    free(tmp);
-    return err;
+    /* y [n, d_model] in rows of tokens; out [H, n, D] and lse [H, n] split
+     * along n, as the attention leaves them ([H][rows][D], [H][rows]) */
+    const spa_wdset ds[3] = {{"y", SPA_WT_F32, 2, {n, d_model}, 0, 0, NULL},
+                             {"out", SPA_WT_F32, 3, {H, n, D}, 1, 0, NULL},
+                             {"lse", SPA_WT_F32, 2, {H, n}, 1, 0, NULL}};
+    spa_wattr at[12] = {{"n", SPA_WT_I64, n, 0, 0.0, NULL},
+                        {"heads", SPA_WT_I64, H, 0, 0.0, NULL},
+                        {"dim", SPA_WT_I64, D, 0, 0.0, NULL},
+                        {"d_model", SPA_WT_I64, d_model, 0, 0.0, NULL},
+                        {"block", SPA_WT_I64, cfg->block, 0, 0.0, NULL},
+                        {"random", SPA_WT_I64, cfg->random_max, 0, 0.0, NULL},
+                        {"causal", SPA_WT_I64, cfg->causal ? 1 : 0, 0, 0.0, NULL},
+                        {"ranks", SPA_WT_I64, P, 0, 0.0, NULL},
+                        {"version", SPA_WT_STR, 0, 0, 0.0, SPA_VERSION},
+                        {"seed", SPA_WT_U64, 0, cfg->seed, 0.0, NULL},
+                        {"scale", SPA_WT_F64, 0, 0, (double)cfg->scale, NULL},
+                        {"pattern", SPA_WT_STR, 0, 0, 0.0, pattern}};
+    if ((err = spa_io_writer_begin(comm, path, ds, attention ? 3 : 1, at, pattern ? 12 : 11, &w)) != SPA_OK)
+        return err;
+    err = spa_io_writer_rows(w, 0, t0, t1, y);
+    if (err == SPA_OK && attention) err = spa_io_writer_rows(w, 1, t0, t1, out);
+    if (err == SPA_OK && attention) err = spa_io_writer_rows(w, 2, t0, t1, lse);
+    return spa_io_writer_end(&w, err);
 }

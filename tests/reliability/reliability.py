@@ -9,6 +9,9 @@ input files (issue 9). One check per invocation:
              exactly one "spa: error:" line naming "No space left on
              device", no temporary file left, the existing output byte for
              byte unchanged.
+  layer_disk_full
+             the same for `spa layer --save-attention` (y, out and lse): a
+             few runs at 2 and 3 ranks, the write failing on each rank.
   signals    SIGTERM, SIGINT, SIGUSR1 and SIGXCPU to every rank of a 2-rank
              run while it reads, computes and writes (as srun and scancel
              deliver them); SIGTERM to one rank only; SIGTERM, SIGINT and
@@ -40,7 +43,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from checks import check, finish  # noqa: E402
 
 ap = argparse.ArgumentParser()
-ap.add_argument("check", choices=["disk_full", "signals", "corrupt"])
+ap.add_argument("check", choices=["disk_full", "layer_disk_full", "signals", "corrupt"])
 ap.add_argument("--spa", required=True)
 ap.add_argument("--mpiexec", required=True)
 ap.add_argument("--npflag", default="-n")
@@ -161,6 +164,85 @@ def disk_full():
         check(same, what + ": the existing output changed")
         clear_temporaries("target.h5")
     print("disk full: %d runs, %d hangs, %d left a temporary file, %d changed the output"
+          % (len(plan), hangs, leftovers, changed))
+
+
+# ------------------------------------------------------- layer disk full
+
+def make_layer_input(path, n=2048, dm=32, H=2, D=16):
+    """x and the projection weights of `spa layer` (attribute heads = H)."""
+    import h5py
+    import numpy as np
+    rng = np.random.default_rng(3)
+    with h5py.File(path, "w") as f:
+        f["x"] = rng.standard_normal((n, dm)).astype("f4")
+        for w in ("wq", "wk", "wv"):
+            f[w] = (rng.standard_normal((H * D, dm)) / np.sqrt(dm)).astype("f4")
+        f["wo"] = (rng.standard_normal((dm, H * D)) / np.sqrt(H * D)).astype("f4")
+        f.attrs["heads"] = H
+
+
+def layer_disk_full():
+    os.environ["OMPI_MCA_io_ompio_num_aggregators"] = "4"
+    inp = os.path.join(W, "layer_in.h5")
+    make_layer_input(inp)
+    layer = ["layer", "--input", inp, "--save-attention"]
+    target = os.path.join(W, "layer_out.h5")
+    before = make_target(target)
+    clear_temporaries("layer_out.h5")
+    match = os.path.join(W, ".layer_out.h5.tmp.")
+    writes = {}
+    for np_ in (2, 3):
+        log = os.path.join(W, "layer_writes_p%d.log" % np_)
+        if os.path.exists(log):
+            os.unlink(log)
+        rc, out, err = run(np_, layer + ["--output", os.path.join(W, "layer_calib.h5")],
+                           {"LD_PRELOAD": args.shim, "SPA_ENOSPC_AT": "1000000000",
+                            "SPA_ENOSPC_MATCH": os.path.join(W, ".layer_calib.h5.tmp."),
+                            "SPA_ENOSPC_LOG": log})
+        check(rc == 0, "calibration at %d ranks: exit %s, %s" % (np_, rc, err[-300:]))
+        counts = [0] * np_
+        for line in open(log) if os.path.exists(log) else []:
+            counts[int(line.split()[1])] += 1
+        writes[np_] = counts
+        print("writes of the temporary file per rank at %d ranks: %s" % (np_, counts))
+
+    # each rank of 2 and 3 in turn: rank 0's first writes create the file
+    # and copy its skeleton, later ones (and every other rank's) are rows of
+    # y, out and lse
+    # (k = -1: its last write)
+    plan = [(2, 0, 1), (2, 1, 1), (2, 0, -1), (2, 0, 4), (3, 0, 2), (3, 1, 2), (3, 2, -1),
+            (3, 0, -1)]
+    hangs = leftovers = changed = 0
+    for run_no, (np_, rank, k) in enumerate(plan):
+        n = max(writes[np_][rank], 1)
+        k = n if k < 0 else min(k, n)
+        sticky = "1" if run_no % 2 else "0"
+        rc, out, err = run(np_, layer + ["--output", target],
+                           {"LD_PRELOAD": args.shim, "SPA_ENOSPC_AT": str(k),
+                            "SPA_ENOSPC_RANK": str(rank), "SPA_ENOSPC_STICKY": sticky,
+                            "SPA_ENOSPC_MATCH": match})
+        lines = error_lines(err)
+        tmp = temporaries("layer_out.h5")
+        what = "layer run %d: %d ranks, write %d of %d fails on rank %d%s" % (
+            run_no + 1, np_, k, n, rank, " (and every later one)" if sticky == "1" else "")
+        print("%s: exit %s, %s" % (what, rc, lines[0] if lines else "no message"))
+        hangs += rc is None
+        leftovers += len(tmp) > 0
+        check(rc is not None, what + ": hung")
+        check(rc == 1, what + ": exit %s" % rc)
+        check(len(lines) == 1 and "No space left on device" in lines[0],
+              what + ": messages %s" % lines)
+        check(not tmp, what + ": temporary files left: %s" % tmp)
+        same = read(target) == before
+        changed += not same
+        check(same, what + ": the existing output changed")
+        clear_temporaries("layer_out.h5")
+    # and the same target written when the disk has room
+    rc, out, err = run(2, layer + ["--output", target])
+    check(rc == 0 and read(target) != before and not temporaries("layer_out.h5"),
+          "layer with room: exit %s, target written, no temporary file" % rc)
+    print("layer disk full: %d runs, %d hangs, %d left a temporary file, %d changed the output"
           % (len(plan), hangs, leftovers, changed))
 
 
@@ -302,5 +384,6 @@ def corrupt():
     print("%d byte-flipped inputs: exit codes %s" % (variants, outcomes))
 
 
-{"disk_full": disk_full, "signals": signals, "corrupt": corrupt}[args.check]()
+{"disk_full": disk_full, "layer_disk_full": layer_disk_full, "signals": signals,
+ "corrupt": corrupt}[args.check]()
 finish()
