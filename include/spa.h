@@ -454,8 +454,8 @@ spa_err spa_io_read_layout(MPI_Comm comm, const char *path, int32_t block, int64
 spa_err spa_io_export_layout(const char *path, const spa_config *cfg);
 
 /* Stop requests (signals). flag points at a sig_atomic_t that a signal
- * handler sets to the signal's number (NULL: none). spa_io_write and
- * spa_io_gen agree across ranks, after each write step, whether any rank's
+ * handler sets to the signal's number (NULL: none). spa_io_write,
+ * spa_io_gen and spa_io_layer_write agree across ranks, after each write step, whether any rank's
  * flag is set; if so every rank abandons the temporary file (rank 0 removes
  * it, the target is untouched) and they return SPA_ERR_OTHER. spa_io_read
  * holds no temporary file and does not check it. Not collective. */

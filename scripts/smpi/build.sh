@@ -35,7 +35,7 @@ wrap=spa_kernel_block,--wrap=spa_kernel_global_partial,--wrap=spa_synth,--wrap=s
 wrap=$wrap,--wrap=MPI_Win_allocate,--wrap=MPI_Win_free,--wrap=MPI_Get,--wrap=spa_comm_fetch,--wrap=MPI_Init_thread
 
 # the model object first: the link line of spa names it through the flags
-smpicc -std=c11 -O2 -Wall -Wextra -I"$src/include" -I"$src/src" \
+smpicc -std=c11 -O2 -Wall -Wextra -I"$src/include" -I"$src/src" -I"$src/src/plan" -I"$src/src/kernel" -I"$src/src/runtime" \
     -c "$src/bench/smpi/smpi_model.c" -o "$build/smpi_model.o"
 
 # Configure twice: the compiler and package checks of the first pass must
