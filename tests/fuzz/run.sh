@@ -30,6 +30,13 @@ start=$(date +%s)
   -artifact_prefix="$work/artifacts/" "$@" "$work/corpus" "$seeds" >"$log" 2>&1
 rc=$?
 end=$(date +%s)
+# a job that crashed left its scratch image (fuzz_common.h) behind
+for f in /dev/shm/spa-fuzz-*.h5 /tmp/spa-fuzz-*.h5; do
+  [ -f "$f" ] || continue
+  pid=${f##*-}
+  pid=${pid%.h5}
+  kill -0 "$pid" 2>/dev/null || rm -f "$f"
+done
 # fork mode prints "#<execs>: cov: ..." after each job
 execs=$(grep -E '^#[0-9]+:' "$log" | tail -1 | sed 's/^#\([0-9]*\):.*/\1/')
 execs=${execs:-0}
