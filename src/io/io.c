@@ -1489,6 +1489,7 @@ typedef struct lay_dset {
     int sign;
     int rank;
     hsize_t dims[8];
+    hsize_t cols; /* columns of the last dimension to read; 0: all */
 } lay_dset;
 
 static void lay_dset_close(lay_dset *x)
@@ -1508,6 +1509,7 @@ static spa_err lay_open(const lay_file *lf, const char *name, lay_dset *x)
     spa_err err = SPA_OK;
     x->name = name;
     x->d = x->mtype = H5I_INVALID_HID;
+    x->cols = 0;
     x->d = H5Dopen2(lf->file, name, H5P_DEFAULT);
     if (x->d < 0) IO_FAIL(SPA_ERR_INPUT, "layout '%s': '%s' is not a dataset", lf->path, name);
     ftype = H5Dget_type(x->d);
@@ -1565,7 +1567,7 @@ static spa_err lay_read(const lay_dset *x, int64_t h, int64_t r0, int64_t r1, vo
     hsize_t nelem = 1;
     for (int i = 0; i < x->rank; i++) {
         start[i] = i == 0 ? (hsize_t)h : i == 1 ? (hsize_t)r0 : 0;
-        count[i] = i == 0 ? 1 : i == 1 ? (hsize_t)(r1 - r0) : x->dims[i];
+        count[i] = i == 0 ? 1 : i == 1 ? (hsize_t)(r1 - r0) : i == x->rank - 1 && x->cols ? x->cols : x->dims[i];
         nelem *= count[i];
     }
     if (nelem == 0) return SPA_OK;
@@ -1681,6 +1683,7 @@ done:
 typedef struct lay_pair {
     lay_dset num, idx;
     int64_t K, slab;
+    int64_t Kr;                 /* columns read: min(K, nb + 1); a row lists at most nb unique blocks */
     int64_t *nval, *ival;
     void *raw;
     int64_t h_loaded, r_loaded; /* slab in nval/ival: head, first row; -1 none */
@@ -1713,10 +1716,14 @@ static spa_err pair_open(const lay_file *lf, const char *num, const char *idx, l
     SPA_REQUIRE(p->num.dims[0] == p->idx.dims[0], SPA_ERR_INPUT,
                 "layout '%s': datasets '%s' %s and '%s' %s differ in heads", lf->path, num, a, idx, b);
     p->K = (int64_t)p->idx.dims[2];
-    p->slab = slab_rows(p->K);
+    /* K comes from the file: read no more columns than a valid row can use,
+     * so a hostile K cannot make the reader allocate without bound */
+    p->Kr = p->K < lf->nb + 1 ? p->K : lf->nb + 1;
+    p->idx.cols = (hsize_t)p->Kr;
+    p->slab = slab_rows(p->Kr);
     p->nval = malloc((size_t)p->slab * sizeof *p->nval);
-    p->ival = malloc((size_t)(p->slab * (p->K > 0 ? p->K : 1)) * sizeof *p->ival);
-    p->raw = malloc((size_t)(p->slab * (p->K > 0 ? p->K : 1)) * 8);
+    p->ival = malloc((size_t)(p->slab * (p->Kr > 0 ? p->Kr : 1)) * sizeof *p->ival);
+    p->raw = malloc((size_t)(p->slab * (p->Kr > 0 ? p->Kr : 1)) * 8);
     SPA_REQUIRE(p->nval && p->ival && p->raw, SPA_ERR_OTHER, "out of memory for the layout");
     return SPA_OK;
 }
@@ -1736,9 +1743,13 @@ static spa_err pair_row(const lay_file *lf, lay_pair *p, int64_t h, int64_t c, u
     SPA_REQUIRE(cnt >= 0 && cnt <= p->K, SPA_ERR_INPUT,
                 "layout '%s': dataset '%s' has %lld at [%lld, %lld]; it must be in [0, K = %lld]",
                 lf->path, p->num.name, (long long)cnt, (long long)hs, (long long)c, (long long)p->K);
+    SPA_REQUIRE(cnt <= lf->nb, SPA_ERR_INPUT,
+                "layout '%s': dataset '%s' has %lld at [%lld, %lld], more than the nb = %lld key blocks "
+                "(an index would repeat)",
+                lf->path, p->num.name, (long long)cnt, (long long)hs, (long long)c, (long long)lf->nb);
     *m = 0;
     for (int64_t k = 0; k < cnt; k++) {
-        int64_t b = p->ival[r * p->K + k];
+        int64_t b = p->ival[r * p->Kr + k];
         SPA_REQUIRE(b >= 0 && b < lf->nb, SPA_ERR_INPUT,
                     "layout '%s': dataset '%s' has %lld at [%lld, %lld, %lld], outside [0, nb = %lld)",
                     lf->path, p->idx.name, (long long)b, (long long)hs, (long long)c, (long long)k,

@@ -231,7 +231,9 @@ spa_err spa_comm_connect(spa_comm *c)
     const char *tr = getenv("SPA_RANDOM_TRANSPORT");
     int want_rma = !(tr && strcmp(tr, "p2p") == 0), ok = 0;
     if (want_rma) {
-        MPI_Aint bytes = (MPI_Aint)(2 * H * c->n_own * D) * (MPI_Aint)sizeof(float);
+        /* at least one float: a rank without rows still gets a base address
+         * (MPICH returns NULL for an empty window) */
+        MPI_Aint bytes = (MPI_Aint)(2 * H * c->n_own * D + 1) * (MPI_Aint)sizeof(float);
         int m = MPI_Win_allocate(bytes, (int)sizeof(float), MPI_INFO_NULL, c->comm, &c->wbase, &c->win);
         ok = m == MPI_SUCCESS;
         if (ok) ok = MPI_Win_set_errhandler(c->win, MPI_ERRORS_RETURN) == MPI_SUCCESS;
