@@ -45,6 +45,9 @@ while IFS='|' read -r name flags; do
             > "$T/$name.p$P.json" < /dev/null
     done
 done < "$T/rules"
+# the default again, last: its rate is the better of both, so a busy
+# moment at the start does not inflate every ratio
+"$B/spa" bench --n "$N" --threads 1 --warmup 1 --reps "$REPS" --json > "$T/default.again.json"
 
 python3 - "$T" <<'PY'
 import json, os, sys
@@ -53,7 +56,7 @@ rules = [l.split("|", 1) for l in open(os.path.join(d, "rules")).read().splitlin
 def load(name):
     t = open(os.path.join(d, name)).read()
     return json.loads(t[t.index("{"):t.rindex("}") + 1])
-base = load("default.p1.json")["gflops"]
+base = max(load("default.p1.json")["gflops"], load("default.again.json")["gflops"])
 print(f"spa patterns: n={load('default.p1.json')['n']} H=4 D=64, one thread; bytes received per rank "
       "(max over ranks), plan = measured")
 print(f"{'rule':20s} {'GFLOP':>8s} {'GFLOP/s':>8s} {'ratio':>6s}  "
@@ -61,7 +64,8 @@ print(f"{'rule':20s} {'GFLOP':>8s} {'GFLOP/s':>8s} {'ratio':>6s}  "
 bad = 0
 for name, flags in rules:
     r1 = load(f"{name}.p1.json")
-    row = f"{name:20s} {r1['flops'] / 1e9:8.1f} {r1['gflops']:8.2f} {r1['gflops'] / base:6.2f}"
+    g1 = base if name == "default" else r1["gflops"]
+    row = f"{name:20s} {r1['flops'] / 1e9:8.1f} {g1:8.2f} {g1 / base:6.2f}"
     for P in (2, 4):
         pl, run = load(f"{name}.plan{P}.json"), load(f"{name}.p{P}.json")
         plan_max = pl["bytes_halo"] + pl["bytes_global"] + pl["bytes_rma"]
