@@ -231,9 +231,7 @@ spa_err spa_comm_connect(spa_comm *c)
     const char *tr = getenv("SPA_RANDOM_TRANSPORT");
     int want_rma = !(tr && strcmp(tr, "p2p") == 0), ok = 0;
     if (want_rma) {
-        /* at least one float: a rank without rows still gets a base address
-         * (MPICH returns NULL for an empty window) */
-        MPI_Aint bytes = (MPI_Aint)(2 * H * c->n_own * D + 1) * (MPI_Aint)sizeof(float);
+        MPI_Aint bytes = (MPI_Aint)(2 * H * c->n_own * D) * (MPI_Aint)sizeof(float);
         int m = MPI_Win_allocate(bytes, (int)sizeof(float), MPI_INFO_NULL, c->comm, &c->wbase, &c->win);
         ok = m == MPI_SUCCESS;
         if (ok) ok = MPI_Win_set_errhandler(c->win, MPI_ERRORS_RETURN) == MPI_SUCCESS;
@@ -348,8 +346,9 @@ spa_err spa_comm_post(spa_comm *c, const float *k, const float *v, spa_stats *st
         /* everyone's gets of the previous run are done; expose this run's K, V */
         SPA_MPI_CHECK(MPI_Barrier(c->comm));
         /* callers that filled spa_ctx_kv_buffers pass the window itself */
-        if (k != c->wbase) memcpy(c->wbase, k, (size_t)(H * n_own * D) * sizeof(float));
-        if (v != c->wbase + H * n_own * D) memcpy(c->wbase + H * n_own * D, v, (size_t)(H * n_own * D) * sizeof(float));
+        if (n_own > 0 && k != c->wbase) memcpy(c->wbase, k, (size_t)(H * n_own * D) * sizeof(float));
+        if (n_own > 0 && v != c->wbase + H * n_own * D)
+            memcpy(c->wbase + H * n_own * D, v, (size_t)(H * n_own * D) * sizeof(float));
         SPA_MPI_CHECK(MPI_Win_sync(c->win));
         SPA_MPI_CHECK(MPI_Barrier(c->comm));
     } else {

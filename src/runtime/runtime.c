@@ -253,9 +253,16 @@ void spa_ctx_set_overlap(spa_ctx ctx, int on) { ctx->overlap = on; }
 
 void spa_ctx_kv_buffers(spa_ctx ctx, float **k, float **v)
 {
+    /* a rank without rows has an empty window, whose base MPICH gives as
+     * NULL; NULL here means two-sided, so it gets an empty buffer instead */
+    static float empty[1];
     const spa_comm *c = ctx->cm;
-    *k = c->rma ? c->wbase : NULL;
-    *v = c->rma ? c->wbase + (int64_t)ctx->cfg.heads * ctx->n_own * ctx->cfg.dim : NULL;
+    if (!c->rma) {
+        *k = *v = NULL;
+        return;
+    }
+    *k = c->wbase ? c->wbase : empty;
+    *v = c->wbase ? c->wbase + (int64_t)ctx->cfg.heads * ctx->n_own * ctx->cfg.dim : empty;
 }
 
 void spa_ctx_destroy(spa_ctx *pctx)
