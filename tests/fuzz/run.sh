@@ -64,10 +64,15 @@ for a in "$work"/artifacts/crash-* "$work"/artifacts/leak-* "$work"/artifacts/ti
     echo "HDF5 library fault: $(basename "$a"): ${kind:-?}: $(echo "$top" | sed 's/^ *//; s/ (BuildId.*//')"
     ;;
   *)
-    if grep -qE 'ERROR|SUMMARY|check failed|timeout|out-of-memory' "$a.txt" || [ -n "$kind" ]; then
+    # a fault counts when the input, run again alone, shows it; an oom or
+    # timeout of the forked fuzzing process that the input does not repeat
+    # (memory grown over many runs, a loaded machine) is reported only
+    if grep -qE 'ERROR|SUMMARY|check failed|timeout|out-of-memory' "$a.txt"; then
       spa=$((spa + 1))
       echo "FAULT: $(basename "$a"): ${kind:-?}: $(echo "$top" | sed 's/^ *//; s/ (BuildId.*//')"
       echo "  report: $a.txt"
+    else
+      echo "not repeated alone: $(basename "$a") (${kind:-?} of the fuzzing process); report: $a.txt"
     fi
     ;;
   esac
