@@ -39,6 +39,7 @@ spa_err spa_mpi_error(int mpierr, const char *what, const char *file, int line);
 
 /* Aligned allocation for SIMD and GEMM operands (64 bytes). Zeroed. */
 void *spa_alloc(size_t bytes);
+void spa_hugepages(void *p, size_t bytes);
 void spa_free(void *p);
 
 /* Wall-clock seconds. */
@@ -217,12 +218,15 @@ void spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, int32_t h,
 /* One class of a residue rule (SPEC 1.1): rule 0 is --stride, rule
  * 1 + p the p-th --dilated pair. Its keys are j = k0 + m * M, k0 <= j < k1;
  * every selected row attends all of them (up to causality). */
+enum { SPA_RESIDUE_ROWS = 512 };
 typedef struct spa_residue {
     int32_t h, rule;
     int64_t k0, M, k1;
 } spa_residue;
 
-/* The residue pass of rows[0..nr) (tokens of head h, ascending, nr <= 64)
+/* The residue pass of rows[0..nr) (tokens of head h, ascending,
+ * nr <= SPA_RESIDUE_ROWS; the kernel cuts them into tiles that share each
+ * gathered chunk of class keys)
  * against the class keys of g, except the keys the rows' block pass or an
  * earlier rule takes (S(i) is a set). Rows are row - t0 of the shard:
  *   q: [H][n_own][D] the shard's queries

@@ -7,6 +7,8 @@
 #include "spa_impl.h"
 
 #include <stdarg.h>
+#include <stdint.h>
+#include <sys/mman.h>
 #include <string.h>
 #include <time.h>
 
@@ -35,12 +37,28 @@ spa_err spa_mpi_error(int mpierr, const char *what, const char *file, int line)
     return spa_set_error(SPA_ERR_OTHER, file, line, "MPI error in %s: %s", what, text);
 }
 
+/* Large tensors are read a row at a time at long strides (a strided
+ * rule's class keys lie S rows apart): ask for huge pages, so such reads
+ * do not pay a page walk each. Only the whole 2 MiB pages inside [p, p +
+ * bytes) are advised, before they are first touched. */
+void spa_hugepages(void *p, size_t bytes)
+{
+#ifdef MADV_HUGEPAGE
+    const uintptr_t page = (uintptr_t)2 << 20;
+    uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), e = ((uintptr_t)p + bytes) & ~(page - 1);
+    if (e > a) (void)madvise((void *)a, e - a, MADV_HUGEPAGE);
+#else
+    (void)p, (void)bytes;
+#endif
+}
+
 void *spa_alloc(size_t bytes)
 {
     void *p = NULL;
-    size_t rounded = (bytes + 63) / 64 * 64;
+    size_t rounded = (bytes + 63) / 64 * 64, align = rounded >= ((size_t)8 << 20) ? (size_t)2 << 20 : 64;
     if (rounded == 0) rounded = 64;
-    if (posix_memalign(&p, 64, rounded) != 0) return NULL;
+    if (posix_memalign(&p, align, rounded) != 0) return NULL;
+    if (align > 64) spa_hugepages(p, rounded);
     memset(p, 0, rounded);
     return p;
 }

@@ -111,6 +111,8 @@ static const test_case spa_cases[] = {
     {"causal_stride", 1000, 2, 16, 32, 3, -1, "none", 0, 1, 1.0f, "local_blocks=0;stride=9", 0},
     {"causal_summary", 1000, 1, 16, 32, 3, -1, "none", 0, 1, 1.0f, "local_blocks=0;summary=100:7", 0},
     {"causal_dilated", 1100, 2, 16, 32, 3, -1, "none", 0, 1, 1.0f, "local_blocks=0;dilated=128:4,512:32", 0},
+    /* classes of several tiles and of more keys than one chunk, causal (the tiles see prefixes) */
+    {"causal_stride_chunks", 1400, 2, 16, 32, 3, -1, "none", 0, 1, 1.0f, "local_blocks=0;stride=2;dilated=1200:1", 0},
     {"causal_per_head", 1000, 3, 16, 32, 3, -1, "0:5", 2, 1, 1.0f,
      "radius=33@0:1;local_blocks=5@2:3;stride=13@1:3;summary=256:16@0:2", 0},
     {"causal_layout", 640, 2, 16, 16, 3, -1, NULL, 1, 1, 1.0f, NULL, CASE_LAYOUT_SPARSE},

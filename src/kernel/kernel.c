@@ -85,12 +85,12 @@ spa_scratch *spa_scratch_create(const spa_config *cfg)
     s->kj = spa_alloc((size_t)SPA_KC * sizeof(int64_t));
     s->kcls = spa_alloc(SPA_KC);
     s->rmax = cfg->random_max;
-    s->xlo = spa_alloc((size_t)s->rows * sizeof(int64_t));
-    s->xhi = spa_alloc((size_t)s->rows * sizeof(int64_t));
-    s->xl0 = spa_alloc((size_t)s->rows * sizeof(int64_t));
-    s->xl1 = spa_alloc((size_t)s->rows * sizeof(int64_t));
-    s->xrn = spa_alloc((size_t)s->rows * sizeof(int32_t));
-    s->xrb = spa_alloc((size_t)s->rows * (cfg->random_max + 1) * sizeof(int32_t));
+    s->xlo = spa_alloc((size_t)SPA_RESIDUE_ROWS * sizeof(int64_t));
+    s->xhi = spa_alloc((size_t)SPA_RESIDUE_ROWS * sizeof(int64_t));
+    s->xl0 = spa_alloc((size_t)SPA_RESIDUE_ROWS * sizeof(int64_t));
+    s->xl1 = spa_alloc((size_t)SPA_RESIDUE_ROWS * sizeof(int64_t));
+    s->xrn = spa_alloc((size_t)SPA_RESIDUE_ROWS * sizeof(int32_t));
+    s->xrb = spa_alloc((size_t)SPA_RESIDUE_ROWS * (cfg->random_max + 1) * sizeof(int32_t));
     s->w = spa_patws_create(cfg);
     s->m = spa_alloc((size_t)s->rows * sizeof(float));
     s->l = spa_alloc((size_t)s->rows * sizeof(float));
@@ -585,40 +585,29 @@ void spa_kernel_residue(const spa_config *cfg, const spa_keysrc *src, spa_scratc
                         const int64_t *rows, int32_t nr, const float *q, int64_t t0, int64_t n_own, float *m,
                         float *l, float *acc)
 {
-    /* rows: [nr] tokens;  q: [H][n_own][D];  m, l: [H][n_own];  acc: [H][n_own][D]
-     * keys: j = k0 + idx * M for k0 <= j < k1, gathered KC at a time */
+    /* rows: [nr] tokens, ascending, nr <= SPA_RESIDUE_ROWS;  q: [H][n_own][D]
+     * m, l: [H][n_own];  acc: [H][n_own][D]
+     * keys: j = k0 + idx * M for k0 <= j < k1, gathered KC at a time, once
+     * for all the tiles of QT rows; a tile's rows see each chunk in the
+     * same order as if they were alone, so the sums do not depend on how
+     * rows are cut into tasks */
     const int32_t D = cfg->dim, h = g->h;
     const spa_head_rules *hr = &cfg->hr[h];
     const int64_t B = cfg->block, n = cfg->n, M = g->M, k0 = g->k0;
     const spa_layout *lay = &cfg->layout;
-    const int32_t ldq = (nr + 15) / 16 * 16;
     const int64_t base = (int64_t)h * n_own - t0;
     residue_exclusions(cfg, s, h, rows, nr);
-
-    /* pass 0: the rows' queries and running partials */
-    s->ldq = ldq;
-    for (int32_t r = 0; r < nr; r++) {
-        const float *qr = q + (base + rows[r]) * D;
-        if (s->fast)
-            for (int32_t d = 0; d < D; d++) s->qt[(int64_t)d * ldq + r] = qr[d];
-        else
-            memcpy(s->qt + (int64_t)r * D, qr, (size_t)D * sizeof(float));
-        s->m[r] = m[base + rows[r]];
-        s->l[r] = l[base + rows[r]];
-        memcpy(s->acc + (int64_t)r * D, acc + (base + rows[r]) * D, (size_t)D * sizeof(float));
-    }
-    if (s->fast)
-        for (int32_t d = 0; d < D; d++)
-            for (int32_t r = nr; r < ldq; r++) s->qt[(int64_t)d * ldq + r] = 0.0f;
 
     int64_t kend = g->k1;
     if (cfg->causal && rows[nr - 1] + 1 < kend) kend = rows[nr - 1] + 1;
     const int64_t K = kend > k0 ? (kend - k0 + M - 1) / M : 0;
     for (int64_t c0 = 0; c0 < K; c0 += SPA_KC) {
         const int64_t c1 = c0 + SPA_KC < K ? c0 + SPA_KC : K;
-        const int32_t nk = (int32_t)(c1 - c0);
-        /* pass 1: gather the class keys; gathered tokens belong to the block pass */
-        for (int32_t c = 0; c < nk; c++) {
+        /* pass 1: gather the class keys; gathered tokens belong to the block pass.
+         * The keys lie M rows apart: find them all, then copy them with the
+         * next ones prefetched, so the misses overlap */
+        const int32_t ng = (int32_t)(c1 - c0);
+        for (int32_t c = 0; c < ng; c++) {
             int64_t j = k0 + (c0 + c) * M;
             const float *kp = NULL, *vp = NULL;
             s->kj[c] = j;
@@ -627,80 +616,116 @@ void spa_kernel_residue(const spa_config *cfg, const spa_keysrc *src, spa_scratc
              * row's own full block, fetched in an earlier batch) */
             s->kcls[c] = (unsigned char)spa_pattern_is_gathered(cfg, h, j);
             if (!s->kcls[c] && !locate(cfg, src, h, j, 1, &kp, &vp)) s->kcls[c] = 2;
-            if (kp) {
-                memcpy(s->kc + (int64_t)c * D, kp, (size_t)D * sizeof(float));
-                memcpy(s->vc + (int64_t)c * D, vp, (size_t)D * sizeof(float));
+            s->pk[c] = kp;
+            s->pv[c] = vp;
+        }
+        enum { AHEAD = 8 };
+        for (int32_t c = 0; c < ng; c++) {
+            if (c + AHEAD < ng && s->pk[c + AHEAD])
+                for (int32_t d = 0; d < D; d += 16) {
+                    __builtin_prefetch(s->pk[c + AHEAD] + d);
+                    __builtin_prefetch(s->pv[c + AHEAD] + d);
+                }
+            if (s->pk[c]) {
+                memcpy(s->kc + (int64_t)c * D, s->pk[c], (size_t)D * sizeof(float));
+                memcpy(s->vc + (int64_t)c * D, s->pv[c], (size_t)D * sizeof(float));
             } else {
                 memset(s->kc + (int64_t)c * D, 0, (size_t)D * sizeof(float));
                 memset(s->vc + (int64_t)c * D, 0, (size_t)D * sizeof(float));
             }
         }
-        /* pass 2: scores */
-        int64_t rs, cs;
-        if (s->fast) {
-            s->K->qk(nk, D, ldq, cfg->scale, s->kc, s->qt, s->s, NULL);
-            rs = 1, cs = ldq;
-        } else {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, nk, D, cfg->scale, s->qt, D, s->kc, D, 0.0f,
-                        s->s, nk);
-            rs = nk, cs = 1;
+        for (int32_t t = 0; t < nr; t += SPA_QT) {
+            const int32_t tr = nr - t < SPA_QT ? nr - t : SPA_QT, ldq = (tr + 15) / 16 * 16;
+            const int64_t *trow = rows + t;
+            /* the tile's keys: a prefix of the chunk under causality */
+            int64_t tend = g->k1;
+            if (cfg->causal && trow[tr - 1] + 1 < tend) tend = trow[tr - 1] + 1;
+            const int64_t Kt = tend > k0 ? (tend - k0 + M - 1) / M : 0;
+            if (Kt <= c0) continue;
+            const int64_t tc1 = c1 < Kt ? c1 : Kt;
+            const int32_t nk = (int32_t)(tc1 - c0);
+            /* pass 2: the tile's queries and running partials */
+            s->ldq = ldq;
+            for (int32_t r = 0; r < tr; r++) {
+                const float *qr = q + (base + trow[r]) * D;
+                if (s->fast)
+                    for (int32_t d = 0; d < D; d++) s->qt[(int64_t)d * ldq + r] = qr[d];
+                else
+                    memcpy(s->qt + (int64_t)r * D, qr, (size_t)D * sizeof(float));
+                s->m[r] = m[base + trow[r]];
+                s->l[r] = l[base + trow[r]];
+                memcpy(s->acc + (int64_t)r * D, acc + (base + trow[r]) * D, (size_t)D * sizeof(float));
+            }
+            if (s->fast)
+                for (int32_t d = 0; d < D; d++)
+                    for (int32_t r = tr; r < ldq; r++) s->qt[(int64_t)d * ldq + r] = 0.0f;
+            /* pass 3: scores */
+            int64_t rs, cs;
+            if (s->fast) {
+                s->K->qk(nk, D, ldq, cfg->scale, s->kc, s->qt, s->s, NULL);
+                rs = 1, cs = ldq;
+            } else {
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tr, nk, D, cfg->scale, s->qt, D, s->kc, D,
+                            0.0f, s->s, nk);
+                rs = nk, cs = 1;
+            }
+            /* pass 4: mask what the block pass or an earlier rule took, and causality */
+            for (int32_t c = 0; c < nk; c++)
+                if (s->kcls[c] == 1)
+                    for (int32_t r = 0; r < tr; r++) s->s[c * cs + r * rs] = -INFINITY;
+            const int64_t jlo = k0 + c0 * M, jhi = k0 + (tc1 - 1) * M; /* the chunk's token span */
+            for (int32_t r = 0; r < tr; r++) {
+                const int64_t i = trow[r], x = t + r;
+                int64_t lo, hi;
+                if (cfg->causal && i < jhi) mask_class(s->s, rs, cs, r, i >= k0 ? (i - k0) / M + 1 : 0, Kt, c0, tc1);
+                class_range(s->xlo[x], s->xhi[x], k0, M, &lo, &hi);
+                mask_class(s->s, rs, cs, r, lo, hi, c0, tc1);
+                const int32_t *rb = s->xrb + x * (s->rmax + 1);
+                for (int32_t u = 0; u < s->xrn[x]; u++) {
+                    class_range((int64_t)rb[u] * B, (int64_t)rb[u] * B + B < n ? (int64_t)rb[u] * B + B : n, k0, M,
+                                &lo, &hi);
+                    mask_class(s->s, rs, cs, r, lo, hi, c0, tc1);
+                }
+                for (int64_t u = s->xl0[x]; u < s->xl1[x]; u++) {
+                    int64_t b = lay->idx[u];
+                    if ((b + 1) * B <= jlo) continue;
+                    if (b * B > jhi) break;
+                    class_range(b * B, (b + 1) * B < n ? (b + 1) * B : n, k0, M, &lo, &hi);
+                    mask_class(s->s, rs, cs, r, lo, hi, c0, tc1);
+                }
+                /* keys an earlier residue rule took: arithmetic progressions
+                 * among the class keys */
+                if (g->rule > 0 && hr->stride) /* j = i (mod S) */
+                    mask_progression(s->s, rs, cs, r, 0, Kt, c0, tc1, k0, M, hr->stride, i);
+                for (int p = 0; p < g->rule - 1; p++) { /* pair p selects i and j in one segment */
+                    if (!spa_dil_sel(hr, p, h, i)) continue;
+                    const int64_t sa = i / hr->dil_w[p] * hr->dil_w[p], rp = hr->dil_r[p];
+                    class_range(sa, sa + hr->dil_w[p], k0, M, &lo, &hi);
+                    mask_progression(s->s, rs, cs, r, lo, hi, c0, tc1, k0, M, rp, sa + (int64_t)h % rp);
+                }
+            }
+            /* a key the plan did not bring, yet a row attends it: poison the row loudly */
+            for (int32_t c = 0; c < nk; c++)
+                if (s->kcls[c] == 2)
+                    for (int32_t r = 0; r < tr; r++)
+                        if (s->s[c * cs + r * rs] != -INFINITY) s->s[c * cs + r * rs] = NAN;
+            /* passes 5-7: softmax of the chunk, merged into the running partials */
+            s->nk = nk;
+            s->npiece = 1;
+            s->pk[0] = s->kc;
+            s->pv[0] = s->vc;
+            s->pn[0] = nk;
+            if (s->fast) softmax_tail_t(s, tr, 0);
+            else softmax_tail(s, tr);
+            for (int32_t r = 0; r < tr; r++) {
+                m[base + trow[r]] = s->m[r];
+                l[base + trow[r]] = s->l[r];
+                memcpy(acc + (base + trow[r]) * D, s->acc + (int64_t)r * D, (size_t)D * sizeof(float));
+            }
         }
-        /* pass 3: mask what the block pass or an earlier rule took, and causality */
-        for (int32_t c = 0; c < nk; c++)
-            if (s->kcls[c] == 1)
-                for (int32_t r = 0; r < nr; r++) s->s[c * cs + r * rs] = -INFINITY;
-        const int64_t jlo = k0 + c0 * M, jhi = k0 + (c1 - 1) * M; /* the chunk's token span */
-        for (int32_t r = 0; r < nr; r++) {
-            const int64_t i = rows[r];
-            int64_t lo, hi;
-            if (cfg->causal && i < jhi) mask_class(s->s, rs, cs, r, i >= k0 ? (i - k0) / M + 1 : 0, K, c0, c1);
-            class_range(s->xlo[r], s->xhi[r], k0, M, &lo, &hi);
-            mask_class(s->s, rs, cs, r, lo, hi, c0, c1);
-            const int32_t *rb = s->xrb + (int64_t)r * (s->rmax + 1);
-            for (int32_t t = 0; t < s->xrn[r]; t++) {
-                class_range((int64_t)rb[t] * B, (int64_t)rb[t] * B + B < n ? (int64_t)rb[t] * B + B : n, k0, M, &lo, &hi);
-                mask_class(s->s, rs, cs, r, lo, hi, c0, c1);
-            }
-            for (int64_t t = s->xl0[r]; t < s->xl1[r]; t++) {
-                int64_t b = lay->idx[t];
-                if ((b + 1) * B <= jlo) continue;
-                if (b * B > jhi) break;
-                class_range(b * B, (b + 1) * B < n ? (b + 1) * B : n, k0, M, &lo, &hi);
-                mask_class(s->s, rs, cs, r, lo, hi, c0, c1);
-            }
-            /* keys an earlier residue rule took: arithmetic progressions
-             * among the class keys */
-            if (g->rule > 0 && hr->stride) /* j = i (mod S) */
-                mask_progression(s->s, rs, cs, r, 0, K, c0, c1, k0, M, hr->stride, i);
-            for (int p = 0; p < g->rule - 1; p++) { /* pair p selects i and j in one segment */
-                if (!spa_dil_sel(hr, p, h, i)) continue;
-                const int64_t sa = i / hr->dil_w[p] * hr->dil_w[p], rp = hr->dil_r[p];
-                class_range(sa, sa + hr->dil_w[p], k0, M, &lo, &hi);
-                mask_progression(s->s, rs, cs, r, lo, hi, c0, c1, k0, M, rp, sa + (int64_t)h % rp);
-            }
-        }
-        /* a key the plan did not bring, yet a row attends it: poison the row loudly */
-        for (int32_t c = 0; c < nk; c++)
-            if (s->kcls[c] == 2)
-                for (int32_t r = 0; r < nr; r++)
-                    if (s->s[c * cs + r * rs] != -INFINITY) s->s[c * cs + r * rs] = NAN;
-        /* passes 4-6: softmax of the chunk, merged into the running partials */
-        s->nk = nk;
-        s->npiece = 1;
-        s->pk[0] = s->kc;
-        s->pv[0] = s->vc;
-        s->pn[0] = nk;
-        if (s->fast) softmax_tail_t(s, nr, 0);
-        else softmax_tail(s, nr);
     }
     s->nk = 0;
     s->npiece = 0;
-
-    for (int32_t r = 0; r < nr; r++) {
-        m[base + rows[r]] = s->m[r];
-        l[base + rows[r]] = s->l[r];
-        memcpy(acc + (base + rows[r]) * D, s->acc + (int64_t)r * D, (size_t)D * sizeof(float));
-    }
 }
 
 /* x - m rounded to float, with the rounding error in *lo (TwoSum), so that

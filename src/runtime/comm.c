@@ -242,6 +242,7 @@ spa_err spa_comm_connect(spa_comm *c)
     c->rma = all_ok;
     if (c->rma) {
         /* pre-touch, so the first gets do not fault the target's pages in */
+        spa_hugepages(c->wbase, (size_t)(2 * H * c->n_own * D) * sizeof(float));
         memset(c->wbase, 0, (size_t)(2 * H * c->n_own * D) * sizeof(float));
         SPA_MPI_CHECK(MPI_Win_lock_all(MPI_MODE_NOCHECK, c->win));
         return SPA_OK;

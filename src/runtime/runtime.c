@@ -90,7 +90,7 @@ static spa_err push_rtask(spa_ctx ctx, int64_t *cap, const spa_residue *g, int64
 }
 
 /* The rows of class g in [a, b) that the residue pass serves (not global,
- * not in a block the spread path serves), cut into tasks of 64 rows. */
+ * not in a block the spread path serves), cut into tasks of SPA_RESIDUE_ROWS. */
 static spa_err class_tasks(spa_ctx ctx, const spa_residue *g, int64_t a, int64_t b, const unsigned char *served,
                            int64_t *nrows, int64_t *cap)
 {
@@ -100,7 +100,7 @@ static spa_err class_tasks(spa_ctx ctx, const spa_residue *g, int64_t a, int64_t
     for (int64_t i = first; i < b; i += g->M) {
         if (served[(int64_t)g->h * nq + i / B - b0] || spa_pattern_is_global(cfg, i)) continue;
         ctx->rrows[(*nrows)++] = i;
-        if (*nrows - r0 == 64) {
+        if (*nrows - r0 == SPA_RESIDUE_ROWS) {
             SPA_CHECK(push_rtask(ctx, cap, g, r0, *nrows));
             r0 = *nrows;
         }
