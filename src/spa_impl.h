@@ -38,6 +38,8 @@ spa_err spa_mpi_error(int mpierr, const char *what, const char *file, int line);
     } while (0)
 
 /* Aligned allocation for SIMD and GEMM operands (64 bytes). Zeroed. */
+/* Index of the first element >= x in sorted a[0..len). */
+int64_t spa_lower_bound(const int64_t *a, int64_t len, int64_t x);
 void *spa_alloc(size_t bytes);
 void spa_hugepages(void *p, size_t bytes);
 void spa_free(void *p);

@@ -328,18 +328,6 @@ static int64_t locate(const spa_config *cfg, const spa_keysrc *src, int32_t h, i
     return left < want ? left : want;
 }
 
-/* Index of the first element >= x in sorted a[0..len). */
-static int64_t lower_bound_tok(const int64_t *a, int64_t len, int64_t x)
-{
-    int64_t lo = 0, hi = len;
-    while (lo < hi) {
-        int64_t mid = lo + (hi - lo) / 2;
-        if (a[mid] < x) lo = mid + 1;
-        else hi = mid;
-    }
-    return lo;
-}
-
 typedef struct block_job {
     const spa_config *cfg;
     const spa_keysrc *src;
@@ -416,7 +404,7 @@ static void append_keys(block_job *job, int64_t t0, int64_t t1, int cls, int kee
 {
     const spa_config *cfg = job->cfg;
     const spa_rowctx *x = &job->s->x;
-    int64_t g = lower_bound_tok(cfg->kv_tokens, cfg->nkv_tokens, t0);
+    int64_t g = spa_lower_bound(cfg->kv_tokens, cfg->nkv_tokens, t0);
     while (t0 < t1) {
         while (g < cfg->nkv_tokens && cfg->kv_tokens[g] < t1 && !spa_pattern_is_gathered(cfg, job->h, cfg->kv_tokens[g]))
             g++;

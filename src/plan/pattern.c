@@ -22,8 +22,7 @@ uint64_t spa_rng(uint64_t seed, uint64_t head, uint64_t block, uint64_t counter)
     return mix64(mix64(mix64(mix64(seed) ^ head) ^ block) ^ counter);
 }
 
-/* Index of the first element >= x in sorted a[0..len). */
-static int64_t lower_bound(const int64_t *a, int64_t len, int64_t x)
+int64_t spa_lower_bound(const int64_t *a, int64_t len, int64_t x)
 {
     int64_t lo = 0, hi = len;
     while (lo < hi) {
@@ -36,13 +35,13 @@ static int64_t lower_bound(const int64_t *a, int64_t len, int64_t x)
 
 int spa_pattern_is_global(const spa_config *cfg, int64_t j)
 {
-    int64_t p = lower_bound(cfg->globals, cfg->nglobals, j);
+    int64_t p = spa_lower_bound(cfg->globals, cfg->nglobals, j);
     return p < cfg->nglobals && cfg->globals[p] == j;
 }
 
 int spa_pattern_block_has_global(const spa_config *cfg, int64_t b)
 {
-    int64_t p = lower_bound(cfg->global_blocks, cfg->nglobal_blocks, b);
+    int64_t p = spa_lower_bound(cfg->global_blocks, cfg->nglobal_blocks, b);
     return p < cfg->nglobal_blocks && cfg->global_blocks[p] == b;
 }
 
@@ -69,7 +68,7 @@ int64_t spa_pattern_gathered_in(const spa_config *cfg, int32_t h, int64_t a, int
 {
     if (b <= a) return 0;
     const spa_head_rules *hr = &cfg->hr[h];
-    int64_t g0 = lower_bound(cfg->globals, cfg->nglobals, a), g1 = lower_bound(cfg->globals, cfg->nglobals, b);
+    int64_t g0 = spa_lower_bound(cfg->globals, cfg->nglobals, a), g1 = spa_lower_bound(cfg->globals, cfg->nglobals, b);
     int64_t cnt = g1 - g0;
     if (hr->sum_l) {
         cnt += summary_below(hr, b) - summary_below(hr, a);
@@ -333,7 +332,7 @@ static int64_t key_blocks(const spa_config *cfg, int32_t h, int64_t c, spa_patws
     /* strided: over the runs of non-global rows (global rows take the
      * spread path and need no key brought) */
     if (hr->stride && !full_only) {
-        int64_t g = lower_bound(cfg->globals, cfg->nglobals, t0), u0 = t0;
+        int64_t g = spa_lower_bound(cfg->globals, cfg->nglobals, t0), u0 = t0;
         for (;;) {
             int64_t u1 = g < cfg->nglobals && cfg->globals[g] < t1 ? cfg->globals[g] : t1;
             if (u1 > u0) mark_strided(w, cfg, h, u0, u1);
@@ -381,7 +380,7 @@ int spa_pattern_spread_ws(const spa_config *cfg, int32_t h, int64_t c, spa_patws
 int spa_pattern_served_ws(const spa_config *cfg, int32_t h, int64_t c, spa_patws *w)
 {
     const int64_t B = cfg->block, t0 = c * B, t1 = t0 + B < cfg->n ? t0 + B : cfg->n;
-    int64_t g0 = lower_bound(cfg->globals, cfg->nglobals, t0), g1 = lower_bound(cfg->globals, cfg->nglobals, t1);
+    int64_t g0 = spa_lower_bound(cfg->globals, cfg->nglobals, t0), g1 = spa_lower_bound(cfg->globals, cfg->nglobals, t1);
     return g1 - g0 == t1 - t0 || spa_pattern_spread_ws(cfg, h, c, w);
 }
 
