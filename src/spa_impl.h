@@ -245,4 +245,81 @@ void spa_partial_init(double *part, int64_t count, int32_t D);
 void spa_partial_merge(double *a, const double *b, int32_t D);
 void spa_partial_finish(const double *p, int32_t D, float *out, float *lse);
 
+/* ---------------------------------------------------------------- backward */
+
+/* Where the gradients of a spa_keysrc's keys go: one sink beside each
+ * source, laid out as it is, so that a key found in the source at some
+ * offset has its dk, dv at the same offset of its sink. The backward
+ * kernels add into the sinks (+=); the caller zeroes them and, in a
+ * distributed run, sends the halo, fetched and gathered sinks home.
+ * A NULL sink discards what would go there. */
+typedef struct spa_gradseg {
+    float *dk, *dv;      /* parallel to spa_keyseg k, v: row t0 of head 0, the segment's hstride */
+} spa_gradseg;
+
+typedef struct spa_gradsink {
+    spa_gradseg *seg;    /* [src->nseg] */
+    float *fdk, *fdv;    /* [nfetch][B][D], parallel to src->fk, fv */
+    float *gdk, *gdv;    /* [H][nkv_tokens][D], parallel to src->gk, gv */
+} spa_gradsink;
+
+/* Per-thread scratch of the backward kernels, allocated once. */
+typedef struct spa_bscratch spa_bscratch;
+spa_bscratch *spa_bscratch_create(const spa_config *cfg);
+void spa_bscratch_destroy(spa_bscratch *s);
+
+/* Dl[r] = sum_d dout[r][d] * out[r][d] (FlashAttention-2's D), in double,
+ * rounded once.  out, dout: [rows][D];  Dl: [rows] */
+void spa_backward_delta(int64_t rows, int32_t D, const float *out, const float *dout, float *Dl);
+
+/* Backward of the block pass of query block c, head h: the keys of the
+ * forward's steps 1-3 (local range, gathered tokens, full key blocks), in
+ * the forward's canonical order.
+ *   q, dout: [rows][D] rows of block c;  lse, Dl: [rows] from the forward
+ *   dq: [rows][D], written: this pass's share of dq (0 for global rows
+ *       and rows with an empty S(i))
+ * Adds every attended key's dk, dv to the sink beside the source the key
+ * was found in (sink parallels src). */
+void spa_backward_block(const spa_config *cfg, const spa_keysrc *src, const spa_gradsink *sink, spa_bscratch *s,
+                        int32_t h, int64_t c, const float *q, const float *dout, const float *lse, const float *Dl,
+                        float *dq);
+
+/* Backward of the residue keys (strided, dilated) of the non-global rows
+ * of block c, head h: each row's keys that the block pass did not take,
+ * rule by rule (stride, then the dilated pairs in order), ascending, each
+ * once. Arguments as spa_backward_block; dq is added to. A key the source
+ * lacks makes its row's dq NaN. */
+void spa_backward_residue(const spa_config *cfg, const spa_keysrc *src, const spa_gradsink *sink, spa_bscratch *s,
+                          int32_t h, int64_t c, const float *q, const float *dout, const float *lse,
+                          const float *Dl, float *dq);
+
+/* Backward of spread rows (the rows spa_kernel_global_partial serves)
+ * against the key range j0 .. j0 + len - 1 of head h.
+ *   qg, dog: [ng][D] rows gidx[] (ascending);  lseg, Dlg: [ng]
+ *   k, v: [len][D];  dk, dv: [len][D] their gradients, added to
+ *   dqg: [ng][D], added to (the share of these keys)
+ * c < 0: global rows (every key); c >= 0: non-global rows of spread
+ * block c, under its rule. Key chunks are aligned to absolute multiples
+ * of the chunk size, as in the forward. */
+void spa_backward_spread(const spa_config *cfg, spa_bscratch *s, int32_t h, int64_t c, const float *qg,
+                         const float *dog, const float *lseg, const float *Dlg, const int64_t *gidx, int64_t ng,
+                         const float *k, const float *v, int64_t j0, int64_t len, float *dqg, float *dk, float *dv);
+
+/* The whole backward on one rank, every key resident (the keysrc of a
+ * P = 1 run: the sequence as one segment, the gathered tokens copied).
+ *   q, k, v, out, dout, dq, dk, dv: [H][n][D];  lse: [H][n]
+ * Heads in parallel on threads (<= 0: OpenMP's default); within a head the
+ * query blocks in ascending order, so every key's contributions are summed
+ * in the order of the query blocks and the result does not depend on the
+ * thread count. Not collective. */
+spa_err spa_backward_local(const spa_config *cfg, const float *q, const float *k, const float *v, const float *out,
+                           const float *lse, const float *dout, float *dq, float *dk, float *dv, int threads);
+
+/* The dense backward oracle, O(n^2), for tests only: out and lse computed
+ * in double from the same rules as spa_reference (reference.c), then
+ * FlashAttention-2's equations in double.
+ *   q, k, v, dout, dq, dk, dv: [H][n][D] whole tensors */
+spa_err spa_reference_grad(const spa_config *cfg, const float *q, const float *k, const float *v,
+                           const float *dout, float *dq, float *dk, float *dv);
+
 #endif
