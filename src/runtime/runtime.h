@@ -38,7 +38,7 @@ struct spa_ctx_s {
 
     /* residue pass (strided and dilated rules): tasks in phases, one phase
      * per rule so that each row merges its rules in a fixed order; every
-     * task is up to 64 rows of one class. Rows' partials [H][n_own](D + 2). */
+     * task is up to SPA_RESIDUE_ROWS rows of one class. Rows' partials [H][n_own](D + 2). */
     spa_residue *rgroup;    /* [nrtask] the class of each task */
     int64_t *rrow_off;      /* [nrtask + 1] into rrows */
     int64_t *rrows;         /* row tokens */
