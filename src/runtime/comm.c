@@ -7,8 +7,9 @@
  *
  * Fetched blocks use one window over each rank's K and V (MPI_Win_allocate,
  * pre-touched, one lock_all epoch for the context's life) and one MPI_Get
- * per coalesced run of blocks. Where the window cannot be created (osc/rdma
- * over TCP between nodes) the same runs go two-sided.
+ * per coalesced run of blocks, completed by a flush of each rank the batch
+ * reads. Where the window cannot be created (osc/rdma over TCP between
+ * nodes) the same runs go two-sided.
  */
 #include "comm.h"
 
@@ -134,20 +135,32 @@ static spa_err setup_fetch(spa_comm *c)
     c->batch_first = calloc((size_t)NB + 1, sizeof(int64_t));
     c->fhead_off = calloc((size_t)(NB * (H + 1)), sizeof(int64_t));
     c->run_slot = malloc((size_t)(pl->nruns + 1) * sizeof(int64_t));
-    SPA_REQUIRE(c->fk && c->fv && c->fblock && c->batch_first && c->fhead_off && c->run_slot, SPA_ERR_OTHER,
-                "out of memory for %lld fetched blocks", (long long)(c->nbuf * c->buf_slots));
+    c->btarget = malloc((size_t)(pl->nruns + 1) * sizeof(int));
+    c->btarget_first = calloc((size_t)NB + 1, sizeof(int));
+    int *seen = malloc((size_t)c->P * sizeof(int)); /* last batch that listed each rank */
+    if (!(c->fk && c->fv && c->fblock && c->batch_first && c->fhead_off && c->run_slot && c->btarget &&
+          c->btarget_first && seen)) {
+        free(seen);
+        SPA_FAIL(SPA_ERR_OTHER, "out of memory for %lld fetched blocks", (long long)(c->nbuf * c->buf_slots));
+    }
+    for (int r = 0; r < c->P; r++) seen[r] = -1;
     int64_t slot = 0;
+    int ntarget = 0;
     for (int k = 0; k < NB; k++) {
         int64_t *ho = c->fhead_off + k * (H + 1), first = slot;
         c->batch_first[k] = first;
+        c->btarget_first[k] = ntarget;
         for (int i = pl->batch_run[k]; i < pl->batch_run[k + 1]; i++) {
             c->run_slot[i] = slot - first;
             for (int64_t b = 0; b < pl->runs[i].nblk; b++) c->fblock[slot++] = pl->runs[i].b0 + b;
             ho[pl->runs[i].h + 1] += pl->runs[i].nblk;
+            if (seen[pl->runs[i].rank] != k) seen[pl->runs[i].rank] = k, c->btarget[ntarget++] = pl->runs[i].rank;
         }
         for (int64_t h = 0; h < H; h++) ho[h + 1] += ho[h];
     }
     c->batch_first[NB] = slot;
+    c->btarget_first[NB] = ntarget;
+    free(seen);
     return SPA_OK;
 }
 
@@ -269,6 +282,7 @@ void spa_comm_destroy(spa_comm **pc)
     spa_free(c->fk), spa_free(c->fv);
     free(c->rtype), free(c->stype), free(c->reqs), free(c->gcount), free(c->gdispl), free(c->kv_first);
     free(c->spos), free(c->fblock), free(c->batch_first), free(c->fhead_off), free(c->run_slot), free(c->serve);
+    free(c->btarget), free(c->btarget_first);
     free(c->rreqs);
     if (c->comm != MPI_COMM_NULL) MPI_Comm_free(&c->comm);
     free(c);
@@ -424,9 +438,14 @@ spa_err spa_comm_wait_batch(spa_comm *c, int bt, spa_stats *st)
 {
     const spa_commplan *pl = c->plan;
     double t = spa_now();
-    /* one batch is in flight at a time, so flushing every target is
-     * flushing this batch */
-    if (c->rma) SPA_MPI_CHECK(MPI_Win_flush_all(c->win));
+    /* One batch is in flight at a time: flushing the ranks it reads
+     * completes it. Not MPI_Win_flush_all: MPICH 4.0 over UCX implements it
+     * with a UCX worker flush, which returns while gets to a busy rank still
+     * wait on a full shared-memory queue, and their blocks land after the
+     * kernel has read the buffer. A flush per rank waits for that queue. */
+    if (c->rma)
+        for (int i = c->btarget_first[bt]; i < c->btarget_first[bt + 1]; i++)
+            SPA_MPI_CHECK(MPI_Win_flush(c->btarget[i], c->win));
     else
         SPA_MPI_CHECK(MPI_Waitall(2 * (pl->batch_run[bt + 1] - pl->batch_run[bt]), c->rreqs + 2 * pl->batch_run[bt],
                                   MPI_STATUSES_IGNORE));

@@ -48,6 +48,8 @@ typedef struct spa_comm {
     int64_t *batch_first;        /* [nbatch + 1] first slot of each batch in fblock */
     int64_t *fhead_off;          /* [nbatch][H + 1] slots of each head, within its batch */
     int64_t *run_slot;           /* [nruns] first slot of each run, within its batch */
+    int *btarget;                /* ranks each batch fetches from, batch by batch, each once */
+    int *btarget_first;          /* [nbatch + 1] first of each batch in btarget */
     int64_t *serve;              /* two-sided: [nserve][4] (rank, h, b0, nblk) others want */
     int nserve;
     MPI_Request *rreqs;          /* two-sided: [2 nruns] receives, then [2 nserve] sends */
