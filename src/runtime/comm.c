@@ -244,7 +244,13 @@ spa_err spa_comm_connect(spa_comm *c)
     const char *tr = getenv("SPA_RANDOM_TRANSPORT");
     int want_rma = !(tr && strcmp(tr, "p2p") == 0), ok = 0;
     if (want_rma) {
-        MPI_Aint bytes = (MPI_Aint)(2 * H * c->n_own * D) * (MPI_Aint)sizeof(float);
+        /* K then V, rounded up to whole cache lines. MPICH puts the windows
+         * of a node's ranks back to back in one shared segment, so a size
+         * that is not a multiple of 16 bytes misaligns the next rank's base;
+         * MPICH 4.0 over UCX then takes that window's address from the UCX
+         * registration, which rounds it down, and every get reads shifted
+         * values. */
+        MPI_Aint bytes = (MPI_Aint)((2 * H * c->n_own * D * (int64_t)sizeof(float) + 63) / 64 * 64);
         int m = MPI_Win_allocate(bytes, (int)sizeof(float), MPI_INFO_NULL, c->comm, &c->wbase, &c->win);
         ok = m == MPI_SUCCESS;
         if (ok) ok = MPI_Win_set_errhandler(c->win, MPI_ERRORS_RETURN) == MPI_SUCCESS;
