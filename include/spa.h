@@ -344,6 +344,12 @@ typedef struct spa_stats {
     int rma;           /* 1 when random links went over MPI_Get, 0 for p2p */
     int threads;
     int batches;       /* batches of fetched blocks (cfg->fetch_bytes); 1 when all fit */
+    /* spa_ctx_backward only: the bytes this rank SENDS back to the keys'
+     * owners, each the mirror of what the forward brought it (K and V of
+     * the same pieces, so equal to the plan's bytes_halo and bytes_rma):
+     * dk, dv of the halo; of the fetched runs; of the gathered tokens not
+     * owned here, plus dq of the spread rows not owned here. */
+    int64_t bytes_halo_bwd, bytes_rma_bwd, bytes_global_bwd;
 } spa_stats;
 
 /* Collective over comm. Partitions, plans, allocates every buffer and the
@@ -360,6 +366,24 @@ void spa_ctx_shard(spa_ctx ctx, int64_t *t0, int64_t *t1);
  * st may be NULL. Same result for every rank count. */
 spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v, float *out,
                     float *lse, spa_stats *st);
+
+/* Collective. The backward pass of spa_ctx_run: for L with dL/dout = dout,
+ * the gradients of this rank's rows and keys.
+ *   q, k, v, out, dout: [H][t1 - t0][D];  lse: [H][t1 - t0]  (out and lse
+ *   from spa_ctx_run on the same q, k, v)
+ *   dq, dk, dv: [H][t1 - t0][D], written
+ * K and V travel as in spa_ctx_run (bytes_halo, bytes_global, bytes_rma of
+ * st, where bytes_global also counts dout, lse and Dl = dout.out of the
+ * spread rows, gathered like their q, and not the merge of partials); the
+ * gradients of borrowed keys and the spread rows' dq go back to their
+ * owners (bytes_*_bwd). Fetched runs return by MPI_Put when the fetches
+ * are one-sided, two-sided otherwise (st->rma). The first call sets up
+ * the returns (collective). For a given rank count the result does not
+ * depend on the thread count; across rank counts it agrees to float32
+ * rounding. st may be NULL; st->flops counts 10 * D * sum |S(i)|, the
+ * checksum is the sum of dq, dk and dv over all ranks. */
+spa_err spa_ctx_backward(spa_ctx ctx, const float *q, const float *k, const float *v, const float *out,
+                         const float *lse, const float *dout, float *dq, float *dk, float *dv, spa_stats *st);
 
 /* Progress callback: called on this rank from the calling thread during
  * spa_ctx_run with the fraction of query blocks done, at most ~10 times a

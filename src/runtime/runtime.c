@@ -269,6 +269,7 @@ void spa_ctx_destroy(spa_ctx *pctx)
 {
     spa_ctx ctx = pctx ? *pctx : NULL;
     if (!ctx) return;
+    spa_ctx_backward_free(ctx);
     spa_comm_destroy(&ctx->cm);
     if (ctx->scr)
         for (int t = 0; t < ctx->threads; t++) spa_scratch_destroy(ctx->scr[t]);

@@ -49,6 +49,13 @@ struct spa_ctx_s {
     void (*progress)(double, void *);
     void *progress_arg;
     double progress_last;
+
+    /* the backward pass (backward_rt.c): set up by the first
+     * spa_ctx_backward, freed by spa_ctx_backward_free */
+    struct spa_bwd *bwd;
 };
+
+/* Collective (when the backward was set up). Frees ctx->bwd. */
+void spa_ctx_backward_free(spa_ctx ctx);
 
 #endif
