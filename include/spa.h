@@ -243,11 +243,11 @@ int spa_partition_owner(const spa_config *cfg, int P, int64_t j);
 
 /* ------------------------------------------------------- synthetic inputs */
 
-/* Seeded synthetic values for tensor `which` (0 = q, 1 = k, 2 = v) of head h,
+/* Seeded synthetic values for tensor `which` (0 = q, 1 = k, 2 = v, 3 = dout) of head h,
  * tokens [t0, t1): dst is [t1 - t0][D]. Keyed by (seed, which, h, token,
  * d), so any rank produces the same bytes for the same token. Values are
  * uniform in [-1, 1) times `temperature` for q and k (1 = near-uniform
- * attention at D = 64; larger = peakier), and uniform in [-1, 1) for v. */
+ * attention at D = 64; larger = peakier), and uniform in [-1, 1) for v and dout. */
 void spa_synth(uint64_t seed, float temperature, int which, int32_t h, int64_t t0, int64_t t1,
                int32_t D, float *dst);
 
@@ -452,6 +452,39 @@ spa_err spa_io_write(MPI_Comm comm, const char *path, const spa_shape *shape,
  * for any rank count. */
 spa_err spa_io_gen(MPI_Comm comm, const char *path, int64_t n, int32_t heads, int32_t dim,
                    uint64_t seed, float temperature);
+
+/* Gradient files (spa grad, issue 11). */
+
+/* Collective, after spa_io_open. Opens what `spa grad` reads beside q, k,
+ * v: dout (required, q's shape) and, when the file holds them, out (q's
+ * shape) and lse (q's shape without the last dimension) of a spa run;
+ * *has_fwd = 1 then. A missing dout, a wrong shape or type, or only one
+ * of out and lse is SPA_ERR_INPUT naming the dataset, on every rank. */
+spa_err spa_io_open_grad(spa_input in, int *has_fwd);
+
+/* Collective. Checks that the root attributes recording the pattern
+ * (those spa_io_write writes: block, local_mode, local_size, random, seed,
+ * causal, scale, the rule flags, layout) match cfg (validated), i.e. that
+ * out and lse are from this pattern. SPA_ERR_INPUT naming out and lse and
+ * the first attribute that differs or is missing. */
+spa_err spa_io_check_forward(spa_input in, const spa_config *cfg);
+
+/* Collective. Reads this rank's rows [t0, t1) of dout ([H][t1 - t0][D])
+ * and, when out and lse are not NULL and present, of out ([H][t1 - t0][D])
+ * and lse ([H][t1 - t0]). Non-finite values are an input error naming the
+ * dataset (-inf is allowed in lse: a row with no keys). */
+spa_err spa_io_read_grad(spa_input in, int64_t t0, int64_t t1, float *dout, float *out, float *lse);
+
+/* Collective. spa_io_write for gradients: dq, dk, dv (float32, the shape
+ * of q; this rank's [H][t1 - t0][D]), the plan group and the same root
+ * attributes, atomically. */
+spa_err spa_io_write_grad(MPI_Comm comm, const char *path, const spa_shape *shape,
+                          const spa_config *cfg, int64_t t0, int64_t t1, const float *dq,
+                          const float *dk, const float *dv, int threads);
+
+/* Collective. spa_io_gen plus dout [H, N, D] (spa_synth tensor 3). */
+spa_err spa_io_gen_grad(MPI_Comm comm, const char *path, int64_t n, int32_t heads, int32_t dim,
+                        uint64_t seed, float temperature);
 
 /* ------------------------------------------ added for the command line */
 /* src/cli sees this header only; these were private helpers before. */

@@ -8,7 +8,7 @@
 void spa_synth(uint64_t seed, float temperature, int which, int32_t h, int64_t t0, int64_t t1,
                int32_t D, float *dst)
 {
-    float amp = which == 2 ? 1.0f : temperature;
+    float amp = which >= 2 ? 1.0f : temperature; /* v and dout: [-1, 1) */
     uint64_t key = spa_rng(seed ^ 0x5eed5eed5eedull, (uint64_t)which, (uint64_t)h, 0);
 #pragma omp parallel for schedule(static)
     for (int64_t t = t0; t < t1; t++) {

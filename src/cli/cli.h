@@ -32,7 +32,8 @@ typedef enum spa_cli_cmd {
     SPA_CLI_GEN,
     SPA_CLI_BENCH,
     SPA_CLI_PLAN,
-    SPA_CLI_LAYER          /* cli_layer.c */
+    SPA_CLI_LAYER,         /* cli_layer.c */
+    SPA_CLI_GRAD           /* cli_run.c: the backward pass on a file */
 } spa_cli_cmd;
 
 typedef struct spa_cli_opts {
@@ -48,6 +49,8 @@ typedef struct spa_cli_opts {
     int plan_ranks;        /* plan --ranks; 0 = no per-rank table */
     int has_n, has_shape;  /* --n given; any of --n --heads --dim given */
     int has_heads, has_dim, save_attention; /* layer: --heads, --dim, --save-attention */
+    int grad;              /* gen --grad: also write dout */
+    int backward;          /* bench --backward: time spa_ctx_backward */
 } spa_cli_opts;
 
 /* Parses argv into o (o->cfg is initialised here; free it with
@@ -86,6 +89,8 @@ spa_err spa_cli_check_output(const char *what, const char *path, const char *inp
 spa_err spa_cli_run(MPI_Comm comm, spa_cli_opts *o);
 spa_err spa_cli_gen(MPI_Comm comm, spa_cli_opts *o);
 spa_err spa_cli_bench(MPI_Comm comm, spa_cli_opts *o);
+/* spa grad: dq, dk, dv of an input holding q, k, v, dout [, out, lse]. */
+spa_err spa_cli_grad(MPI_Comm comm, spa_cli_opts *o);
 spa_err spa_cli_layer(MPI_Comm comm, spa_cli_opts *o);
 /* The help of `spa layer` before the pattern flags' (cli_layer.c). */
 void spa_cli_layer_help(FILE *f);

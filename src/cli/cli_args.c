@@ -26,7 +26,7 @@ enum {
     F_INPUT, F_OUTPUT, F_N, F_HEADS, F_DIM, F_BLOCK, F_LOCAL, F_RADIUS, F_GLOBALS, F_RANDOM,
     F_SEED, F_CAUSAL, F_SCALE, F_JSON, F_THREADS, F_TEMP, F_PROGRESS, F_WARMUP, F_REPS,
     F_RANKS, F_STATS, F_IMAGE, F_NO_OVERLAP, F_HELP, F_STRIDE, F_SUMMARY, F_DILATED, F_LAYOUT,
-    F_EXPORT_LAYOUT, F_SAVE_ATTENTION, F_FETCH_MIB, F_COUNT
+    F_EXPORT_LAYOUT, F_SAVE_ATTENTION, F_FETCH_MIB, F_GRAD, F_BACKWARD, F_COUNT
 };
 
 #define C_RUN (1u << SPA_CLI_RUN)
@@ -34,16 +34,17 @@ enum {
 #define C_BENCH (1u << SPA_CLI_BENCH)
 #define C_PLAN (1u << SPA_CLI_PLAN)
 #define C_LAYER (1u << SPA_CLI_LAYER)
-#define C_PATTERN (C_RUN | C_BENCH | C_PLAN | C_LAYER)
-#define C_ALL (C_RUN | C_GEN | C_BENCH | C_PLAN | C_LAYER)
+#define C_GRAD (1u << SPA_CLI_GRAD)
+#define C_PATTERN (C_RUN | C_BENCH | C_PLAN | C_LAYER | C_GRAD)
+#define C_ALL (C_RUN | C_GEN | C_BENCH | C_PLAN | C_LAYER | C_GRAD)
 
 static const struct flag_def {
     const char *name;
     int value;      /* takes a value */
     unsigned cmds;  /* commands that accept it */
 } flags[F_COUNT] = {
-    [F_INPUT] = {"input", 1, C_RUN | C_LAYER},
-    [F_OUTPUT] = {"output", 1, C_RUN | C_GEN | C_LAYER},
+    [F_INPUT] = {"input", 1, C_RUN | C_LAYER | C_GRAD},
+    [F_OUTPUT] = {"output", 1, C_RUN | C_GEN | C_LAYER | C_GRAD},
     [F_N] = {"n", 1, C_ALL},
     [F_HEADS] = {"heads", 1, C_ALL},
     [F_DIM] = {"dim", 1, C_ALL},
@@ -55,7 +56,7 @@ static const struct flag_def {
     [F_SEED] = {"seed", 1, C_ALL},
     [F_CAUSAL] = {"causal", 0, C_PATTERN},
     [F_SCALE] = {"scale", 1, C_PATTERN},
-    [F_JSON] = {"json", 0, C_RUN | C_BENCH | C_PLAN | C_LAYER},
+    [F_JSON] = {"json", 0, C_RUN | C_BENCH | C_PLAN | C_LAYER | C_GRAD},
     [F_THREADS] = {"threads", 1, C_ALL},
     [F_TEMP] = {"temperature", 1, C_RUN | C_GEN | C_BENCH},
     [F_PROGRESS] = {"progress", 0, C_RUN | C_BENCH},
@@ -64,7 +65,7 @@ static const struct flag_def {
     [F_RANKS] = {"ranks", 1, C_PLAN},
     [F_STATS] = {"stats", 0, C_PLAN},
     [F_IMAGE] = {"image", 1, C_PLAN},
-    [F_NO_OVERLAP] = {"no-overlap", 0, C_RUN | C_BENCH},
+    [F_NO_OVERLAP] = {"no-overlap", 0, C_RUN | C_BENCH | C_GRAD},
     [F_HELP] = {"help", 0, C_ALL},
     [F_STRIDE] = {"stride", 1, C_PATTERN},
     [F_SUMMARY] = {"summary", 1, C_PATTERN},
@@ -73,6 +74,8 @@ static const struct flag_def {
     [F_EXPORT_LAYOUT] = {"export-layout", 1, C_PLAN},
     [F_SAVE_ATTENTION] = {"save-attention", 0, C_LAYER},
     [F_FETCH_MIB] = {"fetch-mib", 1, C_PATTERN},
+    [F_GRAD] = {"grad", 0, C_GEN},
+    [F_BACKWARD] = {"backward", 0, C_BENCH},
 };
 
 /* The flags of spa_config_add_rule: repeatable, parsed by validate. */
@@ -89,7 +92,7 @@ static int rule_of(int id)
     }
 }
 
-static const char *cmd_names[] = {"", "run", "gen", "bench", "plan", "layer"};
+static const char *cmd_names[] = {"", "run", "gen", "bench", "plan", "layer", "grad"};
 
 /* Integer in [lo, hi] spanning all of s. */
 static spa_err parse_int(const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *v)
@@ -283,6 +286,12 @@ static spa_err set_flag(spa_cli_opts *o, int id, const char *val)
     case F_SAVE_ATTENTION:
         o->save_attention = 1;
         break;
+    case F_GRAD:
+        o->grad = 1;
+        break;
+    case F_BACKWARD:
+        o->backward = 1;
+        break;
     default:
         CLI_FAIL(SPA_ERR_OTHER, "unhandled flag %d", id);
     }
@@ -309,10 +318,10 @@ spa_err spa_cli_parse(int argc, char **argv, spa_cli_opts *o)
         CLI_REQUIRE(argc == 2, SPA_ERR_USAGE, "--version takes no further arguments");
         return SPA_OK;
     }
-    for (int c = SPA_CLI_RUN; c <= SPA_CLI_LAYER; c++)
+    for (int c = SPA_CLI_RUN; c <= SPA_CLI_GRAD; c++)
         if (strcmp(cmd, cmd_names[c]) == 0) o->cmd = (spa_cli_cmd)c;
     CLI_REQUIRE(o->cmd != SPA_CLI_NONE, SPA_ERR_USAGE,
-                "unknown command '%s' (expected run, gen, bench, plan or layer)", cmd);
+                "unknown command '%s' (expected run, gen, bench, plan, layer or grad)", cmd);
 
     uint64_t seen = 0;
     for (int a = 2; a < argc; a++) {
@@ -351,6 +360,11 @@ spa_err spa_cli_parse(int argc, char **argv, spa_cli_opts *o)
     if (o->cmd == SPA_CLI_RUN)
         CLI_REQUIRE(!(o->input && o->has_shape), SPA_ERR_USAGE,
                     "--n, --heads and --dim come from the --input file; do not give them");
+    if (o->cmd == SPA_CLI_GRAD) {
+        CLI_REQUIRE(o->input, SPA_ERR_USAGE, "'spa grad' needs --input (q, k, v and dout)");
+        CLI_REQUIRE(!o->has_shape, SPA_ERR_USAGE,
+                    "--n, --heads and --dim come from the --input file; do not give them");
+    }
     if (o->cmd == SPA_CLI_GEN) {
         CLI_REQUIRE(o->output, SPA_ERR_USAGE, "'spa gen' needs --output");
         CLI_REQUIRE(o->has_n, SPA_ERR_USAGE, "'spa gen' needs --n");

@@ -1,5 +1,5 @@
-/* cli_run.c - `spa run`, `spa gen` and `spa bench`: set up the inputs, call
- * the runtime, and report on rank 0.
+/* cli_run.c - `spa run`, `spa gen`, `spa bench` and `spa grad`: set up the
+ * inputs, call the runtime, and report on rank 0.
  *
  * Every step that may fail on one rank only (a file, an allocation, a
  * runtime call) is followed by spa_agree on every rank, so all ranks take
@@ -27,6 +27,7 @@ typedef struct cli_report {
     int64_t peak_rss;          /* max over ranks, bytes */
     int ranks;
     int rma_all;               /* random links went over MPI_Get on every rank */
+    int backward;              /* st is spa_ctx_backward's: report bytes_*_bwd */
 } cli_report;
 
 static int64_t peak_rss_bytes(void)
@@ -42,11 +43,12 @@ static void reduce_stats(MPI_Comm comm, const spa_stats *st, double seconds_io, 
     double sec[7] = {st->seconds_total, st->seconds_compute, st->seconds_halo,
                      st->seconds_global, st->seconds_rma, seconds_io, st->seconds_wait};
     double secmax[7];
-    int64_t loc[6] = {st->bytes_halo, st->bytes_global, st->bytes_rma, peak_rss_bytes(),
-                      st->rma ? 0 : 1, st->batches};
-    int64_t mx[6], sum[3];
+    int64_t loc[9] = {st->bytes_halo, st->bytes_global, st->bytes_rma, peak_rss_bytes(),
+                      st->rma ? 0 : 1, st->batches, st->bytes_halo_bwd, st->bytes_rma_bwd,
+                      st->bytes_global_bwd};
+    int64_t mx[9], sum[3];
     MPI_Reduce(sec, secmax, 7, MPI_DOUBLE, MPI_MAX, 0, comm);
-    MPI_Reduce(loc, mx, 6, MPI_INT64_T, MPI_MAX, 0, comm);
+    MPI_Reduce(loc, mx, 9, MPI_INT64_T, MPI_MAX, 0, comm);
     MPI_Reduce(loc, sum, 3, MPI_INT64_T, MPI_SUM, 0, comm);
     MPI_Comm_size(comm, &rep->ranks);
     rep->st = *st;
@@ -63,6 +65,10 @@ static void reduce_stats(MPI_Comm comm, const spa_stats *st, double seconds_io, 
     rep->peak_rss = mx[3];
     rep->rma_all = mx[4] == 0;
     rep->st.batches = (int)mx[5];
+    rep->st.bytes_halo_bwd = mx[6];
+    rep->st.bytes_rma_bwd = mx[7];
+    rep->st.bytes_global_bwd = mx[8];
+    rep->backward = 0;
     memcpy(rep->bytes_total, sum, sizeof sum);
 }
 
@@ -102,6 +108,10 @@ static void print_report(const spa_cli_opts *o, const cli_report *rep, const cha
                    "\"bytes_rma_total\": %lld",
                 (long long)rep->bytes_total[0], (long long)rep->bytes_total[1],
                 (long long)rep->bytes_total[2]);
+        if (rep->backward)
+            fprintf(f, ", \"bytes_halo_bwd\": %lld, \"bytes_rma_bwd\": %lld, \"bytes_global_bwd\": %lld",
+                    (long long)s->bytes_halo_bwd, (long long)s->bytes_rma_bwd,
+                    (long long)s->bytes_global_bwd);
         fprintf(f, ", \"random_transport\": \"%s\", \"flops\": %lld", transport, (long long)s->flops);
         json_num(f, "gflops", gflops);
         json_num(f, "checksum", s->checksum);
@@ -131,6 +141,10 @@ static void print_report(const spa_cli_opts *o, const cli_report *rep, const cha
                 (long long)s->bytes_halo, (long long)rep->bytes_total[0], (long long)s->bytes_global,
                 (long long)rep->bytes_total[1], transport, (long long)s->bytes_rma,
                 (long long)rep->bytes_total[2]);
+        if (rep->backward)
+            fprintf(f, "gradient bytes sent back (largest rank): halo %lld, global %lld, %s %lld\n",
+                    (long long)s->bytes_halo_bwd, (long long)s->bytes_global_bwd, transport,
+                    (long long)s->bytes_rma_bwd);
         fprintf(f, "useful flops %.6g, %.3f GFLOP/s, peak RSS %.1f MiB (largest rank)\n",
                 (double)s->flops, gflops, (double)rep->peak_rss / 1048576.0);
         if (extra) extra(f, o, 0, extra_arg);
@@ -206,6 +220,29 @@ static void shards_free(shards *s)
     if (s->own_kv) spa_free(s->k), spa_free(s->v);
     spa_free(s->q), spa_free(s->out), spa_free(s->lse);
     memset(s, 0, sizeof *s);
+}
+
+/* This rank's dout and the gradients dq, dk, dv: [H][t1 - t0][D] each. */
+typedef struct grads {
+    float *dout, *dq, *dk, *dv;
+} grads;
+
+static spa_err grads_alloc(const spa_config *cfg, int64_t rows, grads *g)
+{
+    size_t bytes = (size_t)cfg->heads * (size_t)rows * (size_t)cfg->dim * sizeof(float);
+    g->dout = spa_alloc(bytes);
+    g->dq = spa_alloc(bytes);
+    g->dk = spa_alloc(bytes);
+    g->dv = spa_alloc(bytes);
+    CLI_REQUIRE(g->dout && g->dq && g->dk && g->dv, SPA_ERR_OTHER,
+                "out of memory for the gradients (4 x %.3g GB)", (double)bytes * 1e-9);
+    return SPA_OK;
+}
+
+static void grads_free(grads *g)
+{
+    spa_free(g->dout), spa_free(g->dq), spa_free(g->dk), spa_free(g->dv);
+    memset(g, 0, sizeof *g);
 }
 
 static void shards_synth(const spa_cli_opts *o, int64_t t0, int64_t t1, shards *s)
@@ -333,6 +370,104 @@ done:
     return err;
 }
 
+/* ------------------------------------------------------------------ grad */
+
+typedef struct grad_info {
+    int stored;            /* out and lse came from the input */
+    double seconds_forward; /* recomputing them (slowest rank); 0 when stored */
+} grad_info;
+
+static void grad_extra(FILE *f, const spa_cli_opts *o, int json, const void *arg)
+{
+    const grad_info *g = arg;
+    run_extra(f, o, json, NULL);
+    if (json) {
+        fprintf(f, ", \"forward\": \"%s\"", g->stored ? "stored" : "recomputed");
+        json_num(f, "seconds_forward", g->seconds_forward);
+    } else {
+        if (g->stored) fprintf(f, "out, lse: read from the input\n");
+        else fprintf(f, "out, lse: recomputed in %.4f s (not in seconds_total)\n", g->seconds_forward);
+    }
+}
+
+spa_err spa_cli_grad(MPI_Comm comm, spa_cli_opts *o)
+{
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    apply_threads(o);
+    spa_config *cfg = &o->cfg;
+    spa_input in = NULL;
+    spa_ctx ctx = NULL;
+    shards sh = {0};
+    grads gr = {0};
+    spa_shape shape;
+    spa_stats st;
+    grad_info gi = {0, 0.0};
+    double t_io = 0.0, t;
+    int64_t t0 = 0, t1 = 0;
+    spa_err err = SPA_OK;
+
+    if (o->output) {
+        err = spa_cli_check_output("output", o->output, o->input);
+        if (err == SPA_OK && o->layout) err = spa_cli_check_output("output", o->output, o->layout);
+        err = spa_agree(comm, err);
+        if (err) goto done;
+    }
+    t = spa_now();
+    err = spa_agree(comm, spa_io_open(comm, o->input, &in, &shape));
+    if (!err) err = spa_io_open_grad(in, &gi.stored);
+    t_io += spa_now() - t;
+    if (!err) err = spa_cli_stop_check(comm, "while opening the input");
+    if (err) goto done;
+    cfg->n = shape.n;
+    cfg->heads = shape.heads;
+    cfg->dim = shape.dim;
+    err = open_ctx(comm, o, &ctx, &sh, &t0, &t1);
+    /* out and lse are used only when they are this pattern's */
+    if (!err && gi.stored) err = spa_io_check_forward(in, cfg);
+    if (!err) err = spa_agree(comm, grads_alloc(cfg, t1 - t0, &gr));
+    if (err) goto done;
+    t = spa_now();
+    err = spa_agree(comm, spa_io_read(in, t0, t1, sh.q, sh.k, sh.v));
+    if (!err) err = spa_io_read_grad(in, t0, t1, gr.dout, gi.stored ? sh.out : NULL, gi.stored ? sh.lse : NULL);
+    t_io += spa_now() - t;
+    if (!err) err = spa_cli_stop_check(comm, "while reading the input");
+    if (err) goto done;
+
+    if (!gi.stored) {
+        t = spa_now();
+        err = spa_agree(comm, spa_ctx_run(ctx, sh.q, sh.k, sh.v, sh.out, sh.lse, NULL));
+        double el = spa_now() - t;
+        MPI_Allreduce(&el, &gi.seconds_forward, 1, MPI_DOUBLE, MPI_MAX, comm);
+        if (!err) err = spa_cli_stop_check(comm, "while computing out and lse");
+        if (err) goto done;
+    }
+    spa_cli_test_delay_compute(ctx);
+    err = spa_agree(comm, spa_ctx_backward(ctx, sh.q, sh.k, sh.v, sh.out, sh.lse, gr.dout, gr.dq,
+                                           gr.dk, gr.dv, &st));
+    if (!err) err = spa_cli_stop_check(comm, "while computing the gradients");
+    if (err) goto done;
+
+    if (o->output) {
+        t = spa_now();
+        err = spa_agree(comm, spa_io_write_grad(comm, o->output, &shape, cfg, t0, t1, gr.dq, gr.dk,
+                                                gr.dv, st.threads));
+        t_io += spa_now() - t;
+        if (err) goto done;
+    }
+    cli_report rep;
+    reduce_stats(comm, &st, t_io, &rep);
+    rep.backward = 1;
+    if (rank == 0) print_report(o, &rep, "grad", grad_extra, &gi);
+
+done:
+    grads_free(&gr);
+    shards_free(&sh);
+    spa_ctx_destroy(&ctx);
+    spa_io_close(&in);
+    return err;
+}
+
 /* ------------------------------------------------------------------- gen */
 
 spa_err spa_cli_gen(MPI_Comm comm, spa_cli_opts *o)
@@ -354,15 +489,16 @@ spa_err spa_cli_gen(MPI_Comm comm, spa_cli_opts *o)
     err = spa_agree(comm, err);
     if (err) return err;
     double t = spa_now();
-    err = spa_agree(comm, spa_io_gen(comm, o->output, o->cfg.n, o->cfg.heads, o->cfg.dim,
-                                     o->cfg.seed, (float)o->temperature));
+    err = spa_agree(comm, (o->grad ? spa_io_gen_grad : spa_io_gen)(comm, o->output, o->cfg.n, o->cfg.heads,
+                                                                   o->cfg.dim, o->cfg.seed,
+                                                                   (float)o->temperature));
     t = spa_now() - t;
     if (err) return err;
     if (rank == 0) {
-        double bytes = 3.0 * (double)o->cfg.n * o->cfg.heads * o->cfg.dim * 4.0;
-        printf("spa gen: wrote %s: q, k, v [%d, %lld, %d] float32 (%.3g GB), seed %llu, "
+        double bytes = (o->grad ? 4.0 : 3.0) * (double)o->cfg.n * o->cfg.heads * o->cfg.dim * 4.0;
+        printf("spa gen: wrote %s: %s [%d, %lld, %d] float32 (%.3g GB), seed %llu, "
                "temperature %g, %.3f s\n",
-               o->output, o->cfg.heads, (long long)o->cfg.n, o->cfg.dim, bytes * 1e-9,
+               o->output, o->grad ? "q, k, v, dout" : "q, k, v", o->cfg.heads, (long long)o->cfg.n, o->cfg.dim, bytes * 1e-9,
                (unsigned long long)o->cfg.seed, o->temperature, t);
         fflush(stdout);
     }
@@ -381,12 +517,14 @@ static void bench_extra(FILE *f, const spa_cli_opts *o, int json, const void *ar
     const bench_info *b = arg;
     if (json) {
         fprintf(f, ", \"warmup\": %d, \"reps\": %d, \"statistic\": \"median\"", b->warmup, b->reps);
+        fprintf(f, ", \"pass\": \"%s\"", o->backward ? "backward" : "forward");
         json_num(f, "seconds_total_min", b->tmin);
         json_num(f, "seconds_total_max", b->tmax);
         json_num(f, "temperature", o->temperature);
     } else {
-        fprintf(f, "median of %d timed runs after %d warm-up; seconds_total min %.4f, max %.4f\n",
-                b->reps, b->warmup, b->tmin, b->tmax);
+        fprintf(f, "median of %d timed %s after %d warm-up; seconds_total min %.4f, max %.4f\n",
+                b->reps, o->backward ? "backward passes (forward once, untimed)" : "runs", b->warmup,
+                b->tmin, b->tmax);
     }
 }
 
@@ -404,14 +542,25 @@ spa_err spa_cli_bench(MPI_Comm comm, spa_cli_opts *o)
     spa_config *cfg = &o->cfg;
     spa_ctx ctx = NULL;
     shards sh = {0};
+    grads gr = {0};
     cli_report *reps = NULL;
     int64_t t0 = 0, t1 = 0;
     spa_err err = open_ctx(comm, o, &ctx, &sh, &t0, &t1);
     if (err) goto done;
     reps = calloc((size_t)o->reps, sizeof *reps);
     err = spa_agree(comm, reps ? SPA_OK : spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory"));
+    if (!err && o->backward) err = spa_agree(comm, grads_alloc(cfg, t1 - t0, &gr));
     if (err) goto done;
     shards_synth(o, t0, t1, &sh);
+    if (o->backward) {
+        /* the backward pass needs out and lse: one forward run, untimed */
+        int64_t hs = (t1 - t0) * cfg->dim;
+        for (int32_t h = 0; h < cfg->heads; h++)
+            spa_synth(cfg->seed, (float)o->temperature, 3, h, t0, t1, cfg->dim, gr.dout + h * hs);
+        err = spa_agree(comm, spa_ctx_run(ctx, sh.q, sh.k, sh.v, sh.out, sh.lse, NULL));
+        if (!err) err = spa_cli_stop_check(comm, "while benchmarking");
+        if (err) goto done;
+    }
 
     int show = want_progress(o, rank);
     double units = (double)cfg->heads * (double)(spa_ctx_plan(ctx)->b1 - spa_ctx_plan(ctx)->b0);
@@ -423,12 +572,19 @@ spa_err spa_cli_bench(MPI_Comm comm, spa_cli_opts *o)
         progress pr = {spa_now(), units, label, 0};
         if (show) spa_ctx_set_progress(ctx, progress_line, &pr);
         spa_stats st;
-        err = spa_agree(comm, spa_ctx_run(ctx, sh.q, sh.k, sh.v, sh.out, sh.lse, &st));
+        if (o->backward)
+            err = spa_agree(comm, spa_ctx_backward(ctx, sh.q, sh.k, sh.v, sh.out, sh.lse, gr.dout, gr.dq,
+                                                   gr.dk, gr.dv, &st));
+        else
+            err = spa_agree(comm, spa_ctx_run(ctx, sh.q, sh.k, sh.v, sh.out, sh.lse, &st));
         progress_end(&pr);
         spa_ctx_set_progress(ctx, NULL, NULL);
         if (!err) err = spa_cli_stop_check(comm, "while benchmarking");
         if (err) goto done;
-        if (timed) reduce_stats(comm, &st, 0.0, &reps[it - o->warmup]);
+        if (timed) {
+            reduce_stats(comm, &st, 0.0, &reps[it - o->warmup]);
+            reps[it - o->warmup].backward = o->backward;
+        }
     }
     if (rank == 0) {
         qsort(reps, (size_t)o->reps, sizeof *reps, cmp_total);
@@ -440,6 +596,7 @@ spa_err spa_cli_bench(MPI_Comm comm, spa_cli_opts *o)
 
 done:
     free(reps);
+    grads_free(&gr);
     shards_free(&sh);
     spa_ctx_destroy(&ctx);
     return err;

@@ -45,6 +45,7 @@ int main(int argc, char **argv)
         case SPA_CLI_GEN: err = spa_cli_gen(comm, &o); break;
         case SPA_CLI_BENCH: err = spa_cli_bench(comm, &o); break;
         case SPA_CLI_LAYER: err = spa_cli_layer(comm, &o); break;
+        case SPA_CLI_GRAD: err = spa_cli_grad(comm, &o); break;
         case SPA_CLI_PLAN: {
             /* one process computes the whole report; the others wait for its code */
             spa_err local = SPA_OK;
@@ -70,7 +71,7 @@ int main(int argc, char **argv)
         return 128 + sig;
     }
     if (err != SPA_OK && rank == 0) {
-        static const char *names[] = {"", " run", " gen", " bench", " plan", " layer"};
+        static const char *names[] = {"", " run", " gen", " bench", " plan", " layer", " grad"};
         if (err == SPA_ERR_USAGE)
             fprintf(stderr, "spa: error: %s (see 'spa%s --help')\n", spa_last_error(), names[o.cmd]);
         else

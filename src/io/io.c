@@ -42,16 +42,26 @@
 /* How a dataset's file type reaches float32 memory. */
 enum { KIND_F32, KIND_F64, KIND_F16, KIND_HDF5 };
 
-static const char *const io_names[3] = {"q", "k", "v"};
+/* The datasets of an input: q, k, v (spa_io_open), then what `spa grad`
+ * reads beside them (spa_io_open_grad): dout, and out and lse of a forward
+ * run. lse has q's shape without the last dimension. */
+enum { IN_Q, IN_K, IN_V, IN_DOUT, IN_OUT, IN_LSE, IN_COUNT };
+static const char *const io_names[IN_COUNT] = {"q", "k", "v", "dout", "out", "lse"};
 
 struct spa_input_s {
     MPI_Comm comm;
     hid_t file;
-    hid_t dset[3]; /* q, k, v */
-    hid_t ftype[3];
-    int kind[3];
+    hid_t dset[IN_COUNT];
+    hid_t ftype[IN_COUNT];
+    int kind[IN_COUNT];
     spa_shape shape;
 };
+
+/* Values an input may hold: finite, and -inf in lse (a row with no keys). */
+static int bad_value(int i, float x) { return !isfinite(x) && !(i == IN_LSE && x == -INFINITY); }
+
+/* Elements per (head, token) of dataset i: D, or 1 for lse. */
+static int64_t row_width(const spa_input in, int i) { return i == IN_LSE ? 1 : in->shape.dim; }
 
 static int io_transfers, io_collective;
 
@@ -273,7 +283,7 @@ static int is_host_half(hid_t t)
 static spa_err read_one(spa_input in, int i, int64_t t0, int64_t t1, float *dst, int64_t *bad)
 {
     const spa_shape *s = &in->shape;
-    int64_t len = (int64_t)s->heads * (t1 - t0) * s->dim;
+    int64_t len = (int64_t)s->heads * (t1 - t0) * row_width(in, i);
     int rowdim = s->rank - 2;
     spa_err err = SPA_OK;
     void *tmp = NULL;
@@ -284,7 +294,7 @@ static spa_err read_one(spa_input in, int i, int64_t t0, int64_t t1, float *dst,
     case KIND_HDF5:
         if ((err = xfer(in->dset[i], H5T_NATIVE_FLOAT, 0, rowdim, t0, t1, dst)) != SPA_OK) goto unreadable;
         for (int64_t e = 0; e < len; e++)
-            if (!isfinite(dst[e])) {
+            if (bad_value(i, dst[e])) {
                 *bad = e;
                 break;
             }
@@ -296,7 +306,7 @@ static spa_err read_one(spa_input in, int i, int64_t t0, int64_t t1, float *dst,
         if (err != SPA_OK) goto unreadable;
         for (int64_t e = 0; e < len; e++) {
             dst[e] = (float)d[e]; /* beyond float32 range becomes inf: reported below */
-            if (*bad < 0 && !isfinite(dst[e])) *bad = e;
+            if (*bad < 0 && bad_value(i, dst[e])) *bad = e;
         }
         break;
     }
@@ -307,7 +317,7 @@ static spa_err read_one(spa_input in, int i, int64_t t0, int64_t t1, float *dst,
         if (err != SPA_OK) goto unreadable;
         for (int64_t e = 0; e < len; e++) {
             dst[e] = half_to_float(h[e]);
-            if (*bad < 0 && !isfinite(dst[e])) *bad = e;
+            if (*bad < 0 && bad_value(i, dst[e])) *bad = e;
         }
         break;
     }
@@ -380,12 +390,11 @@ static spa_err check_storage(spa_input in, int i)
     return SPA_OK;
 }
 
-/* Opens dataset i and checks its type and shape. Same answer on every rank. */
-static spa_err open_one(spa_input in, int i, int *rank, hsize_t *dims)
+/* Opens dataset i (known to exist) and checks its type, its shape into
+ * *rank and dims. Same answer on every rank. */
+static spa_err open_typed(spa_input in, int i, int *rank, hsize_t *dims)
 {
     const char *name = io_names[i];
-    htri_t ex = H5Lexists(in->file, name, H5P_DEFAULT);
-    SPA_REQUIRE(ex > 0, SPA_ERR_INPUT, "input has no dataset '%s' (q, k and v are required)", name);
     in->dset[i] = H5Dopen2(in->file, name, H5P_DEFAULT);
     SPA_REQUIRE(in->dset[i] >= 0, SPA_ERR_INPUT, "input: '%s' is not a dataset", name);
 
@@ -407,6 +416,16 @@ static spa_err open_one(spa_input in, int i, int *rank, hsize_t *dims)
     *rank = H5Sget_simple_extent_ndims(space);
     if (*rank >= 1 && *rank <= 32) H5Sget_simple_extent_dims(space, dims, NULL);
     H5Sclose(space);
+    return SPA_OK;
+}
+
+/* Opens q, k or v and checks its type and shape. Same answer on every rank. */
+static spa_err open_one(spa_input in, int i, int *rank, hsize_t *dims)
+{
+    const char *name = io_names[i];
+    htri_t ex = H5Lexists(in->file, name, H5P_DEFAULT);
+    SPA_REQUIRE(ex > 0, SPA_ERR_INPUT, "input has no dataset '%s' (q, k and v are required)", name);
+    SPA_CHECK(open_typed(in, i, rank, dims));
     SPA_REQUIRE(*rank >= 2 && *rank <= 4, SPA_ERR_INPUT,
                 "dataset '%s' has rank %d; spa needs [N, D], [H, N, D] or [Bt, H, N, D]", name,
                 *rank);
@@ -464,7 +483,7 @@ void spa_io_close(spa_input *in)
     spa_input p = *in;
     quiet qt;
     quiet_begin(&qt);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < IN_COUNT; i++) {
         close_id(&p->dset[i], H5Dclose);
         close_id(&p->ftype[i], H5Tclose);
     }
@@ -492,7 +511,7 @@ spa_err spa_io_open(MPI_Comm comm, const char *path, spa_input *in, spa_shape *s
     if (p) {
         p->comm = comm;
         p->file = H5I_INVALID_HID;
-        for (int i = 0; i < 3; i++) p->dset[i] = p->ftype[i] = H5I_INVALID_HID;
+        for (int i = 0; i < IN_COUNT; i++) p->dset[i] = p->ftype[i] = H5I_INVALID_HID;
     }
     if (!p) err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
     if ((err = spa_agree(comm, err)) != SPA_OK) goto done;
@@ -517,12 +536,13 @@ done:
     return err;
 }
 
-spa_err spa_io_read(spa_input in, int64_t t0, int64_t t1, float *q, float *k, float *v)
+/* Reads rows [t0, t1) of the datasets ids[0..nd) into dst[0..nd). The
+ * first non-finite value of any of them is an input error naming it. */
+static spa_err read_set(spa_input in, int64_t t0, int64_t t1, const int *ids, float *const *dst, int nd)
 {
     spa_err err = SPA_OK;
     const spa_shape *s = &in->shape;
-    float *dst[3] = {q, k, v};
-    int64_t bad[3] = {-1, -1, -1}, first[3], rows = t1 - t0;
+    int64_t bad[IN_COUNT], first[IN_COUNT], rows = t1 - t0;
     quiet qt;
 
     quiet_begin(&qt);
@@ -534,40 +554,112 @@ spa_err spa_io_read(spa_input in, int64_t t0, int64_t t1, float *q, float *k, fl
 
     /* agreed after each dataset: a rank that failed must not skip the
      * next collective read */
-    for (int i = 0; i < 3; i++) {
-        err = read_one(in, i, t0, t1, dst[i], &bad[i]);
+    for (int i = 0; i < nd; i++) {
+        err = read_one(in, ids[i], t0, t1, dst[i], &bad[i]);
         if ((err = spa_agree(in->comm, err)) != SPA_OK) goto done;
-        if (i == 0) test_delay(in->comm, "SPA_TEST_DELAY_READ");
+        if (ids[i] == IN_Q) test_delay(in->comm, "SPA_TEST_DELAY_READ");
     }
 
     /* Local memory index (h, t - t0, d) -> global flat index (h, t, d); the
      * lowest over ranks is the first non-finite value of the dataset. */
-    for (int i = 0; i < 3; i++) {
-        int64_t e = bad[i];
+    for (int i = 0; i < nd; i++) {
+        int64_t e = bad[i], w = row_width(in, ids[i]);
         first[i] = INT64_MAX;
         if (e >= 0) {
-            int64_t h = e / (rows * s->dim), r = e / s->dim % rows, d = e % s->dim;
-            first[i] = (h * s->n + t0 + r) * s->dim + d;
+            int64_t h = e / (rows * w), r = e / w % rows, d = e % w;
+            first[i] = (h * s->n + t0 + r) * w + d;
         }
     }
-    if (MPI_Allreduce(MPI_IN_PLACE, first, 3, MPI_INT64_T, MPI_MIN, in->comm) != MPI_SUCCESS)
+    if (MPI_Allreduce(MPI_IN_PLACE, first, nd, MPI_INT64_T, MPI_MIN, in->comm) != MPI_SUCCESS)
         IO_FAIL(SPA_ERR_OTHER, "MPI_Allreduce failed checking values");
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < nd; i++) {
         if (first[i] == INT64_MAX) continue;
         char txt[160];
         hsize_t idx[4];
         int64_t f = first[i];
-        for (int d = s->rank - 1; d >= 0; d--) {
+        int rank = ids[i] == IN_LSE ? s->rank - 1 : s->rank;
+        for (int d = rank - 1; d >= 0; d--) {
             idx[d] = (hsize_t)(f % s->dims[d]);
             f /= s->dims[d];
         }
-        fmt_dims(txt, sizeof txt, s->rank, idx);
+        fmt_dims(txt, sizeof txt, rank, idx);
         IO_FAIL(SPA_ERR_INPUT, "dataset '%s' has a value that is not finite in float32 at %s",
-                io_names[i], txt);
+                io_names[ids[i]], txt);
     }
 done:
     quiet_end(&qt);
     return err;
+}
+
+spa_err spa_io_read(spa_input in, int64_t t0, int64_t t1, float *q, float *k, float *v)
+{
+    static const int ids[3] = {IN_Q, IN_K, IN_V};
+    float *dst[3] = {q, k, v};
+    return read_set(in, t0, t1, ids, dst, 3);
+}
+
+/* ------------------------------------------------------- gradient input */
+
+/* Opens dataset i (dout, out or lse) and checks it has q's shape (lse:
+ * without the last dimension). Same answer on every rank. */
+static spa_err open_extra(spa_input in, int i)
+{
+    const char *name = io_names[i];
+    const spa_shape *s = &in->shape;
+    int rank = 0, want = i == IN_LSE ? s->rank - 1 : s->rank;
+    hsize_t dims[32], wdims[4];
+    SPA_CHECK(open_typed(in, i, &rank, dims));
+    int same = rank == want;
+    for (int d = 0; d < want; d++) {
+        wdims[d] = (hsize_t)s->dims[d];
+        same = same && dims[d] == wdims[d];
+    }
+    if (!same) {
+        char a[160], b[160];
+        if (rank >= 1 && rank <= 32) fmt_dims(a, sizeof a, rank, dims);
+        else snprintf(a, sizeof a, "of rank %d", rank);
+        fmt_dims(b, sizeof b, want, wdims);
+        SPA_FAIL(SPA_ERR_INPUT, "dataset '%s' has shape %s; it must be %s, the shape of q%s", name, a, b,
+                 i == IN_LSE ? " without its last dimension" : "");
+    }
+    return check_storage(in, i);
+}
+
+static spa_err open_grad(spa_input in, int *has_fwd)
+{
+    htri_t ex[IN_COUNT];
+    for (int i = IN_DOUT; i < IN_COUNT; i++) ex[i] = H5Lexists(in->file, io_names[i], H5P_DEFAULT);
+    SPA_REQUIRE(ex[IN_DOUT] > 0, SPA_ERR_INPUT,
+                "input has no dataset 'dout' (spa grad needs dout, the gradient of the loss with "
+                "respect to out, in the shape of q)");
+    SPA_CHECK(open_extra(in, IN_DOUT));
+    SPA_REQUIRE((ex[IN_OUT] > 0) == (ex[IN_LSE] > 0), SPA_ERR_INPUT,
+                "input has dataset '%s' but no '%s' (give both, from one spa run, or neither)",
+                io_names[ex[IN_OUT] > 0 ? IN_OUT : IN_LSE], io_names[ex[IN_OUT] > 0 ? IN_LSE : IN_OUT]);
+    *has_fwd = ex[IN_OUT] > 0;
+    if (*has_fwd) {
+        SPA_CHECK(open_extra(in, IN_OUT));
+        SPA_CHECK(open_extra(in, IN_LSE));
+    }
+    return SPA_OK;
+}
+
+spa_err spa_io_open_grad(spa_input in, int *has_fwd)
+{
+    quiet qt;
+    quiet_begin(&qt);
+    *has_fwd = 0;
+    spa_err err = spa_agree(in->comm, open_grad(in, has_fwd));
+    quiet_end(&qt);
+    return err;
+}
+
+spa_err spa_io_read_grad(spa_input in, int64_t t0, int64_t t1, float *dout, float *out, float *lse)
+{
+    static const int ids[3] = {IN_DOUT, IN_OUT, IN_LSE};
+    float *dst[3] = {dout, out, lse};
+    int nd = out && lse && in->dset[IN_OUT] >= 0 && in->dset[IN_LSE] >= 0 ? 3 : 1;
+    return read_set(in, t0, t1, ids, dst, nd);
 }
 
 /* --------------------------------------------------------------- output */
@@ -1314,9 +1406,59 @@ spa_err spa_io_writer_end(spa_io_writer *pw, spa_err err)
 
 /* ----------------------------------------------------- spa_io_write, gen */
 
-spa_err spa_io_write(MPI_Comm comm, const char *path, const spa_shape *shape,
-                     const spa_config *cfg, int64_t t0, int64_t t1, const float *out,
-                     const float *lse, int threads)
+/* Each rule flag's values as given, ' '-separated ("3@0:4 5@4:8"), or
+ * NULL when the flag was not given; free them with rules_free. */
+static void rules_free(char **rules)
+{
+    for (int r = 0; r < SPA_RULE_COUNT; r++) free(rules[r]), rules[r] = NULL;
+}
+
+static spa_err rules_strings(const spa_config *cfg, char **rules)
+{
+    for (int r = 0; r < SPA_RULE_COUNT; r++) rules[r] = NULL;
+    for (int r = 0; r < SPA_RULE_COUNT; r++) {
+        if (!cfg->rule_spec[r]) continue;
+        if (!(rules[r] = strdup(cfg->rule_spec[r]))) {
+            rules_free(rules);
+            SPA_FAIL(SPA_ERR_OTHER, "out of memory");
+        }
+        for (char *c = rules[r]; *c; c++)
+            if (*c == ';') *c = ' ';
+    }
+    return SPA_OK;
+}
+
+/* The root attributes that say which pattern an output was computed with,
+ * in two parts around n .. version (the order of the files spa wrote
+ * before): head = block .. scale, tail = the rule flags and the layout.
+ * at has room for 7 + SPA_RULE_COUNT + 1 more entries. */
+static void pattern_attrs_head(const spa_config *cfg, spa_wattr *at, int *na)
+{
+    int64_t lsize;
+    const char *mode = local_mode(cfg, &lsize);
+    at[(*na)++] = (spa_wattr){"block", SPA_WT_I64, cfg->block, 0, 0.0, NULL};
+    at[(*na)++] = (spa_wattr){"local_mode", SPA_WT_STR, 0, 0, 0.0, mode};
+    at[(*na)++] = (spa_wattr){"local_size", SPA_WT_I64, lsize, 0, 0.0, NULL};
+    at[(*na)++] = (spa_wattr){"random", SPA_WT_I64, cfg->random_max, 0, 0.0, NULL};
+    at[(*na)++] = (spa_wattr){"seed", SPA_WT_U64, 0, cfg->seed, 0.0, NULL};
+    at[(*na)++] = (spa_wattr){"causal", SPA_WT_I64, cfg->causal ? 1 : 0, 0, 0.0, NULL};
+    at[(*na)++] = (spa_wattr){"scale", SPA_WT_F64, 0, 0, (double)cfg->scale, NULL};
+}
+
+static void pattern_attrs_tail(const spa_config *cfg, char *const *rules, spa_wattr *at, int *na)
+{
+    for (int r = 0; r < SPA_RULE_COUNT; r++)
+        if (rules[r]) at[(*na)++] = (spa_wattr){rule_attr[r], SPA_WT_STR, 0, 0, 0.0, rules[r]};
+    if (cfg->layout_name) at[(*na)++] = (spa_wattr){"layout", SPA_WT_STR, 0, 0, 0.0, cfg->layout_name};
+}
+
+/* The output of SPEC section 2 with nbig datasets of q's shape (names[i]
+ * from big[i], this rank's [H][t1 - t0][D]), lse when not NULL, the plan
+ * group and the root attributes: spa run's out and lse, spa grad's dq, dk
+ * and dv. */
+static spa_err write_result(MPI_Comm comm, const char *path, const spa_shape *shape,
+                            const spa_config *cfg, int64_t t0, int64_t t1, const char *const *names,
+                            const float *const *big, int nbig, const float *lse, int threads)
 {
     spa_err err = SPA_OK;
     spa_io_writer w = NULL;
@@ -1344,54 +1486,49 @@ spa_err spa_io_write(MPI_Comm comm, const char *path, const spa_shape *shape,
     const spa_layout *lay = &cfg->layout;
     if (err == SPA_OK && me == 0 && lay->heads > 0)
         err = pad_rows((int64_t)lay->heads * lay->nb, lay->off, lay->idx, &num, &idx, &K);
-    for (int r = 0; err == SPA_OK && r < SPA_RULE_COUNT; r++)
-        if (cfg->rule_spec[r]) {
-            if (!(rules[r] = strdup(cfg->rule_spec[r])))
-                err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
-            for (char *c = rules[r]; c && *c; c++)
-                if (*c == ';') *c = ' ';
-        }
+    if (err == SPA_OK) err = rules_strings(cfg, rules);
     if ((err = step_agree(comm, err)) != SPA_OK) goto done;
 
     /* out [.., n, D], lse [.., n] and plan/random_blocks [H, nb, R] in rows;
      * plan/globals and the layout copy whole. Raw datasets are of the
      * native types phase 2 writes (IEEE little endian on every machine spa
      * targets). */
-    spa_wdset ds[6];
+    spa_wdset ds[8];
+    int nd = 0;
     memset(ds, 0, sizeof ds);
-    ds[0] = (spa_wdset){"out", SPA_WT_F32, shape->rank, {0}, shape->rank - 2, 0, NULL};
-    ds[1] = (spa_wdset){"lse", SPA_WT_F32, shape->rank - 1, {0}, shape->rank - 2, 0, NULL};
-    for (int i = 0; i < shape->rank; i++) ds[0].dims[i] = ds[1].dims[i] = shape->dims[i];
-    ds[2] = (spa_wdset){"plan/random_blocks", SPA_WT_I32, 3, {H, spa_nblocks(cfg), R}, 1, 0, NULL};
-    ds[3] = (spa_wdset){"plan/globals", SPA_WT_I64, 1, {cfg->nglobals}, 0, 1, cfg->globals};
-    ds[4] = (spa_wdset){"plan/kv_num_blocks", SPA_WT_I32, 2, {lay->heads, lay->nb}, 0, 1, num};
-    ds[5] = (spa_wdset){"plan/kv_indices", SPA_WT_I32, 3, {lay->heads, lay->nb, K}, 0, 1, idx};
-    int nd = lay->heads > 0 ? 6 : 4;
+    for (int b = 0; b < nbig; b++) {
+        ds[nd] = (spa_wdset){names[b], SPA_WT_F32, shape->rank, {0}, shape->rank - 2, 0, NULL};
+        for (int i = 0; i < shape->rank; i++) ds[nd].dims[i] = shape->dims[i];
+        nd++;
+    }
+    int ilse = lse ? nd : -1;
+    if (lse) {
+        ds[nd] = (spa_wdset){"lse", SPA_WT_F32, shape->rank - 1, {0}, shape->rank - 2, 0, NULL};
+        for (int i = 0; i < shape->rank - 1; i++) ds[nd].dims[i] = shape->dims[i];
+        nd++;
+    }
+    int irnd = nd;
+    ds[nd++] = (spa_wdset){"plan/random_blocks", SPA_WT_I32, 3, {H, spa_nblocks(cfg), R}, 1, 0, NULL};
+    ds[nd++] = (spa_wdset){"plan/globals", SPA_WT_I64, 1, {cfg->nglobals}, 0, 1, cfg->globals};
+    if (lay->heads > 0) {
+        ds[nd++] = (spa_wdset){"plan/kv_num_blocks", SPA_WT_I32, 2, {lay->heads, lay->nb}, 0, 1, num};
+        ds[nd++] = (spa_wdset){"plan/kv_indices", SPA_WT_I32, 3, {lay->heads, lay->nb, K}, 0, 1, idx};
+    }
 
     /* Every rank must write identical attributes; rank 0's thread count is
      * the one recorded (rank 0 writes them, in phase 1). */
-    int64_t lsize;
-    const char *mode = local_mode(cfg, &lsize);
     spa_wattr at[16 + SPA_RULE_COUNT];
     int na = 0;
 #define AT_I(nm, v) at[na++] = (spa_wattr){(nm), SPA_WT_I64, (v), 0, 0.0, NULL}
 #define AT_S(nm, v) at[na++] = (spa_wattr){(nm), SPA_WT_STR, 0, 0, 0.0, (v)}
-    AT_I("block", cfg->block);
-    AT_S("local_mode", mode);
-    AT_I("local_size", lsize);
-    AT_I("random", cfg->random_max);
-    at[na++] = (spa_wattr){"seed", SPA_WT_U64, 0, cfg->seed, 0.0, NULL};
-    AT_I("causal", cfg->causal ? 1 : 0);
-    at[na++] = (spa_wattr){"scale", SPA_WT_F64, 0, 0, (double)cfg->scale, NULL};
+    pattern_attrs_head(cfg, at, &na);
     AT_I("n", cfg->n);
     AT_I("heads", cfg->heads);
     AT_I("dim", cfg->dim);
     AT_I("ranks", P);
     AT_I("threads", threads);
     AT_S("version", SPA_VERSION);
-    for (int r = 0; r < SPA_RULE_COUNT; r++)
-        if (rules[r]) AT_S(rule_attr[r], rules[r]);
-    if (cfg->layout_name) AT_S("layout", cfg->layout_name);
+    pattern_attrs_tail(cfg, rules, at, &na);
 #undef AT_I
 #undef AT_S
     if ((err = spa_io_writer_begin(comm, path, ds, nd, at, na, &w)) != SPA_OK) goto done;
@@ -1403,21 +1540,141 @@ spa_err spa_io_write(MPI_Comm comm, const char *path, const spa_shape *shape,
             int32_t m = spa_pattern_random_blocks(cfg, h, c, row);
             for (int32_t j = m; j < R; j++) row[j] = -1;
         }
-    if ((err = spa_io_writer_rows(w, 0, t0, t1, out)) != SPA_OK) goto done;
-    test_delay(comm, "SPA_TEST_DELAY_WRITE");
-    if ((err = spa_io_writer_rows(w, 1, t0, t1, lse)) != SPA_OK) goto done;
-    err = spa_io_writer_rows(w, 2, b0, b1, rnd);
+    for (int b = 0; b < nbig; b++) {
+        if ((err = spa_io_writer_rows(w, b, t0, t1, big[b])) != SPA_OK) goto done;
+        if (b == 0) test_delay(comm, "SPA_TEST_DELAY_WRITE");
+    }
+    if (lse && (err = spa_io_writer_rows(w, ilse, t0, t1, lse)) != SPA_OK) goto done;
+    err = spa_io_writer_rows(w, irnd, b0, b1, rnd);
 done:
     err = spa_io_writer_end(&w, err);
-    for (int r = 0; r < SPA_RULE_COUNT; r++) free(rules[r]);
+    rules_free(rules);
     free(num);
     free(idx);
     spa_free(rnd);
     return err;
 }
 
-spa_err spa_io_gen(MPI_Comm comm, const char *path, int64_t n, int32_t heads, int32_t dim,
-                   uint64_t seed, float temperature)
+spa_err spa_io_write(MPI_Comm comm, const char *path, const spa_shape *shape,
+                     const spa_config *cfg, int64_t t0, int64_t t1, const float *out,
+                     const float *lse, int threads)
+{
+    static const char *const names[1] = {"out"};
+    const float *big[1] = {out};
+    return write_result(comm, path, shape, cfg, t0, t1, names, big, 1, lse, threads);
+}
+
+spa_err spa_io_write_grad(MPI_Comm comm, const char *path, const spa_shape *shape,
+                          const spa_config *cfg, int64_t t0, int64_t t1, const float *dq,
+                          const float *dk, const float *dv, int threads)
+{
+    static const char *const names[3] = {"dq", "dk", "dv"};
+    const float *big[3] = {dq, dk, dv};
+    return write_result(comm, path, shape, cfg, t0, t1, names, big, 3, NULL, threads);
+}
+
+/* A root attribute of the input as text ("" when absent: *found = 0), in
+ * the form the comparison and the message use. */
+static void attr_text(hid_t file, const spa_wattr *want, char *buf, size_t len, int *found)
+{
+    buf[0] = '\0';
+    *found = H5Aexists(file, want->name) > 0;
+    if (!*found) return;
+    hid_t a = H5Aopen(file, want->name, H5P_DEFAULT), t = a >= 0 ? H5Aget_type(a) : -1;
+    if (t >= 0 && H5Tget_class(t) == H5T_STRING) {
+        if (H5Tis_variable_str(t) > 0) {
+            char *v = NULL;
+            hid_t m = H5Tcopy(H5T_C_S1);
+            H5Tset_size(m, H5T_VARIABLE);
+            if (H5Aread(a, m, &v) >= 0 && v) snprintf(buf, len, "%s", v);
+            if (v) H5free_memory(v);
+            H5Tclose(m);
+        } else {
+            size_t sz = H5Tget_size(t);
+            char *v = calloc(sz + 1, 1);
+            if (v && H5Aread(a, t, v) >= 0) snprintf(buf, len, "%s", v);
+            free(v);
+        }
+    } else if (t >= 0 && H5Tget_class(t) == H5T_INTEGER && want->type != SPA_WT_F64) {
+        int64_t i = 0;
+        uint64_t u = 0;
+        if (want->type == SPA_WT_U64 && H5Aread(a, H5T_NATIVE_UINT64, &u) >= 0)
+            snprintf(buf, len, "%llu", (unsigned long long)u);
+        else if (want->type != SPA_WT_U64 && H5Aread(a, H5T_NATIVE_INT64, &i) >= 0)
+            snprintf(buf, len, "%lld", (long long)i);
+    } else if (t >= 0 && (H5Tget_class(t) == H5T_FLOAT || H5Tget_class(t) == H5T_INTEGER)) {
+        double f = 0;
+        if (H5Aread(a, H5T_NATIVE_DOUBLE, &f) >= 0) snprintf(buf, len, "%.9g", f);
+    }
+    if (t >= 0) H5Tclose(t);
+    if (a >= 0) H5Aclose(a);
+}
+
+static void wattr_text(const spa_wattr *a, char *buf, size_t len)
+{
+    switch (a->type) {
+    case SPA_WT_I64: snprintf(buf, len, "%lld", (long long)a->i); break;
+    case SPA_WT_U64: snprintf(buf, len, "%llu", (unsigned long long)a->u); break;
+    case SPA_WT_F64: snprintf(buf, len, "%.9g", a->f); break;
+    default: snprintf(buf, len, "%s", a->s ? a->s : ""); break;
+    }
+}
+
+static spa_err check_forward(spa_input in, const spa_config *cfg)
+{
+    char *rules[SPA_RULE_COUNT];
+    SPA_CHECK(rules_strings(cfg, rules));
+    spa_wattr at[8 + SPA_RULE_COUNT];
+    int na = 0;
+    pattern_attrs_head(cfg, at, &na);
+    int ntail = na;
+    pattern_attrs_tail(cfg, rules, at, &na);
+    /* every attribute the pattern records, and none it does not: a rule
+     * flag or layout of another run shows as an attribute too many */
+    static const char *const extra[SPA_RULE_COUNT + 1] = {"local_blocks_spec", "radius_spec",
+                                                          "random_spec", "stride_spec",
+                                                          "summary_spec", "dilated_spec", "layout"};
+    spa_err err = SPA_OK;
+    for (int e = 0; e < SPA_RULE_COUNT + 1 && err == SPA_OK; e++) {
+        int listed = 0;
+        for (int i = ntail; i < na; i++) listed |= strcmp(at[i].name, extra[e]) == 0;
+        if (!listed && H5Aexists(in->file, extra[e]) > 0)
+            err = spa_set_error(SPA_ERR_INPUT, __FILE__, __LINE__,
+                                "input: datasets 'out' and 'lse' are from another pattern: the file "
+                                "records '%s' and these flags do not set it (drop out and lse to "
+                                "recompute them, or give the flags of that run)", extra[e]);
+    }
+    for (int i = 0; i < na && err == SPA_OK; i++) {
+        char got[256], want[256];
+        int found;
+        attr_text(in->file, &at[i], got, sizeof got, &found);
+        wattr_text(&at[i], want, sizeof want);
+        if (!found)
+            err = spa_set_error(SPA_ERR_INPUT, __FILE__, __LINE__,
+                                "input: datasets 'out' and 'lse' do not say which pattern they are "
+                                "from: the file has no attribute '%s' (spa run records it; drop out "
+                                "and lse to recompute them)", at[i].name);
+        else if (strcmp(got, want) != 0)
+            err = spa_set_error(SPA_ERR_INPUT, __FILE__, __LINE__,
+                                "input: datasets 'out' and 'lse' are from another pattern: attribute "
+                                "'%s' is %s in the file and %s for these flags (drop out and lse to "
+                                "recompute them, or give the flags of that run)", at[i].name, got, want);
+    }
+    rules_free(rules);
+    return err;
+}
+
+spa_err spa_io_check_forward(spa_input in, const spa_config *cfg)
+{
+    quiet qt;
+    quiet_begin(&qt);
+    spa_err err = spa_agree(in->comm, check_forward(in, cfg));
+    quiet_end(&qt);
+    return err;
+}
+
+static spa_err gen_file(MPI_Comm comm, const char *path, int64_t n, int32_t heads, int32_t dim,
+                        uint64_t seed, float temperature, int ntensors)
 {
     spa_err err = SPA_OK;
     spa_io_writer w = NULL;
@@ -1445,15 +1702,16 @@ spa_err spa_io_gen(MPI_Comm comm, const char *path, int64_t n, int32_t heads, in
     if (!buf) err = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
     if ((err = step_agree(comm, err)) != SPA_OK) goto done;
 
-    spa_wdset ds[3];
-    for (int which = 0; which < 3; which++)
+    spa_wdset ds[4];
+    for (int which = 0; which < ntensors; which++)
         ds[which] = (spa_wdset){io_names[which], SPA_WT_F32, 3, {heads, n, dim}, 1, 0, NULL};
     spa_wattr at[3] = {{"seed", SPA_WT_U64, 0, seed, 0.0, NULL},
                        {"temperature", SPA_WT_F64, 0, 0, (double)temperature, NULL},
                        {"version", SPA_WT_STR, 0, 0, 0.0, SPA_VERSION}};
-    if ((err = spa_io_writer_begin(comm, path, ds, 3, at, 3, &w)) != SPA_OK) goto done;
+    if ((err = spa_io_writer_begin(comm, path, ds, ntensors, at, 3, &w)) != SPA_OK) goto done;
 
-    for (int which = 0; which < 3 && err == SPA_OK; which++) {
+    /* which: 0 q, 1 k, 2 v, 3 dout (io_names and spa_synth agree) */
+    for (int which = 0; which < ntensors && err == SPA_OK; which++) {
         /* buf: [H][rows][D] */
         for (int32_t h = 0; h < heads; h++)
             spa_synth(seed, temperature, which, h, t0, t1, dim, buf + (int64_t)h * rows * dim);
@@ -1463,6 +1721,18 @@ done:
     err = spa_io_writer_end(&w, err);
     spa_free(buf);
     return err;
+}
+
+spa_err spa_io_gen(MPI_Comm comm, const char *path, int64_t n, int32_t heads, int32_t dim,
+                   uint64_t seed, float temperature)
+{
+    return gen_file(comm, path, n, heads, dim, seed, temperature, 3);
+}
+
+spa_err spa_io_gen_grad(MPI_Comm comm, const char *path, int64_t n, int32_t heads, int32_t dim,
+                        uint64_t seed, float temperature)
+{
+    return gen_file(comm, path, n, heads, dim, seed, temperature, 4);
 }
 
 /* ---------------------------------------------------------------- layout */

@@ -86,3 +86,58 @@ spa_err spa_io_export_layout(const char *path, const spa_config *cfg)
 void spa_io_set_stop(const volatile sig_atomic_t *flag) { (void)flag; }
 
 int spa_io_stopped(void) { return 0; }
+
+spa_err spa_io_open_grad(spa_input in, int *has_fwd)
+{
+    (void)in;
+    if (has_fwd) *has_fwd = 0;
+    SPA_FAIL(SPA_ERR_USAGE, SPA_NO_HDF5);
+}
+
+spa_err spa_io_check_forward(spa_input in, const spa_config *cfg)
+{
+    (void)in;
+    (void)cfg;
+    SPA_FAIL(SPA_ERR_USAGE, SPA_NO_HDF5);
+}
+
+spa_err spa_io_read_grad(spa_input in, int64_t t0, int64_t t1, float *dout, float *out, float *lse)
+{
+    (void)in;
+    (void)t0;
+    (void)t1;
+    (void)dout;
+    (void)out;
+    (void)lse;
+    SPA_FAIL(SPA_ERR_USAGE, SPA_NO_HDF5);
+}
+
+spa_err spa_io_write_grad(MPI_Comm comm, const char *path, const spa_shape *shape,
+                          const spa_config *cfg, int64_t t0, int64_t t1, const float *dq,
+                          const float *dk, const float *dv, int threads)
+{
+    (void)comm;
+    (void)path;
+    (void)shape;
+    (void)cfg;
+    (void)t0;
+    (void)t1;
+    (void)dq;
+    (void)dk;
+    (void)dv;
+    (void)threads;
+    SPA_FAIL(SPA_ERR_USAGE, SPA_NO_HDF5);
+}
+
+spa_err spa_io_gen_grad(MPI_Comm comm, const char *path, int64_t n, int32_t heads, int32_t dim,
+                        uint64_t seed, float temperature)
+{
+    (void)comm;
+    (void)path;
+    (void)n;
+    (void)heads;
+    (void)dim;
+    (void)seed;
+    (void)temperature;
+    SPA_FAIL(SPA_ERR_USAGE, SPA_NO_HDF5);
+}
