@@ -9,6 +9,10 @@
     io_cli.py [launch options] layout_errors  every malformed --layout file: exit 3
     io_cli.py [launch options] layout     --layout dense = sparse = numpy; the output
                                           records the pattern; export -> import
+    io_cli.py [launch options] grad       spa gen --grad + spa grad against dense numpy
+                                          gradients; stored out/lse = recomputed
+    io_cli.py [launch options] grad_errors  spa grad's input errors: exit 3, one
+                                          message, the existing output untouched
 
 Launch options: --spa EXE --mpiexec EXE --np P --workdir DIR [--data DIR]
 [--make-sample EXE]. With --np 1 spa runs without a launcher (as one
@@ -430,6 +434,162 @@ def cmd_oracle(opt):
     finish()
 
 
+# ------------------------------------------------------------------ grad
+
+def dense_grad(q, k, v, dout, mask, scale):
+    """The backward pass of dense(), float64, [H, n, D]:
+    P_ij = exp(s q_i.k_j - lse_i) on the mask; Dl_i = dout_i.out_i;
+    dv_j = sum_i P_ij dout_i; dS_ij = P_ij (dout_i.v_j - Dl_i);
+    dq_i = s sum_j dS_ij k_j; dk_j = s sum_i dS_ij q_i."""
+    out, lse = dense(q, k, v, mask, scale)
+    s = np.where(mask, scale * np.einsum("hid,hjd->hij", q, k), -np.inf)
+    with np.errstate(invalid="ignore"):
+        p = np.where(mask, np.exp(s - lse[..., None]), 0.0)
+    dl = (dout * out).sum(axis=2)
+    dv = np.einsum("hij,hid->hjd", p, dout)
+    ds = p * (np.einsum("hid,hjd->hij", dout, v) - dl[..., None])
+    dq = scale * np.einsum("hij,hjd->hid", ds, k)
+    dk = scale * np.einsum("hij,hid->hjd", ds, q)
+    return dq, dk, dv
+
+
+GRAD_FLAGS = ["--block", "32", "--local-blocks", "3", "--globals", "0,150:153", "--random", "2"]
+
+
+def with_forward(dst, src_in, src_run, drop=()):
+    """dst: q, k, v, dout of src_in plus out, lse and the root attributes of
+    the spa run output src_run (minus the attributes in drop)."""
+    with h5py.File(dst, "w") as f, h5py.File(src_in, "r") as a, h5py.File(src_run, "r") as r:
+        for name in ("q", "k", "v", "dout"):
+            f[name] = a[name][()]
+        f["out"], f["lse"] = r["out"][()], r["lse"][()]
+        for key, val in r.attrs.items():
+            if key not in drop:
+                f.attrs[key] = val
+
+
+def cmd_grad(opt):
+    w = opt.workdir
+    n, H, D = 300, 2, 16
+    inp, out = os.path.join(w, "grad_in.h5"), os.path.join(w, "grad_out.h5")
+    p = launch(opt, ["gen", "--grad", "--output", inp, "--n", n, "--heads", H, "--dim", D,
+                     "--seed", 3])
+    check(p.returncode == 0, "spa gen --grad: exit code 0 (got %d)" % p.returncode)
+    with h5py.File(inp, "r") as f:
+        check(sorted(f) == ["dout", "k", "q", "v"], "gen --grad writes q, k, v, dout")
+        q, k, v, dout = (f[x][()].astype("f8") for x in ("q", "k", "v", "dout"))
+    check(dout.shape == (H, n, D) and np.abs(dout).max() <= 1 and
+          not np.array_equal(dout, v), "dout [H, n, D], in [-1, 1), its own values")
+
+    print("-- spa grad against numpy")
+    p = launch(opt, ["grad", "--input", inp, "--output", out, "--json"] + GRAD_FLAGS)
+    if not check(p.returncode == 0, "exit code 0 (got %d)" % p.returncode):
+        finish()
+    import json
+    rep = json.loads(p.stdout)
+    for key in ("bytes_halo_bwd", "bytes_rma_bwd", "bytes_global_bwd", "flops", "gflops",
+                "seconds_total", "bytes_halo", "checksum"):
+        check(key in rep, "JSON has %s" % key)
+    check(rep.get("forward") == "recomputed", "out and lse recomputed (none in the input)")
+    with h5py.File(out, "r") as f:
+        a = f.attrs
+        check(sorted(f) == ["dk", "dq", "dv", "plan"], "output holds dq, dk, dv and plan/")
+        check(all(f[x].shape == (H, n, D) and f[x].dtype == np.float32 for x in ("dq", "dk", "dv")),
+              "dq, dk, dv float32 in the shape of q")
+        check((int(a["n"]), int(a["heads"]), int(a["dim"]), int(a["ranks"])) == (n, H, D, opt.np),
+              "attributes n, heads, dim, ranks")
+        B, scale, R = int(a["block"]), float(a["scale"]), int(a["random"])
+        mode = attr_str(a, "local_mode")
+        size, causal = int(a["local_size"]), bool(a["causal"])
+        rb, G = f["plan/random_blocks"][()], f["plan/globals"][()]
+        got = [f[x][()].astype("f8") for x in ("dq", "dk", "dv")]
+    check(list(G) == [0, 150, 151, 152] and B == 32 and R == 2, "pattern recorded")
+    mask = spec_mask(n, H, B, mode, size, G, causal, rb)
+    want = dense_grad(q, k, v, dout, mask, scale)
+    pairs = int(mask.sum())
+    check(rep.get("flops") == 10 * D * pairs, "flops = 10 D sum|S(i)| (%s vs %d)" % (rep.get("flops"),
+                                                                                 10 * D * pairs))
+    for name, g, wnt in zip(("dq", "dk", "dv"), got, want):
+        compare(name, g, wnt, 1e-4)
+
+    print("-- out and lse stored by spa run give the same gradients")
+    run = os.path.join(w, "grad_run.h5")
+    p = launch(opt, ["run", "--input", inp, "--output", run] + GRAD_FLAGS)
+    check(p.returncode == 0, "spa run: exit code 0 (got %d)" % p.returncode)
+    both = os.path.join(w, "grad_in_fwd.h5")
+    with_forward(both, inp, run)
+    out2 = os.path.join(w, "grad_out_stored.h5")
+    p = launch(opt, ["grad", "--input", both, "--output", out2, "--json"] + GRAD_FLAGS)
+    if check(p.returncode == 0, "exit code 0 (got %d)" % p.returncode):
+        check(json.loads(p.stdout).get("forward") == "stored", "out and lse read from the input")
+        with h5py.File(out2, "r") as f:
+            for name, g in zip(("dq", "dk", "dv"), got):
+                compare(name + " (stored out, lse)", f[name][()], g, 1e-6)
+    check(not temp_files(w), "no temporary file left")
+    finish()
+
+
+def cmd_grad_errors(opt):
+    w = opt.workdir
+    kept = os.path.join(w, "kept.h5")
+    inp = os.path.join(w, "in.h5")
+    p = launch(opt, ["gen", "--grad", "--output", inp, "--n", 300, "--heads", 2, "--dim", 8])
+    check(p.returncode == 0, "spa gen --grad: exit code 0 (got %d)" % p.returncode)
+    run = os.path.join(w, "run.h5")
+    p = launch(opt, ["run", "--input", inp, "--output", run] + GRAD_FLAGS)
+    check(p.returncode == 0, "spa run: exit code 0 (got %d)" % p.returncode)
+
+    def expect_error(args, words):
+        with open(kept, "wb") as fh:
+            fh.write(b"the previous output\n")
+        p = launch(opt, args + ["--output", kept])
+        check(p.returncode == 3, "exit code 3 (got %d)" % p.returncode)
+        lines = [l for l in p.stderr.splitlines() if l.strip()]
+        check(len(lines) == 1, "exactly one line on stderr (got %d)" % len(lines))
+        if lines:
+            check(lines[0].startswith("spa: error: "), "the line starts with 'spa: error: '")
+            for word in words:
+                check(word in lines[0], "the message names %s" % word)
+        check(read_bytes(kept) == b"the previous output\n", "%s is left as it was" % kept)
+        check(not temp_files(w), "no temporary file left in %s" % w)
+
+    print("-- dout missing")
+    nodout = os.path.join(w, "no_dout.h5")
+    with h5py.File(nodout, "w") as f, h5py.File(inp, "r") as a:
+        for x in "qkv":
+            f[x] = a[x][()]
+    expect_error(["grad", "--input", nodout] + GRAD_FLAGS, ["'dout'"])
+    print("-- dout of the wrong shape")
+    badshape = os.path.join(w, "dout_shape.h5")
+    with h5py.File(badshape, "w") as f, h5py.File(inp, "r") as a:
+        for x in "qkv":
+            f[x] = a[x][()]
+        f["dout"] = a["dout"][()][:, :, :4]
+    expect_error(["grad", "--input", badshape] + GRAD_FLAGS, ["'dout'", "[2, 300, 4]", "[2, 300, 8]"])
+    print("-- out and lse from another seed")
+    both = os.path.join(w, "with_fwd.h5")
+    with_forward(both, inp, run)
+    expect_error(["grad", "--input", both, "--seed", "1"] + GRAD_FLAGS, ["'out'", "seed"])
+    print("-- out and lse from another pattern")
+    flags = list(GRAD_FLAGS)
+    flags[flags.index("--random") + 1] = "1"
+    expect_error(["grad", "--input", both] + flags, ["'out'", "random"])
+    print("-- out and lse with no record of their pattern")
+    noattr = os.path.join(w, "no_attrs.h5")
+    with_forward(noattr, inp, run, drop=("block",))
+    expect_error(["grad", "--input", noattr] + GRAD_FLAGS, ["'out'", "block"])
+    print("-- lse without out")
+    lonely = os.path.join(w, "lse_only.h5")
+    with h5py.File(lonely, "w") as f, h5py.File(both, "r") as a:
+        for x in ("q", "k", "v", "dout", "lse"):
+            f[x] = a[x][()]
+    expect_error(["grad", "--input", lonely] + GRAD_FLAGS, ["'lse'", "'out'"])
+    print("-- the same flags as the run: accepted")
+    p = launch(opt, ["grad", "--input", both, "--output", os.path.join(w, "ok.h5")] + GRAD_FLAGS)
+    check(p.returncode == 0, "exit code 0 (got %d)" % p.returncode)
+    finish()
+
+
 # ------------------------------------------------------------------ layout
 
 LAY_N, LAY_H, LAY_D, LAY_B = 300, 2, 8, 32
@@ -763,14 +923,14 @@ def main():
     ap.add_argument("--data")
     ap.add_argument("--make-sample")
     ap.add_argument("check", choices=["errors", "regress", "oracle", "sample", "gen", "layout_errors",
-                                      "layout"])
+                                      "layout", "grad", "grad_errors"])
     opt = ap.parse_args()
     os.makedirs(opt.workdir, exist_ok=True)
     for stale in temp_files(opt.workdir):
         os.remove(stale)
     {"errors": cmd_errors, "regress": cmd_regress, "oracle": cmd_oracle,
      "sample": cmd_sample, "gen": cmd_gen, "layout_errors": cmd_layout_errors,
-     "layout": cmd_layout}[opt.check](opt)
+     "layout": cmd_layout, "grad": cmd_grad, "grad_errors": cmd_grad_errors}[opt.check](opt)
 
 
 if __name__ == "__main__":
