@@ -598,21 +598,27 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
         break;
     case SPA_CLI_GEN:
         fprintf(f, "usage: spa gen --output F --n N [--heads H] [--dim D] [--seed S]\n"
-                   "               [--temperature X] [--threads T]\n\n"
+                   "               [--temperature X] [--threads T] [--grad]\n\n"
                    "Writes a seeded synthetic input file (q, k, v as [H, N, D] float32):\n"
-                   "the same values 'spa run --seed S' computes on without --input.\n");
+                   "the same values 'spa run --seed S' computes on without --input.\n"
+                   "  --grad             also write dout [H, N, D] (uniform in [-1, 1)), the\n"
+                   "                     input of 'spa grad'\n");
         break;
     case SPA_CLI_BENCH:
         fprintf(f,
                 "usage: spa bench [pattern flags] [--n N --heads H --dim D] [--json]\n"
                 "                 [--threads T] [--temperature X] [--warmup W] [--reps R]\n"
-                "                 [--progress] [--no-overlap]\n\n"
+                "                 [--progress] [--no-overlap] [--backward]\n\n"
                 "Runs W warm-up passes (default 1) and R timed passes (default 5) on\n"
                 "synthetic inputs in memory, and reports the median timed pass (by\n"
                 "seconds_total of the slowest rank) in the format of 'spa run'.\n"
                 "--no-overlap completes every transfer before computing, so that\n"
                 "seconds_wait shows the whole communication time (bench/scaling.sh\n"
-                "compares the two to measure how much the overlap hides).\n\n%s",
+                "compares the two to measure how much the overlap hides).\n"
+                "--backward times the backward pass instead: one untimed forward run\n"
+                "gives out and lse, then W + R backward passes on a synthetic dout;\n"
+                "flops = 10 * D * sum |S(i)|, and the JSON adds bytes_halo_bwd,\n"
+                "bytes_rma_bwd and bytes_global_bwd (gradient bytes sent back).\n\n%s",
                 pattern);
         break;
     case SPA_CLI_PLAN:
@@ -642,6 +648,35 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
         spa_cli_layer_help(f);
         fputs(pattern, f);
         break;
+    case SPA_CLI_GRAD:
+        fprintf(f,
+                "usage: spa grad --input F [--output G] [pattern flags] [--json]\n"
+                "                [--threads T] [--no-overlap]\n\n"
+                "The backward pass: for a loss L with dL/dout = dout, the gradients of q,\n"
+                "k and v of the sparse attention 'spa run' computes with the same flags:\n"
+                "  P_ij  = exp(s q_i.k_j - lse_i)             for j in S(i)\n"
+                "  Dl_i  = sum_d dout[i,d] out[i,d]\n"
+                "  dv_j  = sum_{i: j in S(i)} P_ij dout_i\n"
+                "  dS_ij = P_ij (dout_i.v_j - Dl_i)\n"
+                "  dq_i  = s sum_j dS_ij k_j,   dk_j = s sum_i dS_ij q_i\n\n"
+                "  --input F   HDF5: q, k, v and dout, all of one shape ([N,D], [H,N,D] or\n"
+                "              [Bt,H,N,D]); optionally out (q's shape) and lse (q's without\n"
+                "              the last dim) from 'spa run' with the same pattern flags:\n"
+                "              then they are used (the root attributes spa run writes -\n"
+                "              block, local_mode, local_size, random, seed, causal, scale\n"
+                "              and the rule flags - must match these flags), else they are\n"
+                "              recomputed ('spa gen --grad' writes such an input)\n"
+                "  --output G  HDF5: dq, dk, dv (float32, the shape of q), group plan\n"
+                "              (random_blocks, globals) and the root attributes of 'spa\n"
+                "              run'; written atomically, an existing G survives a failure\n"
+                "  --json      the fields of 'spa run' plus bytes_halo_bwd, bytes_rma_bwd,\n"
+                "              bytes_global_bwd (gradient bytes sent back, largest rank),\n"
+                "              forward (\"stored\" or \"recomputed\"), seconds_forward;\n"
+                "              flops = 10 * D * sum |S(i)|, seconds_* of the backward pass\n\n"
+                "Input errors (exit 3): dout missing or of another shape than q; out or\n"
+                "lse alone, misshapen, or from another pattern or seed.\n\n%s",
+                pattern);
+        break;
     default:
         fprintf(f, "usage: spa <command> [flags]\n\n"
                    "Sparse parallel attention: local window + global tokens + random links,\n"
@@ -652,7 +687,12 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
                    "  gen     write a synthetic HDF5 input file\n"
                    "  bench   time repeated in-memory runs\n"
                    "  plan    describe a pattern: key counts, bytes per rank, hops, image\n"
-                   "  layer   a multi-head attention layer from x and weights (HDF5)\n\n"
+                   "  layer   a multi-head attention layer from x and weights (HDF5)\n"
+                   "  grad    the backward pass: dq, dk, dv from q, k, v, dout (HDF5):\n"
+                   "          P_ij = exp(s q_i.k_j - lse_i), Dl_i = dout_i.out_i,\n"
+                   "          dv_j = sum_i P_ij dout_i, dS_ij = P_ij (dout_i.v_j - Dl_i),\n"
+                   "          dq_i = s sum_j dS_ij k_j, dk_j = s sum_i dS_ij q_i\n"
+                   "          (input q, k, v, dout [, out, lse]; output dq, dk, dv, plan/)\n\n"
                    "  spa <command> --help   flags of one command\n"
                    "  spa --version          print the version\n\n"
                    "Exit codes: 0 success, 2 usage error, 3 input error, 1 other error.\n");

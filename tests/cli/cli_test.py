@@ -130,8 +130,13 @@ def cmd_help(opt, rest):
     flags = {
         "run": ["--input", "--output", "--n", "--heads", "--dim", "--json", "--threads",
                 "--temperature", "--progress"],
-        "gen": ["--output", "--n", "--heads", "--dim", "--seed", "--temperature"],
-        "bench": ["--n", "--heads", "--dim", "--json", "--threads", "--warmup", "--reps"],
+        "gen": ["--output", "--n", "--heads", "--dim", "--seed", "--temperature", "--grad", "dout"],
+        "bench": ["--n", "--heads", "--dim", "--json", "--threads", "--warmup", "--reps",
+                  "--backward", "10 * D * sum |S(i)|", "bytes_rma_bwd"],
+        "grad": ["--input", "--output", "--json", "--threads", "dout", "out", "lse", "dq", "dk",
+                 "dv", "plan", "exp(s q_i.k_j - lse_i)", "Dl_i", "dS_ij = P_ij (dout_i.v_j - Dl_i)",
+                 "dq_i  = s sum_j dS_ij k_j", "dk_j = s sum_i dS_ij q_i", "bytes_halo_bwd",
+                 "bytes_global_bwd", "exit 3"],
         "plan": ["--n", "--heads", "--ranks", "--stats", "--image", "--json", "--export-layout",
                  "full_kv_num_blocks", "full_kv_indices"],
     }
@@ -194,6 +199,26 @@ def cmd_bench(opt, rest):
     check_fields(r, SPEC_FIELDS)
     check(r.get("reps") == 3 and r.get("warmup") == 1, "reps and warmup echoed")
     check(r.get("statistic") == "median", "statistic is median")
+    check(r["seconds_total_min"] <= r["seconds_total"] <= r["seconds_total_max"],
+          "min <= median <= max")
+    finish()
+
+
+def cmd_bench_backward(opt, rest):
+    """bench --backward: the run fields plus bytes_*_bwd, and 10 D sum|S(i)|
+    flops, i.e. 10/4 of the forward bench's."""
+    args = ["bench", "--n", "2048", "--heads", "2", "--dim", "16", "--warmup", "1", "--reps", "2"]
+    r = run_json(opt, args + ["--backward"])
+    f = run_json(opt, args)
+    check_fields(r, dict(SPEC_FIELDS, bytes_halo_bwd=int, bytes_rma_bwd=int, bytes_global_bwd=int))
+    check("bytes_halo_bwd" not in f, "the forward bench has no bytes_*_bwd")
+    check(r.get("pass") == "backward" and f.get("pass") == "forward", "pass echoed")
+    check(r["flops"] * 4 == f["flops"] * 10, "flops %d = 10/4 of the forward's %d" % (r["flops"], f["flops"]))
+    if opt.np > 1:
+        check(r["bytes_halo_bwd"] > 0 and r["bytes_global_bwd"] > 0, "gradients go back to their owners")
+    else:
+        check(r["bytes_halo_bwd"] == r["bytes_rma_bwd"] == r["bytes_global_bwd"] == 0,
+              "one rank sends nothing back")
     check(r["seconds_total_min"] <= r["seconds_total"] <= r["seconds_total_max"],
           "min <= median <= max")
     finish()
@@ -372,7 +397,7 @@ def cmd_io(opt, rest):
 
 
 CHECKS = {"exit": cmd_exit, "version": cmd_version, "help": cmd_help, "json": cmd_json,
-          "threads": cmd_threads, "bench": cmd_bench, "progress": cmd_progress,
+          "threads": cmd_threads, "bench": cmd_bench, "bench_backward": cmd_bench_backward, "progress": cmd_progress,
           "image": cmd_image, "stats": cmd_stats, "ranks": cmd_ranks, "io": cmd_io}
 
 
