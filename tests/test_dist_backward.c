@@ -32,8 +32,9 @@ static void gather_whole(const spa_config *cfg, const float *shard, float *whole
         cnt[r] = (int)((t1 - t0) * D), dsp[r] = (int)(t0 * D);
     }
     for (int32_t h = 0; h < cfg->heads; h++)
-        MPI_Gatherv(shard + (int64_t)h * cnt[rank], cnt[rank], MPI_FLOAT, whole + h * n * D, cnt, dsp, MPI_FLOAT, 0,
-                    MPI_COMM_WORLD);
+        /* a rank without rows may hold no buffer; only rank 0 holds whole */
+        MPI_Gatherv(cnt[rank] ? shard + (int64_t)h * cnt[rank] : shard, cnt[rank], MPI_FLOAT,
+                    whole ? whole + h * n * D : NULL, cnt, dsp, MPI_FLOAT, 0, MPI_COMM_WORLD);
     free(cnt), free(dsp);
 }
 
