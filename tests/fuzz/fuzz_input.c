@@ -6,8 +6,9 @@
  * read for real, through spa_io_open and spa_io_read on MPI_COMM_SELF, in
  * two row ranges; HDF5 refuses the collective transfers spa uses on the
  * core driver, so the data path needs a file.
- * Checks: both opens agree on the outcome and the shape; every error has a
- * code and a message; no HDF5 object stays open; ASan and UBSan stay quiet.
+ * Checks: both opens agree on the shape, and on the outcome unless HDF5's
+ * own drivers do (fuzz_hdf5_opens); every error has a code and a message;
+ * no HDF5 object stays open; ASan and UBSan stay quiet.
  */
 #include "fuzz_common.h"
 
@@ -55,7 +56,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     spa_input in = NULL;
     spa_shape s2;
     e = spa_io_open(MPI_COMM_SELF, fuzz_path, &in, &s2);
-    FUZZ_ASSERT(e == SPA_OK, "the image passed in memory but spa_io_open says: %s", spa_last_error());
+    if (e != SPA_OK) {
+        /* HDF5's drivers disagree on some damaged files: the core driver
+         * takes an address that sec2 and MPI-IO refuse ("attempting I/O in
+         * temporary file space"). Then spa must call the input unreadable,
+         * and HDF5 itself must refuse the file with one of the drivers spa
+         * opens it with (sec2 first, then MPI-IO). */
+        fuzz_check_error(e);
+        FUZZ_ASSERT(e == SPA_ERR_INPUT, "passed in memory, then error %d: %s", e, spa_last_error());
+        fuzz_no_open_objects("spa_io_open");
+        FUZZ_ASSERT(!fuzz_hdf5_opens(fuzz_path, 1),
+                    "passed in memory and HDF5 opens the file, but spa_io_open says: %s", spa_last_error());
+        return 0;
+    }
     FUZZ_ASSERT(memcmp(&s, &s2, sizeof s) == 0, "the two opens disagree on the shape");
     float *buf = malloc((size_t)(3 * elems) * sizeof *buf);
     FUZZ_ASSERT(buf, "out of memory");
