@@ -4,14 +4,21 @@
 #   e.g. tests/fuzz/run.sh build-asan/tests/fuzz/fuzz_input tests/fuzz/corpus/input \
 #        /tmp/fz-input 3600 12288 -runs=1000000
 #
-# The fuzzer runs in fork mode (-fork=1 -ignore_crashes=1), so that a crash
-# inside the HDF5 library does not end the run. Every crash, leak or
-# timeout it saved is then run again alone and sorted by its first stack
-# frame outside the sanitizers and libc's mem* routines:
+# Without -runs the fuzzer runs for SECONDS in fork mode (-fork=1
+# -ignore_crashes=1), so that a crash inside the HDF5 library does not end
+# the run. With -runs=N it runs in-process, one libFuzzer run after
+# another on the growing corpus, until N executions in all (or SECONDS):
+# each run ends at its first fault, and every run's log, with libFuzzer's
+# final stat lines, stays as WORK_DIR/run-K.log.
+#
+# Every crash, leak or timeout saved is then run again alone and sorted by
+# its first stack frame outside the sanitizers and libc's mem* routines:
 # - in libhdf5: HDF5 itself failed on a corrupt file (a fault in the
 #   system library, which spa cannot catch in-process); listed, not fatal;
 # - anywhere else (spa, the harness's checks, a leak or a sanitizer report
 #   in spa's code, a hang): fatal, exit 1.
+# A crash that left no input to run again (fork mode's crash count above
+# the inputs saved, or a run that failed without saving one) is fatal too.
 # Prints the executions, the rate and both counts. WORK_DIR keeps the
 # grown corpus (corpus/), the inputs (artifacts/) and their reports (.txt).
 set -u
@@ -19,16 +26,73 @@ exe="$1" seeds="$2" work="$3" secs="$4" maxlen="$5"
 shift 5
 here="$(cd "$(dirname "$0")/../.." && pwd)"
 mkdir -p "$work/corpus" "$work/artifacts"
-rm -f "$work"/artifacts/*
+rm -f "$work"/artifacts/* "$work"/run-*.log
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$here/tests/lsan.supp:print_suppressions=0}"
 name="$(basename "$exe")"
 log="$work/$name.log"
+
+# -runs=N picks the in-process mode; the other flags go to libFuzzer
+target=""
+n=$#
+i=0
+while [ "$i" -lt "$n" ]; do
+  a="$1"
+  shift
+  i=$((i + 1))
+  case "$a" in
+  -runs=*) target="${a#-runs=}" ;;
+  *) set -- "$@" "$a" ;;
+  esac
+done
+
 start=$(date +%s)
-"$exe" -fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 -timeout=10 \
-  -rss_limit_mb=2048 -max_len="$maxlen" -max_total_time="$secs" \
-  -artifact_prefix="$work/artifacts/" "$@" "$work/corpus" "$seeds" >"$log" 2>&1
-rc=$?
+lost=0
+if [ -z "$target" ]; then
+  "$exe" -fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 -timeout=10 \
+    -rss_limit_mb=2048 -max_len="$maxlen" -max_total_time="$secs" \
+    -artifact_prefix="$work/artifacts/" "$@" "$work/corpus" "$seeds" >"$log" 2>&1
+  rc=$?
+  # fork mode prints "#<execs>: cov: ... oom/timeout/crash: a/b/c ..." after each job
+  last=$(grep -E '^#[0-9]+:' "$log" | tail -1)
+  execs=$(echo "$last" | sed 's/^#\([0-9]*\):.*/\1/')
+  crashes=$(echo "$last" | sed -n 's|.*oom/timeout/crash: [0-9]*/[0-9]*/\([0-9]*\).*|\1|p')
+  saved=$(ls "$work"/artifacts 2>/dev/null | grep -cE '^(crash|leak)-[0-9a-f]+$')
+  [ "${crashes:-0}" -gt "$saved" ] && lost=$((${crashes:-0} - saved))
+else
+  rc=0
+  execs=0
+  k=0
+  idle=0
+  : >"$log"
+  while [ "$execs" -lt "$target" ]; do
+    left=$((start + secs - $(date +%s)))
+    [ "$left" -gt 0 ] || break
+    k=$((k + 1))
+    run="$work/run-$k.log"
+    touch "$work/.mark"
+    "$exe" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 -max_len="$maxlen" \
+      -artifact_prefix="$work/artifacts/" "$@" -runs=$((target - execs)) -max_total_time="$left" \
+      "$work/corpus" "$seeds" >"$run" 2>&1
+    r=$?
+    done_now=$(sed -n 's/^stat::number_of_executed_units: *//p' "$run" | tail -1)
+    execs=$((execs + ${done_now:-0}))
+    new=$(find "$work/artifacts" -type f -newer "$work/.mark" ! -name '*.txt' | wc -l)
+    echo "run $k: exit $r, ${done_now:-0} executions, $new input(s) saved" >>"$log"
+    if [ "$r" -ne 0 ] && [ "$new" -eq 0 ]; then
+      lost=$((lost + 1))
+      echo "run $k exited $r without saving an input; see $run" >>"$log"
+    fi
+    # a harness that cannot get going would loop here for ever
+    if [ "${done_now:-0}" -lt 10 ]; then idle=$((idle + 1)); else idle=0; fi
+    if [ "$idle" -ge 3 ]; then
+      echo "$name: three runs in a row with fewer than 10 executions; see $run"
+      rc=1
+      break
+    fi
+  done
+  rm -f "$work/.mark"
+fi
 end=$(date +%s)
 # a job that crashed left its scratch image (fuzz_common.h) behind
 for f in /dev/shm/spa-fuzz-*.h5 /tmp/spa-fuzz-*.h5; do
@@ -37,8 +101,6 @@ for f in /dev/shm/spa-fuzz-*.h5 /tmp/spa-fuzz-*.h5; do
   pid=${pid%.h5}
   kill -0 "$pid" 2>/dev/null || rm -f "$f"
 done
-# fork mode prints "#<execs>: cov: ..." after each job
-execs=$(grep -E '^#[0-9]+:' "$log" | tail -1 | sed 's/^#\([0-9]*\):.*/\1/')
 execs=${execs:-0}
 secs_used=$((end - start))
 [ "$secs_used" -gt 0 ] || secs_used=1
@@ -65,7 +127,7 @@ for a in "$work"/artifacts/crash-* "$work"/artifacts/leak-* "$work"/artifacts/ti
     ;;
   *)
     # a fault counts when the input, run again alone, shows it; an oom or
-    # timeout of the forked fuzzing process that the input does not repeat
+    # timeout of the fuzzing process that the input does not repeat
     # (memory grown over many runs, a loaded machine) is reported only
     if grep -qE 'ERROR|SUMMARY|check failed|timeout|out-of-memory' "$a.txt"; then
       spa=$((spa + 1))
@@ -77,9 +139,21 @@ for a in "$work"/artifacts/crash-* "$work"/artifacts/leak-* "$work"/artifacts/ti
     ;;
   esac
 done
+if [ "$lost" -gt 0 ]; then
+  spa=$((spa + lost))
+  echo "FAULT: $lost crash(es) without a saved input; see $log"
+fi
 echo "$name: $execs executions in ${secs_used} s ($((execs / secs_used))/s); faults: $spa in spa, $hdf5 inside the HDF5 library"
 if [ "$spa" -gt 0 ]; then
   exit 1
+fi
+if [ -n "$target" ]; then
+  [ "$rc" -eq 0 ] || exit 1
+  if [ "$execs" -lt "$target" ]; then
+    echo "$name: $execs of $target executions in ${secs} s"
+    exit 1
+  fi
+  exit 0
 fi
 if [ "$rc" -ne 0 ] && [ "$hdf5" -eq 0 ]; then
   echo "$name: libFuzzer exited $rc; see $log"
