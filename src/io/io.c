@@ -2086,19 +2086,15 @@ done:
 }
 
 /* Rank 0's part: the whole file into *out. */
-static spa_err lay_read_file(const char *path, int32_t block, int64_t n, int32_t heads, spa_layout *out)
+/* Reads the layout of the open file lf->file, named lf->path in messages,
+ * and closes it. */
+static spa_err lay_read_open(lay_file *plf, spa_layout *out)
 {
     spa_err err = SPA_OK;
-    struct stat st;
     hid_t attr = H5I_INVALID_HID, atype = H5I_INVALID_HID;
-    lay_file lf = {path, H5I_INVALID_HID, n, (n + block - 1) / block, block, heads};
-
-    if (stat(path, &st) != 0) SPA_FAIL(SPA_ERR_INPUT, "layout '%s': %s", path, strerror(errno));
-    SPA_REQUIRE(!S_ISDIR(st.st_mode), SPA_ERR_INPUT, "layout '%s' is a folder", path);
-    SPA_REQUIRE(access(path, R_OK) == 0, SPA_ERR_INPUT, "layout '%s' is not readable", path);
-    SPA_REQUIRE(H5Fis_hdf5(path) > 0, SPA_ERR_INPUT, "layout '%s' is not an HDF5 file", path);
-    lf.file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    SPA_REQUIRE(lf.file >= 0, SPA_ERR_INPUT, "layout '%s': HDF5 cannot open it", path);
+    lay_file lf = *plf;
+    const char *path = lf.path;
+    int32_t block = lf.block;
 
     if (H5Aexists(lf.file, "block") > 0) {
         int64_t b = 0;
@@ -2132,8 +2128,23 @@ done:
     close_id(&atype, H5Tclose);
     close_id(&attr, H5Aclose);
     close_id(&lf.file, H5Fclose);
+    plf->file = H5I_INVALID_HID;
     if (err != SPA_OK) spa_layout_free(out);
     return err;
+}
+
+static spa_err lay_read_file(const char *path, int32_t block, int64_t n, int32_t heads, spa_layout *out)
+{
+    struct stat st;
+    lay_file lf = {path, H5I_INVALID_HID, n, (n + block - 1) / block, block, heads};
+
+    if (stat(path, &st) != 0) SPA_FAIL(SPA_ERR_INPUT, "layout '%s': %s", path, strerror(errno));
+    SPA_REQUIRE(!S_ISDIR(st.st_mode), SPA_ERR_INPUT, "layout '%s' is a folder", path);
+    SPA_REQUIRE(access(path, R_OK) == 0, SPA_ERR_INPUT, "layout '%s' is not readable", path);
+    SPA_REQUIRE(H5Fis_hdf5(path) > 0, SPA_ERR_INPUT, "layout '%s' is not an HDF5 file", path);
+    lf.file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    SPA_REQUIRE(lf.file >= 0, SPA_ERR_INPUT, "layout '%s': HDF5 cannot open it", path);
+    return lay_read_open(&lf, out);
 }
 
 /* MPI_Bcast of count elements of type in pieces of at most 2^30. */
@@ -2285,6 +2296,16 @@ done:
 /* ------------------------------------------------ fuzzing entry point */
 /* For tests/fuzz only; nothing else calls it. */
 
+/* A file access list for an in-memory image: the core driver, no backing
+ * store. */
+static hid_t image_fapl(const void *image, size_t len)
+{
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (fapl >= 0 && (H5Pset_fapl_core(fapl, 1 << 16, 0) < 0 || H5Pset_file_image(fapl, (void *)image, len) < 0))
+        close_id(&fapl, H5Pclose);
+    return fapl;
+}
+
 spa_err spa_io_check_image(const void *image, size_t len, spa_shape *shape)
 {
     spa_err err = SPA_OK;
@@ -2297,16 +2318,33 @@ spa_err spa_io_check_image(const void *image, size_t len, spa_shape *shape)
     p->file = H5I_INVALID_HID;
     for (int i = 0; i < 3; i++) p->dset[i] = p->ftype[i] = H5I_INVALID_HID;
     quiet_begin(&qt);
-    fapl = H5Pcreate(H5P_FILE_ACCESS);
-    if (fapl < 0 || H5Pset_fapl_core(fapl, 1 << 16, 0) < 0 ||
-        H5Pset_file_image(fapl, (void *)image, len) < 0)
-        IO_FAIL(SPA_ERR_OTHER, "HDF5: cannot set up the core driver");
+    if ((fapl = image_fapl(image, len)) < 0) IO_FAIL(SPA_ERR_OTHER, "HDF5: cannot set up the core driver");
     if ((p->file = H5Fopen("spa-image", H5F_ACC_RDONLY, fapl)) < 0)
         IO_FAIL(SPA_ERR_INPUT, "input image: HDF5 cannot open it");
     if ((err = open_datasets(p)) == SPA_OK) *shape = p->shape;
 done:
     close_id(&fapl, H5Pclose);
     spa_io_close(&p);
+    quiet_end(&qt);
+    return err;
+}
+
+spa_err spa_io_read_layout_image(const void *image, size_t len, int32_t block, int64_t n, int32_t heads,
+                                 spa_layout *out)
+{
+    spa_err err = SPA_OK;
+    quiet qt;
+    memset(out, 0, sizeof *out);
+    SPA_REQUIRE(block >= 1 && n >= 1, SPA_ERR_OTHER, "spa_io_read_layout_image: bad n or block");
+    lay_file lf = {"(image)", H5I_INVALID_HID, n, (n + block - 1) / block, block, heads};
+    quiet_begin(&qt);
+    hid_t fapl = image_fapl(image, len);
+    if (fapl < 0) IO_FAIL(SPA_ERR_OTHER, "HDF5: cannot set up the core driver");
+    lf.file = H5Fopen("spa-layout-image", H5F_ACC_RDONLY, fapl);
+    close_id(&fapl, H5Pclose);
+    if (lf.file < 0) IO_FAIL(SPA_ERR_INPUT, "layout '%s': HDF5 cannot open it", lf.path);
+    err = lay_read_open(&lf, out);
+done:
     quiet_end(&qt);
     return err;
 }

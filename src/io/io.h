@@ -24,6 +24,12 @@ void spa_io_trace_reset(void);
 #include <stddef.h>
 spa_err spa_io_check_image(const void *image, size_t len, spa_shape *shape);
 
+/* For tests/fuzz: spa_io_read_layout's reader (everything after it opens
+ * the path) on an in-memory file image through the core driver, on this
+ * process alone. Messages name the file "(image)". Not collective. */
+spa_err spa_io_read_layout_image(const void *image, size_t len, int32_t block, int64_t n, int32_t heads,
+                                 spa_layout *out);
+
 /* ------------------------------------------- atomic collective writer
  *
  * How spa_io_write, spa_io_gen and spa_io_layer_write make an output file,
