@@ -1,7 +1,9 @@
 """spa - sparse parallel attention, from Python (ctypes binding of libspa).
 
     out, lse = spa.attention(q, k, v)                   # [H, n, D] float32 each
+    dq, dk, dv = spa.attention_backward(q, k, v, out, lse, dout)
     y = spa.layer(x, wq, wk, wv, wo, heads=8)           # nn.Linear weights
+    o = spa.attention_torch(tq, tk, tv)                 # torch.autograd, needs PyTorch
 
 Under mpirun with mpi4py, pass comm=MPI.COMM_WORLD and each rank's own rows
 [t0, t1) = spa.shard(n, comm=comm); the result is the same as on one rank.
@@ -16,7 +18,8 @@ import os
 
 import numpy as np
 
-__all__ = ["attention", "layer", "shard", "version", "SpaError"]
+__all__ = ["attention", "attention_backward", "attention_torch", "layer", "shard", "version",
+           "SpaError"]
 
 _USAGE, _INPUT = 2, 3
 _RULES = {"local_blocks": 0, "radius": 1, "random": 2, "stride": 3, "summary": 4, "dilated": 5}
@@ -91,6 +94,7 @@ class _Lib:
                 ("spa_ctx_create", I, [C, P, I, ctypes.POINTER(P)]),
                 ("spa_ctx_shard", V, [P, ctypes.POINTER(I64), ctypes.POINTER(I64)]),
                 ("spa_ctx_run", I, [P] * 7),
+                ("spa_ctx_backward", I, [P] * 11),
                 ("spa_ctx_destroy", V, [ctypes.POINTER(P)]),
                 ("spa_layer_run", I, [P] * 7),
                 ("spa_agree", I, [C, I]),
@@ -232,7 +236,7 @@ def _ptr(a):
     return a.ctypes.data_as(ctypes.c_void_p) if a is not None else None
 
 
-def _global_rows(rows, size, mcomm):
+def _global_rows(rows, mcomm):
     return rows if mcomm is None else mcomm.allreduce(rows)
 
 
@@ -286,6 +290,45 @@ def _same_everywhere(mcomm, what, value):
         raise ValueError("spa: ranks disagree on %s: %s" % (what, vals))
 
 
+def _attention_arrays(mcomm, names, arrays, lse=None):
+    """Checks the arrays of one attention call on every rank together.
+
+    arrays (named by names, q first) must be numeric, of one shape, [H, n, D]
+    or [n, D]; lse, when given, q's shape without the last dimension. Returns
+    (arrays as contiguous float32 [H, rows, D], lse as float32 [H, rows] or
+    None, squeeze: whether they came as [n, D], n: the rows of every rank).
+    An error on any rank raises ValueError on every rank."""
+    local_err = None
+    try:
+        arrays = [_f32(nm, a, (2, 3)) for nm, a in zip(names, arrays)]
+        if lse is not None:
+            lse = _f32("lse", lse, (1, 2))
+    except ValueError as e:
+        local_err = str(e)
+    shape = arrays[0].shape if local_err is None else None
+    if local_err is None and any(a.shape != shape for a in arrays):
+        local_err = "spa: %s and %s must have one shape (got %s)" % (
+            ", ".join(names[:-1]), names[-1], ", ".join(str(a.shape) for a in arrays))
+    if local_err is None and lse is not None and lse.shape != shape[:-1]:
+        local_err = "spa: lse must have shape %s, %s's without the last dimension (got %s)" % (
+            shape[:-1], names[0], lse.shape)
+    squeeze = local_err is None and len(shape) == 2
+    if squeeze:
+        arrays = [a[None] for a in arrays]
+        lse = None if lse is None else lse[None]
+    if local_err is None and (arrays[0].shape[0] < 1 or arrays[0].shape[2] < 1):
+        local_err = "spa: %s has an empty head or feature dimension (shape %s)" % (names[0], shape)
+    _same_everywhere(mcomm, "the argument check", local_err)
+    if local_err:
+        raise ValueError(local_err)
+    H, rows, D = arrays[0].shape
+    _same_everywhere(mcomm, "heads and dim", (H, D))
+    n = _global_rows(rows, mcomm)
+    if n < 1:
+        raise ValueError("spa: the sequence is empty")
+    return arrays, lse, squeeze, n
+
+
 def attention(q, k, v, *, block=64, local_blocks=3, radius=None, globals=None, random=3, seed=0,
               causal=False, scale=None, stride=None, summary=None, dilated=None, threads=None,
               comm=None):
@@ -300,23 +343,8 @@ def attention(q, k, v, *, block=64, local_blocks=3, radius=None, globals=None, r
     With comm (mpi4py), q, k, v are this rank's rows, spa.shard(n, comm=comm).
     """
     c, size, rank, mcomm = _comm(comm)
-    q, k, v = (_f32(nm, a, (2, 3)) for nm, a in (("q", q), ("k", k), ("v", v)))
-    local_err = None
-    if not (q.shape == k.shape == v.shape):
-        local_err = "q, k and v must have one shape (got %s, %s, %s)" % (q.shape, k.shape, v.shape)
-    squeeze = q.ndim == 2
-    if squeeze and local_err is None:
-        q, k, v = q[None], k[None], v[None]
-    if local_err is None and (q.shape[0] < 1 or q.shape[2] < 1):
-        local_err = "q has an empty head or feature dimension (shape %s)" % (q.shape,)
-    _same_everywhere(mcomm, "the argument check", local_err)
-    if local_err:
-        raise ValueError("spa: " + local_err)
+    (q, k, v), _, squeeze, n = _attention_arrays(mcomm, ("q", "k", "v"), (q, k, v))
     H, rows, D = q.shape
-    _same_everywhere(mcomm, "heads and dim", (H, D))
-    n = _global_rows(rows, size, mcomm)
-    if n < 1:
-        raise ValueError("spa: the sequence is empty")
     cfg = _Config(n, H, D, block, local_blocks, radius, globals, random, seed, causal, scale, stride,
                   summary, dilated)
     out = np.zeros_like(q)
@@ -324,6 +352,41 @@ def attention(q, k, v, *, block=64, local_blocks=3, radius=None, globals=None, r
     _run_ctx(c, mcomm, cfg, rows, threads,
              lambda ctx: _L().dll.spa_ctx_run(ctx, _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), None))
     return (out[0], lse[0]) if squeeze else (out, lse)
+
+
+def attention_backward(q, k, v, out, lse, dout, *, block=64, local_blocks=3, radius=None,
+                       globals=None, random=3, seed=0, causal=False, scale=None, stride=None,
+                       summary=None, dilated=None, threads=None, comm=None):
+    """Gradients of spa.attention -> (dq, dk, dv), float32 arrays of q's shape.
+
+    For a loss L with dL/dout = dout: q, k, v as given to spa.attention, out
+    and lse what it returned for them, dout of q's shape, and the same
+    pattern keywords. With comm (mpi4py), every array is this rank's rows
+    [t0, t1) = spa.shard(n, comm=comm), as in the forward, and so are the
+    results: dk and dv of this rank's keys hold the contributions of every
+    rank's queries (libspa sends the gradients of borrowed keys back to
+    their owners). Collective: every rank calls it.
+    """
+    c, size, rank, mcomm = _comm(comm)
+    (q, k, v, out, dout), lse, squeeze, n = _attention_arrays(
+        mcomm, ("q", "k", "v", "out", "dout"), (q, k, v, out, dout), lse)
+    H, rows, D = q.shape
+    cfg = _Config(n, H, D, block, local_blocks, radius, globals, random, seed, causal, scale, stride,
+                  summary, dilated)
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(q), np.zeros_like(q)
+    _run_ctx(c, mcomm, cfg, rows, threads,
+             lambda ctx: _L().dll.spa_ctx_backward(ctx, _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse),
+                                                   _ptr(dout), _ptr(dq), _ptr(dk), _ptr(dv), None))
+    return (dq[0], dk[0], dv[0]) if squeeze else (dq, dk, dv)
+
+
+def attention_torch(q, k, v, **pattern):
+    """spa.attention on CPU float32 torch tensors, differentiable: returns
+    out (q's shape), whose backward pass is spa.attention_backward. Keywords
+    as in spa.attention. Needs PyTorch (imported on first call); the
+    autograd.Function is spa.torch.SpaAttention."""
+    from .torch import SpaAttention
+    return SpaAttention.apply(q, k, v, pattern)
 
 
 def layer(x, wq, wk, wv, wo, bq=None, bk=None, bv=None, bo=None, *, heads, block=64,
@@ -357,7 +420,7 @@ def layer(x, wq, wk, wv, wo, bq=None, bk=None, bv=None, bo=None, *, heads, block
     if local_err:
         raise ValueError("spa: " + local_err)
     D = hd // heads
-    n = _global_rows(rows, size, mcomm)
+    n = _global_rows(rows, mcomm)
     if n < 1:
         raise ValueError("spa: the sequence is empty")
     cfg = _Config(n, heads, D, block, local_blocks, radius, globals, random, seed, causal, scale,

@@ -1,7 +1,11 @@
 """Run under mpirun -n P (with mpi4py): spa.attention and spa.layer with
 comm=MPI.COMM_WORLD on each rank's shard equal one rank's result (bit for
-bit outside the global rows), and a bad argument raises ValueError on every
-rank without a hang. Prints 'mpi_check ok' on rank 0; exit 1 on failure."""
+bit outside the global rows), spa.attention_backward's dq, dk, dv of each
+rank's shard equal one rank's (dq bit for bit outside the global rows; the
+rest within 1e-5 of the largest gradient, as the sums of a key's gradient
+over ranks run in another order), and a bad argument raises ValueError on
+every rank without a hang. Prints 'mpi_check ok' on rank 0; exit 1 on
+failure."""
 import sys
 
 import numpy as np
@@ -45,6 +49,27 @@ y = spa.layer(x[t0:t1], wq, wk, wv, wo, bq=bq, heads=H, comm=comm, **kw)
 ref_y = spa.layer(x, wq, wk, wv, wo, bq=bq, heads=H, **kw)
 check(np.allclose(y, ref_y[t0:t1], rtol=1e-5, atol=1e-6), "layer y differs from one rank's")
 
+# gradients: the shards' against this process alone, on two patterns (the
+# second without spread rows, with halo, strided and summary keys)
+dout = rng.standard_normal((H, n, D)).astype("f4")
+sl = (slice(None), slice(t0, t1))
+for gkw, glob in ((kw, G), (dict(block=B, radius=20, causal=True, stride="7@1:2", summary="32:4",
+                                 globals="none", seed=1), [])):
+    out, lse = spa.attention(q[sl], k[sl], v[sl], comm=comm, **gkw)
+    grads = spa.attention_backward(q[sl], k[sl], v[sl], out, lse, dout[sl], comm=comm, **gkw)
+    ref_out, ref_lse = spa.attention(q, k, v, **gkw)
+    refs = spa.attention_backward(q, k, v, ref_out, ref_lse, dout, **gkw)
+    rows = np.array([i for i in range(t0, t1) if i not in glob], int)
+    check(np.array_equal(grads[0][:, rows - t0], refs[0][:, rows]),
+          "dq differs from one rank's off G (globals %s)" % (glob,))
+    for name, g, r in zip(("dq", "dk", "dv"), grads, refs):
+        diff = float(np.abs(g - r[sl]).max(initial=0))
+        scale = float(np.abs(r).max())
+        check(diff <= 1e-5 * scale, "%s differs from one rank's by %.3g, largest |%s| %.3g (globals %s)"
+              % (name, diff, name, scale, glob))
+        print("rank %d %s: max |difference| %.3g of largest %.3g (globals %s)"
+              % (rank, name, diff, scale, glob), flush=True)
+
 
 def raises(fn, words, what):
     try:
@@ -64,9 +89,18 @@ if size > 1:
     a, b = t0 + (16 if rank == size - 1 else 0), t1 + (16 if rank == 0 else 0)
     raises(lambda: spa.attention(q[:, a:b], k[:, a:b], v[:, a:b], comm=comm, block=B),
            ["spa.shard"], "wrong shard")
+    raises(lambda: spa.attention_backward(q[:, a:b], k[:, a:b], v[:, a:b], q[:, a:b],
+                                          np.zeros((H, b - a), "f4"), dout[:, a:b], comm=comm,
+                                          block=B),
+           ["spa.shard"], "backward: wrong shard")
     Hr = 1 if rank == 0 else 2
     raises(lambda: spa.attention(q[:Hr, t0:t1], k[:Hr, t0:t1], v[:Hr, t0:t1], comm=comm),
            ["disagree"], "heads differ between ranks")
+
+# dout one row short on the last rank only: every rank raises
+short = dout[:, t0:t1 - (1 if rank == size - 1 else 0)]
+raises(lambda: spa.attention_backward(q[sl], k[sl], v[sl], out, lse, short, comm=comm, **gkw),
+       ["one shape"], "backward: dout misshapen on one rank")
 
 fails = comm.allreduce(len(fails))
 if rank == 0:
