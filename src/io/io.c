@@ -331,21 +331,33 @@ unreadable: /* a damaged file, as far as spa can tell */
     goto done;
 }
 
-/* Rank 0 looks at the path before HDF5 opens it in parallel, for messages
- * that say what is wrong rather than an MPI-IO error code. */
-static spa_err check_input_path(const char *path)
+/* HDF5 allocates a whole chunk to read one: a damaged or hostile file can
+ * claim chunks of gigabytes. A chunk may reach 1 GiB, and past 64 MiB it may
+ * not be larger than its dataset. */
+static spa_err check_chunk_size(spa_input in, int i)
 {
-    struct stat st;
-    if (stat(path, &st) != 0)
-        SPA_FAIL(SPA_ERR_INPUT, "input '%s': %s", path, strerror(errno));
-    SPA_REQUIRE(!S_ISDIR(st.st_mode), SPA_ERR_INPUT, "input '%s' is a folder", path);
-    SPA_REQUIRE(access(path, R_OK) == 0, SPA_ERR_INPUT, "input '%s' is not readable", path);
-    SPA_REQUIRE(H5Fis_hdf5(path) > 0, SPA_ERR_INPUT, "input '%s' is not an HDF5 file", path);
-    /* A damaged superblock can point MPI-IO at offsets it rejects (and
-     * prints about): open it serially first. */
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    SPA_REQUIRE(f >= 0, SPA_ERR_INPUT, "input '%s': HDF5 cannot open it (damaged?)", path);
-    H5Fclose(f);
+    const char *name = io_names[i];
+    hsize_t cdims[32], dims[32];
+    hid_t dcpl = H5Dget_create_plist(in->dset[i]);
+    int crank = dcpl >= 0 ? H5Pget_chunk(dcpl, 32, cdims) : -1;
+    if (dcpl >= 0) H5Pclose(dcpl);
+    hid_t space = H5Dget_space(in->dset[i]);
+    int rank = space >= 0 ? H5Sget_simple_extent_ndims(space) : -1;
+    if (rank >= 1 && rank <= 32) H5Sget_simple_extent_dims(space, dims, NULL);
+    if (space >= 0) H5Sclose(space);
+    size_t esize = in->ftype[i] >= 0 ? H5Tget_size(in->ftype[i]) : 0;
+    SPA_REQUIRE(crank >= 1 && crank <= 32 && crank == rank && esize > 0, SPA_ERR_INPUT,
+                "input: cannot read the chunk shape of dataset '%s'", name);
+    double chunk = (double)esize, whole = (double)esize;
+    for (int d = 0; d < crank; d++) {
+        chunk *= (double)cdims[d];
+        whole *= (double)dims[d];
+    }
+    const double mib = 1024.0 * 1024.0;
+    SPA_REQUIRE(chunk <= 1024.0 * mib && (chunk <= 64.0 * mib || chunk <= whole), SPA_ERR_INPUT,
+                "input: dataset '%s' claims chunks of %.0f MiB (at most 1024 MiB, and no larger "
+                "than the dataset past 64 MiB; damaged file?)",
+                name, chunk / mib);
     return SPA_OK;
 }
 
@@ -367,6 +379,7 @@ static spa_err check_storage(spa_input in, int i)
         SPA_REQUIRE(a == HADDR_UNDEF || (a <= eof && sz <= eof - a), SPA_ERR_INPUT,
                     "input: dataset '%s' lies beyond the end of the file (truncated or damaged)", name);
     } else if (lay == H5D_CHUNKED) {
+        SPA_CHECK(check_chunk_size(in, i));
         /* H5Dget_chunk_info walks the index: bounded work for big files */
         spa_err err = SPA_OK;
         hid_t space = H5Dget_space(in->dset[i]);
@@ -402,6 +415,10 @@ static spa_err open_typed(spa_input in, int i, int *rank, hsize_t *dims)
     SPA_REQUIRE(in->ftype[i] >= 0, SPA_ERR_OTHER, "HDF5: cannot get the type of '%s'", name);
     SPA_REQUIRE(H5Tget_class(in->ftype[i]) == H5T_FLOAT, SPA_ERR_INPUT,
                 "dataset '%s' is not floating point (spa reads float32, float64 and float16)", name);
+    size_t tsize = H5Tget_size(in->ftype[i]);
+    SPA_REQUIRE(tsize >= 2 && tsize <= 8, SPA_ERR_INPUT,
+                "dataset '%s' has a floating-point type of %zu bytes (spa reads float16, float32 "
+                "and float64)", name, tsize);
     if (H5Tequal(in->ftype[i], H5T_NATIVE_FLOAT) > 0)
         in->kind[i] = KIND_F32;
     else if (H5Tequal(in->ftype[i], H5T_NATIVE_DOUBLE) > 0)
@@ -491,6 +508,47 @@ void spa_io_close(spa_input *in)
     quiet_end(&qt);
     free(p);
     *in = NULL;
+}
+
+/* Opens a file on this process alone (through fapl) and checks q, k and
+ * v as spa_io_open does: their types, shapes and storage. label names the
+ * file in messages. */
+static spa_err check_file(const char *path, const char *label, hid_t fapl, spa_shape *shape)
+{
+    spa_err err = SPA_OK;
+    spa_input p = calloc(1, sizeof *p);
+    quiet qt;
+
+    if (!p) return spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
+    p->comm = MPI_COMM_SELF;
+    p->file = H5I_INVALID_HID;
+    for (int i = 0; i < IN_COUNT; i++) p->dset[i] = p->ftype[i] = H5I_INVALID_HID;
+    quiet_begin(&qt);
+    if ((p->file = H5Fopen(path, H5F_ACC_RDONLY, fapl)) < 0)
+        IO_FAIL(SPA_ERR_INPUT, "%s: HDF5 cannot open it (damaged?)", label);
+    if ((err = open_datasets(p)) == SPA_OK) *shape = p->shape;
+done:
+    spa_io_close(&p);
+    quiet_end(&qt);
+    return err;
+}
+
+/* Rank 0 looks at the path before HDF5 opens it in parallel, for messages
+ * that say what is wrong rather than an MPI-IO error code. */
+static spa_err check_input_path(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        SPA_FAIL(SPA_ERR_INPUT, "input '%s': %s", path, strerror(errno));
+    SPA_REQUIRE(!S_ISDIR(st.st_mode), SPA_ERR_INPUT, "input '%s' is a folder", path);
+    SPA_REQUIRE(access(path, R_OK) == 0, SPA_ERR_INPUT, "input '%s' is not readable", path);
+    SPA_REQUIRE(H5Fis_hdf5(path) > 0, SPA_ERR_INPUT, "input '%s' is not an HDF5 file", path);
+    /* A damaged file can point MPI-IO at offsets it rejects (and prints
+     * about): open it serially first and check its datasets' metadata. */
+    char label[1100];
+    snprintf(label, sizeof label, "input '%.1024s'", path);
+    spa_shape shape;
+    return check_file(path, label, H5P_DEFAULT, &shape);
 }
 
 spa_err spa_io_open(MPI_Comm comm, const char *path, spa_input *in, spa_shape *shape)
@@ -2308,24 +2366,10 @@ static hid_t image_fapl(const void *image, size_t len)
 
 spa_err spa_io_check_image(const void *image, size_t len, spa_shape *shape)
 {
-    spa_err err = SPA_OK;
-    hid_t fapl = H5I_INVALID_HID;
-    spa_input p = calloc(1, sizeof *p);
-    quiet qt;
-
-    if (!p) return spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
-    p->comm = MPI_COMM_SELF;
-    p->file = H5I_INVALID_HID;
-    for (int i = 0; i < 3; i++) p->dset[i] = p->ftype[i] = H5I_INVALID_HID;
-    quiet_begin(&qt);
-    if ((fapl = image_fapl(image, len)) < 0) IO_FAIL(SPA_ERR_OTHER, "HDF5: cannot set up the core driver");
-    if ((p->file = H5Fopen("spa-image", H5F_ACC_RDONLY, fapl)) < 0)
-        IO_FAIL(SPA_ERR_INPUT, "input image: HDF5 cannot open it");
-    if ((err = open_datasets(p)) == SPA_OK) *shape = p->shape;
-done:
-    close_id(&fapl, H5Pclose);
-    spa_io_close(&p);
-    quiet_end(&qt);
+    hid_t fapl = image_fapl(image, len);
+    if (fapl < 0) return spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "HDF5: cannot set up the core driver");
+    spa_err err = check_file("spa-image", "input image", fapl, shape);
+    H5Pclose(fapl);
     return err;
 }
 
