@@ -114,6 +114,11 @@ int spa_cli_stopped(void);
 const char *spa_cli_stop_where(void);
 const char *spa_cli_signal_name(int sig);
 
+/* While the input file at path is read: a fault inside HDF5 (some damaged
+ * files crash it) exits 3 with one line naming the file. Unguard after. */
+void spa_cli_guard_input(MPI_Comm comm, const char *path);
+void spa_cli_unguard_input(void);
+
 /* Test hook (SPA_TEST_DELAY_COMPUTE): holds the compute phase open. */
 void spa_cli_test_delay_compute(spa_ctx ctx);
 

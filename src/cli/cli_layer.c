@@ -128,7 +128,9 @@ spa_err spa_cli_layer(MPI_Comm comm, spa_cli_opts *o)
         if ((err = spa_agree(comm, err)) != SPA_OK) goto done;
     }
     t = spa_now();
+    spa_cli_guard_input(comm, o->input);
     err = spa_io_layer_open(comm, o->input, &in, &sh);
+    spa_cli_unguard_input();
     t_io += spa_now() - t;
     if (err) goto done;
     if ((err = spa_agree(comm, layer_shape(o, &sh))) != SPA_OK) goto done;
@@ -150,7 +152,9 @@ spa_err spa_cli_layer(MPI_Comm comm, spa_cli_opts *o)
     if ((err = spa_agree(comm, err)) != SPA_OK) goto done;
 
     t = spa_now();
+    spa_cli_guard_input(comm, o->input);
     err = spa_io_layer_read(in, t0, t1, x, &w);
+    spa_cli_unguard_input();
     t_io += spa_now() - t;
     if (err) goto done;
     if ((err = spa_agree(comm, spa_layer_run(ctx, &w, x, y, out, lse, &st))) != SPA_OK) goto done;

@@ -24,7 +24,8 @@ input files (issue 9). One check per invocation:
   corrupt    60 byte-flipped inputs through a plain `spa run` (one rank):
              exit 0 or 3, never anything else, at most one stderr line.
              (test_corrupt tries 300 more in process, with the open-object
-             count.)
+             count.) Then the files of damaged/, on which HDF5 itself
+             faults: exit 3 and one line, at 1 and 2 ranks.
 
 The run is held inside a phase with SPA_TEST_DELAY_<PHASE> (see io.c and
 cli_stop.c); SPA_TEST_DELAY_MARK tells this driver when it has begun.
@@ -382,6 +383,28 @@ def corrupt():
         check(rc in (0, 3), "variant %d: exit %s, stderr %s" % (vno, rc, lines[:3]))
         check(len(lines) <= 1, "variant %d: %d stderr lines: %s" % (vno, len(lines), lines[:3]))
     print("%d byte-flipped inputs: exit codes %s" % (variants, outcomes))
+
+    # Files on which HDF5 1.10 itself faults (found by fuzz_input): one in
+    # H5Lexists on a damaged local heap, one in H5Dread copying from a bogus
+    # address. spa guards its input reads: exit 3 and one line naming the
+    # file, at one rank and at two.
+    damaged = os.path.join(os.path.dirname(os.path.abspath(__file__)), "damaged")
+    for name in sorted(os.listdir(damaged)):
+        path = os.path.join(damaged, name)
+        for np_ in (1, 2):
+            if np_ == 1:
+                p = subprocess.run([args.spa, "run", "--input", path], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, timeout=60, universal_newlines=True)
+                rc, err = p.returncode, p.stderr
+                lines = [l for l in err.splitlines() if l.strip()]
+            else:
+                rc, out, err = run(np_, ["run", "--input", path])
+                lines = error_lines(err)
+            check(rc == 3, "%s at %d rank(s): exit %s, stderr %s" % (name, np_, rc, err[-400:]))
+            check(len(lines) == 1 and name in lines[0] and "crashed" in lines[0],
+                  "%s at %d rank(s): want one line naming the file, got %s" % (name, np_, lines[:3]))
+    print("files that crash HDF5: %d, each exit 3 with one line at 1 and 2 ranks"
+          % len(os.listdir(damaged)))
 
 
 {"disk_full": disk_full, "layer_disk_full": layer_disk_full, "signals": signals,
