@@ -510,6 +510,16 @@ spa_err spa_io_read_layout(MPI_Comm comm, const char *path, int32_t block, int64
  * attribute `block`. Atomic: written under a temporary name, renamed. */
 spa_err spa_io_export_layout(const char *path, const spa_config *cfg);
 
+/* Walks every object of the HDF5 file at path (links, object headers,
+ * attributes, dataset types, shapes, layouts and one element of each
+ * dataset) on this process alone, ignoring HDF5's ordinary errors. For a
+ * child process to run on an input before the ranks open it: HDF5 1.10
+ * faults, loops or allocates without bound on some damaged files, and only
+ * a process of its own can be stopped safely (the spa program runs it under
+ * a time and memory limit). Returns 1 if an HDF5 allocation failed, else 0.
+ * Not collective; needs no MPI. */
+int spa_io_probe(const char *path);
+
 /* Stop requests (signals). flag points at a sig_atomic_t that a signal
  * handler sets to the signal's number (NULL: none). spa_io_write,
  * spa_io_gen and spa_io_layer_write agree across ranks, after each write step, whether any rank's

@@ -118,6 +118,17 @@ const char *spa_cli_signal_name(int sig);
  * files crash it) exits 3 with one line naming the file. Unguard after. */
 void spa_cli_guard_input(MPI_Comm comm, const char *path);
 void spa_cli_unguard_input(void);
+/* A stop signal has reached this rank (not yet agreed). */
+int spa_cli_stop_requested(void);
+
+/* cli_probe.c. Collective: rank 0 walks the file at path (what: "input" or
+ * "layout", for messages) in a child
+ * process (`spa --probe-input PATH`) under a time and memory limit; a
+ * child that crashed, hung or ran out of memory makes SPA_ERR_INPUT with
+ * one message, on every rank. */
+spa_err spa_cli_probe_input(MPI_Comm comm, const char *what, const char *path);
+/* The child's side, called by main before MPI_Init; returns its exit code. */
+int spa_cli_probe_main(const char *path);
 
 /* Test hook (SPA_TEST_DELAY_COMPUTE): holds the compute phase open. */
 void spa_cli_test_delay_compute(spa_ctx ctx);

@@ -314,8 +314,9 @@ spa_err spa_cli_run(MPI_Comm comm, spa_cli_opts *o)
     }
     if (o->input) {
         t = spa_now();
+        err = spa_cli_probe_input(comm, "input", o->input);
         spa_cli_guard_input(comm, o->input);
-        err = spa_agree(comm, spa_io_open(comm, o->input, &in, &shape));
+        if (!err) err = spa_agree(comm, spa_io_open(comm, o->input, &in, &shape));
         spa_cli_unguard_input();
         t_io += spa_now() - t;
         if (!err) err = spa_cli_stop_check(comm, "while opening the input");
@@ -418,8 +419,9 @@ spa_err spa_cli_grad(MPI_Comm comm, spa_cli_opts *o)
         if (err) goto done;
     }
     t = spa_now();
+    err = spa_cli_probe_input(comm, "input", o->input);
     spa_cli_guard_input(comm, o->input);
-    err = spa_agree(comm, spa_io_open(comm, o->input, &in, &shape));
+    if (!err) err = spa_agree(comm, spa_io_open(comm, o->input, &in, &shape));
     if (!err) err = spa_io_open_grad(in, &gi.stored);
     spa_cli_unguard_input();
     t_io += spa_now() - t;

@@ -52,6 +52,8 @@ spa_err spa_cli_stop_check(MPI_Comm comm, const char *where)
     CLI_FAIL(SPA_ERR_OTHER, "stopped by signal %d %s", sig, where);
 }
 
+int spa_cli_stop_requested(void) { return stop_sig; }
+
 int spa_cli_stopped(void)
 {
     if (stop_agreed) return stop_agreed;
@@ -78,8 +80,9 @@ const char *spa_cli_signal_name(int sig)
  * an input error, and one line naming the file, instead of a core dump and
  * a stack trace. Ranks other than 0 wait a moment first: if rank 0 faults
  * too, mpirun then stops them before they print, so the line comes once. */
-static const int fault_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL};
-static struct sigaction fault_old[4];
+static const int fault_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
+enum { FAULT_SIGNALS = sizeof fault_signals / sizeof *fault_signals };
+static struct sigaction fault_old[FAULT_SIGNALS];
 static char fault_msg[1200];
 static size_t fault_len;
 static int fault_rank, fault_armed;
@@ -113,14 +116,14 @@ void spa_cli_guard_input(MPI_Comm comm, const char *path)
     sa.sa_handler = on_fault;
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_ONSTACK;
-    for (int i = 0; i < 4; i++) sigaction(fault_signals[i], &sa, &fault_old[i]);
+    for (int i = 0; i < FAULT_SIGNALS; i++) sigaction(fault_signals[i], &sa, &fault_old[i]);
     fault_armed = 1;
 }
 
 void spa_cli_unguard_input(void)
 {
     if (!fault_armed) return;
-    for (int i = 0; i < 4; i++) sigaction(fault_signals[i], &fault_old[i], NULL);
+    for (int i = 0; i < FAULT_SIGNALS; i++) sigaction(fault_signals[i], &fault_old[i], NULL);
     fault_armed = 0;
 }
 

@@ -11,11 +11,14 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 int main(int argc, char **argv)
 {
     int provided = 0, rank = 0;
+    /* the input probe of cli_probe.c: a process of its own, without MPI */
+    if (argc == 3 && strcmp(argv[1], "--probe-input") == 0) return spa_cli_probe_main(argv[2]);
     if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
         fprintf(stderr, "spa: error: MPI_Init_thread failed\n");
         return SPA_ERR_OTHER;

@@ -334,20 +334,24 @@ unreadable: /* a damaged file, as far as spa can tell */
 /* HDF5 allocates a whole chunk to read one: a damaged or hostile file can
  * claim chunks of gigabytes. A chunk may reach 1 GiB, and past 64 MiB it may
  * not be larger than its dataset. */
-static spa_err check_chunk_size(spa_input in, int i)
+static spa_err check_chunk_size(hid_t dset, const char *where, const char *name)
 {
-    const char *name = io_names[i];
     hsize_t cdims[32], dims[32];
-    hid_t dcpl = H5Dget_create_plist(in->dset[i]);
+    hid_t dcpl = H5Dget_create_plist(dset);
+    if (dcpl >= 0 && H5Pget_layout(dcpl) != H5D_CHUNKED) {
+        H5Pclose(dcpl);
+        return SPA_OK;
+    }
     int crank = dcpl >= 0 ? H5Pget_chunk(dcpl, 32, cdims) : -1;
     if (dcpl >= 0) H5Pclose(dcpl);
-    hid_t space = H5Dget_space(in->dset[i]);
+    hid_t space = H5Dget_space(dset), type = H5Dget_type(dset);
     int rank = space >= 0 ? H5Sget_simple_extent_ndims(space) : -1;
     if (rank >= 1 && rank <= 32) H5Sget_simple_extent_dims(space, dims, NULL);
+    size_t esize = type >= 0 ? H5Tget_size(type) : 0;
     if (space >= 0) H5Sclose(space);
-    size_t esize = in->ftype[i] >= 0 ? H5Tget_size(in->ftype[i]) : 0;
+    if (type >= 0) H5Tclose(type);
     SPA_REQUIRE(crank >= 1 && crank <= 32 && crank == rank && esize > 0, SPA_ERR_INPUT,
-                "input: cannot read the chunk shape of dataset '%s'", name);
+                "%s: cannot read the chunk shape of dataset '%s' (damaged?)", where, name);
     double chunk = (double)esize, whole = (double)esize;
     for (int d = 0; d < crank; d++) {
         chunk *= (double)cdims[d];
@@ -355,9 +359,9 @@ static spa_err check_chunk_size(spa_input in, int i)
     }
     const double mib = 1024.0 * 1024.0;
     SPA_REQUIRE(chunk <= 1024.0 * mib && (chunk <= 64.0 * mib || chunk <= whole), SPA_ERR_INPUT,
-                "input: dataset '%s' claims chunks of %.0f MiB (at most 1024 MiB, and no larger "
+                "%s: dataset '%s' claims chunks of %.0f MiB (at most 1024 MiB, and no larger "
                 "than the dataset past 64 MiB; damaged file?)",
-                name, chunk / mib);
+                where, name, chunk / mib);
     return SPA_OK;
 }
 
@@ -379,7 +383,7 @@ static spa_err check_storage(spa_input in, int i)
         SPA_REQUIRE(a == HADDR_UNDEF || (a <= eof && sz <= eof - a), SPA_ERR_INPUT,
                     "input: dataset '%s' lies beyond the end of the file (truncated or damaged)", name);
     } else if (lay == H5D_CHUNKED) {
-        SPA_CHECK(check_chunk_size(in, i));
+        SPA_CHECK(check_chunk_size(in->dset[i], "input", name));
         /* H5Dget_chunk_info walks the index: bounded work for big files */
         spa_err err = SPA_OK;
         hid_t space = H5Dget_space(in->dset[i]);
@@ -412,7 +416,8 @@ static spa_err open_typed(spa_input in, int i, int *rank, hsize_t *dims)
     SPA_REQUIRE(in->dset[i] >= 0, SPA_ERR_INPUT, "input: '%s' is not a dataset", name);
 
     in->ftype[i] = H5Dget_type(in->dset[i]);
-    SPA_REQUIRE(in->ftype[i] >= 0, SPA_ERR_OTHER, "HDF5: cannot get the type of '%s'", name);
+    SPA_REQUIRE(in->ftype[i] >= 0, SPA_ERR_INPUT,
+                "input: cannot read the type of dataset '%s' (damaged?)", name);
     SPA_REQUIRE(H5Tget_class(in->ftype[i]) == H5T_FLOAT, SPA_ERR_INPUT,
                 "dataset '%s' is not floating point (spa reads float32, float64 and float16)", name);
     size_t tsize = H5Tget_size(in->ftype[i]);
@@ -429,7 +434,8 @@ static spa_err open_typed(spa_input in, int i, int *rank, hsize_t *dims)
         in->kind[i] = KIND_HDF5;
 
     hid_t space = H5Dget_space(in->dset[i]);
-    SPA_REQUIRE(space >= 0, SPA_ERR_OTHER, "HDF5: cannot get the shape of '%s'", name);
+    SPA_REQUIRE(space >= 0, SPA_ERR_INPUT, "input: cannot read the shape of dataset '%s' (damaged?)",
+                name);
     *rank = H5Sget_simple_extent_ndims(space);
     if (*rank >= 1 && *rank <= 32) H5Sget_simple_extent_dims(space, dims, NULL);
     H5Sclose(space);
@@ -1840,6 +1846,9 @@ static spa_err lay_open(const lay_file *lf, const char *name, lay_dset *x)
     x->cols = 0;
     x->d = H5Dopen2(lf->file, name, H5P_DEFAULT);
     if (x->d < 0) IO_FAIL(SPA_ERR_INPUT, "layout '%s': '%s' is not a dataset", lf->path, name);
+    char where[1100];
+    snprintf(where, sizeof where, "layout '%.1024s'", lf->path);
+    if ((err = check_chunk_size(x->d, where, name)) != SPA_OK) goto done;
     ftype = H5Dget_type(x->d);
     H5T_class_t cls = ftype >= 0 ? H5Tget_class(ftype) : H5T_NO_CLASS;
     if (cls != H5T_INTEGER && cls != H5T_ENUM)
@@ -1849,7 +1858,9 @@ static spa_err lay_open(const lay_file *lf, const char *name, lay_dset *x)
      * values of its base type, which HDF5 would not convert to int64 */
     x->mtype = H5Tget_native_type(ftype, H5T_DIR_ASCEND);
     base = cls == H5T_ENUM ? H5Tget_super(ftype) : H5Tcopy(ftype);
-    if (x->mtype < 0 || base < 0) IO_FAIL(SPA_ERR_OTHER, "HDF5: cannot read the type of '%s'", name);
+    if (x->mtype < 0 || base < 0)
+        IO_FAIL(SPA_ERR_INPUT, "layout '%s': cannot read the type of dataset '%s' (damaged?)",
+                lf->path, name);
     x->size = H5Tget_size(x->mtype);
     x->sign = H5Tget_sign(base) == H5T_SGN_2;
     if (x->size != 1 && x->size != 2 && x->size != 4 && x->size != 8)

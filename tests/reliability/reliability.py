@@ -25,7 +25,8 @@ input files (issue 9). One check per invocation:
              exit 0 or 3, never anything else, at most one stderr line.
              (test_corrupt tries 300 more in process, with the open-object
              count.) Then the files of damaged/, on which HDF5 itself
-             faults: exit 3 and one line, at 1 and 2 ranks.
+             faults, aborts, loops or allocates without bound: exit 3 and
+             one line, at 1 and 2 ranks.
 
 The run is held inside a phase with SPA_TEST_DELAY_<PHASE> (see io.c and
 cli_stop.c); SPA_TEST_DELAY_MARK tells this driver when it has begun.
@@ -384,27 +385,46 @@ def corrupt():
         check(len(lines) <= 1, "variant %d: %d stderr lines: %s" % (vno, len(lines), lines[:3]))
     print("%d byte-flipped inputs: exit codes %s" % (variants, outcomes))
 
-    # Files on which HDF5 1.10 itself faults (found by fuzz_input): one in
-    # H5Lexists on a damaged local heap, one in H5Dread copying from a bogus
-    # address. spa guards its input reads: exit 3 and one line naming the
-    # file, at one rank and at two.
+    # Files on which HDF5 1.10 itself fails (found by fuzz_input and
+    # fuzz_layout): it faults on a damaged local heap (link_lookup) or data
+    # address (heap_read), allocates without bound (heap_alloc, which would
+    # take the node's memory), corrupts its heap and aborts, or reads a
+    # chunk shape of the wrong rank for minutes (layout_*, named
+    # layout_<block>_<n>_<heads>_*). The probe child and the input guard make
+    # each an input error: exit 3 and one line naming the file, at one rank
+    # and at two, well inside the time limit.
     damaged = os.path.join(os.path.dirname(os.path.abspath(__file__)), "damaged")
-    for name in sorted(os.listdir(damaged)):
+    names = sorted(os.listdir(damaged))
+    for name in names:
         path = os.path.join(damaged, name)
+        if name.startswith("layout_"):
+            block, n, heads = name.split("_")[1:4]
+            cmd = ["run", "--layout", path, "--block", block, "--n", n, "--heads", heads,
+                   "--dim", "8"]
+        else:
+            cmd = ["run", "--input", path]
         for np_ in (1, 2):
+            t0 = time.time()
             if np_ == 1:
-                p = subprocess.run([args.spa, "run", "--input", path], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, timeout=60, universal_newlines=True)
-                rc, err = p.returncode, p.stderr
-                lines = [l for l in err.splitlines() if l.strip()]
+                try:
+                    p = subprocess.run([args.spa] + cmd, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, timeout=120,
+                                       universal_newlines=True)
+                    rc, err = p.returncode, p.stderr
+                except subprocess.TimeoutExpired as e:
+                    rc, err = None, e.stderr or ""
+                lines = [l for l in (err or "").splitlines() if l.strip()]
             else:
-                rc, out, err = run(np_, ["run", "--input", path])
+                rc, out, err = run(np_, cmd, timeout=120)
                 lines = error_lines(err)
-            check(rc == 3, "%s at %d rank(s): exit %s, stderr %s" % (name, np_, rc, err[-400:]))
-            check(len(lines) == 1 and name in lines[0] and "crashed" in lines[0],
+            took = time.time() - t0
+            check(rc == 3, "%s at %d rank(s): exit %s after %.0f s, stderr %s"
+                  % (name, np_, rc, took, str(err)[-400:]))
+            check(len(lines) == 1 and name in lines[0],
                   "%s at %d rank(s): want one line naming the file, got %s" % (name, np_, lines[:3]))
-    print("files that crash HDF5: %d, each exit 3 with one line at 1 and 2 ranks"
-          % len(os.listdir(damaged)))
+            print("%s at %d rank(s): exit %s in %.1f s: %s"
+                  % (name, np_, rc, took, lines[0] if lines else ""))
+    print("damaged files: %d, each exit 3 with one line at 1 and 2 ranks" % len(names))
 
 
 {"disk_full": disk_full, "layer_disk_full": layer_disk_full, "signals": signals,
