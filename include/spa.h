@@ -321,6 +321,57 @@ typedef struct spa_commplan {
 spa_err spa_commplan_build(const spa_config *cfg, int P, int r, spa_commplan *plan);
 void spa_commplan_free(spa_commplan *plan);
 
+/* ------------------------------------------- plan report (issue 12) */
+/* The analyses behind `spa plan --stats --image`, block by block (never per
+ * token pair, so n = 10M takes seconds). Not collective, no MPI; cfg
+ * validated. h is a head in [0, cfg->heads), else SPA_ERR_USAGE. Out of
+ * memory is SPA_ERR_OTHER. */
+
+/* Kinds of a block-mask pixel, ORed. OTHER: the strided, summary, dilated
+ * and layout rules. */
+enum { SPA_PLAN_PIX_LOCAL = 1, SPA_PLAN_PIX_GLOBAL = 2, SPA_PLAN_PIX_RANDOM = 4, SPA_PLAN_PIX_OTHER = 8 };
+
+/* Side of a block-mask image of nb blocks (spa_nblocks) at most max_side
+ * pixels wide (max_side < 1 counts as 1): ceil(nb / f), with the blocks per
+ * pixel f = ceil(nb / max_side) (at least 1) in *factor. */
+int64_t spa_plan_mask_side(int64_t nb, int64_t max_side, int64_t *factor);
+
+/* Block-level mask of head h, downsampled by f blocks per pixel:
+ *   pix: [side][side], the caller's, row = query block / f, column = key
+ *   block / f; side must be ceil(nb / f) (spa_plan_mask_side), else
+ *   SPA_ERR_OTHER "bad mask geometry".
+ * A pixel ORs the SPA_PLAN_PIX_* kinds of every (query block, key block)
+ * pair in it that has at least one (i, j) with j in S(i); 0 = none. */
+spa_err spa_plan_block_mask(const spa_config *cfg, int32_t h, int64_t f, int64_t side,
+                            unsigned char *pix);
+
+/* Hop counts of head h on the directed block graph: c -> b when some token
+ * of block c attends some token of block b, so dist(c, b) is the number of
+ * attention layers after which block b's information has reached block c.
+ * Exact for block-level rules without causal, a lower bound on token-level
+ * hops otherwise. Owns no memory (nothing to free). */
+typedef struct spa_plan_hops {
+    int64_t sources;     /* BFS roots used */
+    int64_t pairs;       /* (source, target) pairs with target != source */
+    int64_t reachable;   /* of those, pairs with a path */
+    int64_t max;         /* largest finite distance */
+    double mean;         /* mean finite distance (0 when none) */
+    int64_t hist[16];    /* hist[d]: reachable pairs at distance d (15 = 15+) */
+} spa_plan_hops;
+
+/* Fills *out by a BFS from `sources` query blocks: all of them when
+ * sources < 1 or sources >= nb, else evenly spaced ones (root k is block
+ * (2k + 1) nb / (2 sources)). Runs on the OpenMP threads; the result does
+ * not depend on their number. *out is zeroed first, also on error. */
+spa_err spa_plan_block_hops(const spa_config *cfg, int32_t h, int64_t sources, spa_plan_hops *out);
+
+/* Writes pix ([side][side], as from spa_plan_block_mask) as an 8-bit RGB
+ * PNG, one colour per pixel by priority: global orange, local blue, random
+ * red, other green, none white. Atomic: written under a temporary name
+ * beside path, then renamed; a failed write leaves path untouched and is
+ * SPA_ERR_OTHER. SPA_ERR_USAGE when spa was built without libpng. */
+spa_err spa_write_png(const char *path, const unsigned char *pix, int64_t side);
+
 /* ---------------------------------------------------------------- reference */
 
 /* Dense masked reference, O(n^2), test oracle only. Builds S(i) token by

@@ -1,9 +1,10 @@
-/* cli.h - the spa command line: flag parsing, the four commands, and the
- * plan analyses behind `spa plan` (key counts, block mask, hop counts).
+/* cli.h - the spa command line: flag parsing and the commands. The block
+ * mask, hop counts and PNG of `spa plan` are the library's (spa_plan_*,
+ * spa_write_png in spa.h).
  *
  * main.c only initialises MPI, dispatches and reports the error; the
  * commands live in cli_*.c (the spa_cli_lib target) so that tests can call
- * the analyses directly. The command line is a client of the library: it
+ * them directly. The command line is a client of the library: it
  * includes the public spa.h only.
  */
 #ifndef SPA_CLI_H
@@ -132,41 +133,5 @@ int spa_cli_probe_main(const char *path);
 
 /* Test hook (SPA_TEST_DELAY_COMPUTE): holds the compute phase open. */
 void spa_cli_test_delay_compute(spa_ctx ctx);
-
-/* ------------------------------------------------------- plan analyses */
-
-/* Pixel kinds of the block mask. OTHER: the strided, summary, dilated
- * and layout rules. */
-enum { SPA_CLI_PIX_LOCAL = 1, SPA_CLI_PIX_GLOBAL = 2, SPA_CLI_PIX_RANDOM = 4, SPA_CLI_PIX_OTHER = 8 };
-
-/* Side of the block-mask image: ceil(nb / f) with f = ceil(nb / max_side). */
-int64_t spa_cli_mask_side(int64_t nb, int64_t max_side, int64_t *factor);
-
-/* Block-level mask of head h, downsampled by factor f:
- *   pix: [side][side], row = query block / f, column = key block / f.
- * A pixel ORs the kinds of every (query block, key block) pair in it that
- * has at least one (i, j) with j in S(i). */
-spa_err spa_cli_block_mask(const spa_config *cfg, int32_t h, int64_t f, int64_t side,
-                           unsigned char *pix);
-
-/* Hop counts of head h on the directed block graph: c -> b when some token
- * of block c attends some token of block b, so dist(c, b) is the number of
- * attention layers after which block b's information has reached block c.
- * BFS from `sources` query blocks (all when nb <= sources, else evenly
- * spaced ones). Pairs are ordered (c, b) with c != b. */
-typedef struct spa_cli_hops {
-    int64_t sources;     /* BFS roots used */
-    int64_t pairs;       /* (source, target) pairs with target != source */
-    int64_t reachable;   /* of those, pairs with a path */
-    int64_t max;         /* largest finite distance */
-    double mean;         /* mean finite distance */
-    int64_t hist[16];    /* hist[d]: reachable pairs at distance d (15 = 15+) */
-} spa_cli_hops;
-
-spa_err spa_cli_block_hops(const spa_config *cfg, int32_t h, int64_t sources, spa_cli_hops *r);
-
-/* Writes an RGB PNG of the mask atomically (temporary name, then rename).
- * SPA_ERR_USAGE when spa was built without libpng. */
-spa_err spa_cli_write_png(const char *path, const unsigned char *pix, int64_t side);
 
 #endif

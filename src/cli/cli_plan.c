@@ -1,355 +1,20 @@
 /* cli_plan.c - `spa plan`: what a pattern costs before anything runs.
  *
- * Everything here is computed per block, never per (i, j) pair, so a plan
- * for n = 10M takes seconds:
+ * Everything is computed per block, never per (i, j) pair, so a plan for
+ * n = 10M takes seconds:
  *   - keys per query: spa_pattern_block_keys, |S(i)| per row of a block;
  *   - bytes per rank: spa_commplan_build for every rank of P;
- *   - block mask and hops: the key blocks of query block c are the union
- *     of four parts, each cheap to list:
- *       local     one contiguous range (spa_pattern_local_range),
- *       named     random, layout, strided and dilated blocks
- *                 (spa_pattern_key_blocks), kept per head in compressed rows,
- *       gathered  the blocks of G and of the head's summary columns, a
- *                 column every row sees (under --causal: rows at or after it),
- *       global    a block holding a global row attends every block (causal:
- *                 up to its own);
- *   - hops: BFS on that block graph, where a range of blocks is skipped
- *     in O(1) amortised by a "next unvisited" forest, so one BFS costs
- *     O(nb + named blocks) whatever the window.
- * Block-level hops are exact for block-level rules without --causal and a
- * lower bound on the token-level hops otherwise.
- * --export-layout writes spa_pattern_export_row of every (h, c) through
- * spa_io_export_layout.
+ *   - hops (--stats) and the block mask (--image): the library's
+ *     spa_plan_block_hops, spa_plan_block_mask and spa_write_png
+ *     (src/plan/plan_report.c), on head 0;
+ *   - --export-layout writes spa_pattern_export_row of every (h, c) through
+ *     spa_io_export_layout.
  */
 #include "cli.h"
 
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-
-#ifdef SPA_HAVE_PNG
-#include <png.h>
-#endif
-
-int64_t spa_cli_mask_side(int64_t nb, int64_t max_side, int64_t *factor)
-{
-    int64_t f = (nb + max_side - 1) / max_side;
-    if (f < 1) f = 1;
-    *factor = f;
-    return (nb + f - 1) / f;
-}
-
-/* Key blocks [*k0, *k1] of the local rule of (h, c) (empty: k1 < k0). */
-static void local_blocks(const spa_config *cfg, int32_t h, int64_t c, int64_t *k0, int64_t *k1)
-{
-    int64_t j0, j1;
-    spa_pattern_local_range(cfg, h, c, &j0, &j1);
-    *k0 = j0 / cfg->block;
-    *k1 = j1 > j0 ? (j1 - 1) / cfg->block : *k0 - 1;
-}
-
-/* The block graph of one head, beside the local ranges:
- *   named: row c lists idx[off[c] .. off[c + 1]), kind[] RANDOM or OTHER;
- *          causal-filtered (no b > c);
- *   gathered columns gcol[0 .. ngcol), ascending, gkind[] GLOBAL or OTHER. */
-typedef struct head_graph {
-    int64_t nb;
-    int64_t *off;
-    int32_t *idx;
-    unsigned char *kind;
-    int64_t *gcol;
-    unsigned char *gkind;
-    int64_t ngcol;
-} head_graph;
-
-static void graph_free(head_graph *g)
-{
-    free(g->off), free(g->idx), free(g->kind), free(g->gcol), free(g->gkind);
-    memset(g, 0, sizeof *g);
-}
-
-static int cmp_i32(const void *a, const void *b)
-{
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return (x > y) - (x < y);
-}
-
-static spa_err graph_build(const spa_config *cfg, int32_t h, head_graph *g)
-{
-    int64_t nb = spa_nblocks(cfg), cap = 0, len = 0;
-    memset(g, 0, sizeof *g);
-    g->nb = nb;
-    int32_t *kb = malloc(sizeof(int32_t) * (size_t)nb);
-    unsigned char *full = malloc((size_t)nb);
-    int32_t *rnd = malloc(sizeof(int32_t) * (size_t)(cfg->random_max > 0 ? cfg->random_max : 1));
-    g->off = malloc(sizeof(int64_t) * (size_t)(nb + 1));
-    g->gcol = malloc(sizeof(int64_t) * (size_t)(cfg->nkv_tokens > 0 ? cfg->nkv_tokens : 1));
-    g->gkind = malloc((size_t)(cfg->nkv_tokens > 0 ? cfg->nkv_tokens : 1));
-    int ok = kb && full && rnd && g->off && g->gcol && g->gkind;
-    for (int64_t c = 0; ok && c < nb; c++) {
-        g->off[c] = len;
-        int64_t m = spa_pattern_key_blocks(cfg, h, c, kb, full);
-        int32_t r = spa_pattern_random_blocks(cfg, h, c, rnd);
-        qsort(rnd, (size_t)r, sizeof *rnd, cmp_i32);
-        if (len + m > cap) {
-            int64_t ncap = 2 * (len + m) + 64;
-            int32_t *ni = realloc(g->idx, sizeof(int32_t) * (size_t)ncap);
-            if (ni) g->idx = ni;
-            unsigned char *nk = realloc(g->kind, (size_t)ncap);
-            if (nk) g->kind = nk;
-            ok = ni && nk;
-            if (!ok) break;
-            cap = ncap;
-        }
-        for (int64_t k = 0; k < m; k++) {
-            if (cfg->causal && kb[k] > c) continue; /* no pair j <= i */
-            g->idx[len] = kb[k];
-            g->kind[len++] = bsearch(&kb[k], rnd, (size_t)r, sizeof *rnd, cmp_i32)
-                                 ? SPA_CLI_PIX_RANDOM : SPA_CLI_PIX_OTHER;
-        }
-    }
-    if (ok) {
-        g->off[nb] = len;
-        for (int64_t t = 0; t < cfg->nkv_tokens; t++) {
-            int64_t j = cfg->kv_tokens[t], b = j / cfg->block;
-            if (!spa_pattern_is_gathered(cfg, h, j)) continue;
-            unsigned char kind = spa_pattern_is_global(cfg, j) ? SPA_CLI_PIX_GLOBAL : SPA_CLI_PIX_OTHER;
-            if (g->ngcol > 0 && g->gcol[g->ngcol - 1] == b) {
-                g->gkind[g->ngcol - 1] |= kind;
-            } else {
-                g->gcol[g->ngcol] = b;
-                g->gkind[g->ngcol++] = kind;
-            }
-        }
-    }
-    free(kb), free(full), free(rnd);
-    if (!ok) {
-        graph_free(g);
-        CLI_FAIL(SPA_ERR_OTHER, "out of memory for the block graph of head %d", h);
-    }
-    return SPA_OK;
-}
-
-spa_err spa_cli_block_mask(const spa_config *cfg, int32_t h, int64_t f, int64_t side,
-                           unsigned char *pix)
-{
-    int64_t nb = spa_nblocks(cfg);
-    CLI_REQUIRE(f >= 1 && side == (nb + f - 1) / f, SPA_ERR_OTHER, "bad mask geometry");
-    head_graph g;
-    CLI_CHECK(graph_build(cfg, h, &g));
-    memset(pix, 0, (size_t)(side * side));
-    /* gmin[x]: smallest gathered block in column x (nb = none), gk[x] the
-     * kinds there; rowall[y]: last column reached by a global row in image
-     * row y (-1 = none) */
-    int64_t *gmin = malloc(sizeof(int64_t) * (size_t)side);
-    unsigned char *gk = calloc((size_t)side, 1);
-    int64_t *rowall = malloc(sizeof(int64_t) * (size_t)side);
-    if (!gk || !gmin || !rowall) {
-        free(gk), free(gmin), free(rowall);
-        graph_free(&g);
-        CLI_FAIL(SPA_ERR_OTHER, "out of memory for the block mask");
-    }
-    for (int64_t x = 0; x < side; x++) gmin[x] = nb, rowall[x] = -1;
-    for (int64_t k = g.ngcol - 1; k >= 0; k--) {
-        gmin[g.gcol[k] / f] = g.gcol[k];
-        gk[g.gcol[k] / f] |= g.gkind[k];
-    }
-
-    for (int64_t c = 0; c < nb; c++) {
-        unsigned char *row = pix + (c / f) * side;
-        int64_t k0, k1;
-        local_blocks(cfg, h, c, &k0, &k1);
-        for (int64_t x = k0 >= 0 ? k0 / f : 0; k1 >= k0 && x <= k1 / f; x++)
-            row[x] |= SPA_CLI_PIX_LOCAL;
-        for (int64_t k = g.off[c]; k < g.off[c + 1]; k++) row[g.idx[k] / f] |= g.kind[k];
-        if (spa_pattern_block_has_global(cfg, c)) {
-            /* a global row attends every key (causal: up to itself, block c) */
-            int64_t last = (cfg->causal ? c : nb - 1) / f;
-            if (last > rowall[c / f]) rowall[c / f] = last;
-        }
-    }
-    for (int64_t y = 0; y < side; y++) {
-        /* every row sees the gathered columns (causal: blocks <= its own) */
-        int64_t cmax = (y + 1) * f - 1 < nb - 1 ? (y + 1) * f - 1 : nb - 1;
-        unsigned char *row = pix + y * side;
-        for (int64_t x = 0; x < side; x++)
-            if (gmin[x] < nb && (!cfg->causal || gmin[x] <= cmax)) row[x] |= gk[x];
-        for (int64_t x = 0; x <= rowall[y]; x++) row[x] |= SPA_CLI_PIX_GLOBAL;
-    }
-    free(gk), free(gmin), free(rowall);
-    graph_free(&g);
-    return SPA_OK;
-}
-
-/* "Next unvisited block >= x" with path halving; nxt has nb + 1 entries. */
-static int64_t next_free(int64_t *nxt, int64_t x)
-{
-    while (nxt[x] != x) {
-        nxt[x] = nxt[nxt[x]];
-        x = nxt[x];
-    }
-    return x;
-}
-
-typedef struct bfs_work {
-    int64_t *dist, *nxt, *queue;
-} bfs_work;
-
-static void bfs_visit(bfs_work *w, int64_t b, int64_t d, int64_t *tail)
-{
-    w->dist[b] = d;
-    w->nxt[b] = b + 1;
-    w->queue[(*tail)++] = b;
-}
-
-static void bfs_range(bfs_work *w, int64_t lo, int64_t hi, int64_t d, int64_t *tail)
-{
-    if (lo < 0) lo = 0;
-    for (int64_t b = next_free(w->nxt, lo); b <= hi; b = next_free(w->nxt, b))
-        bfs_visit(w, b, d, tail);
-}
-
-/* Distances from query block s along c -> b (c attends some key of b). */
-static void bfs(const spa_config *cfg, int32_t h, const head_graph *g, int64_t s, bfs_work *w)
-{
-    int64_t nb = g->nb, head = 0, tail = 0, gdone = 0;
-    for (int64_t b = 0; b <= nb; b++) w->nxt[b] = b;
-    for (int64_t b = 0; b < nb; b++) w->dist[b] = -1;
-    bfs_visit(w, s, 0, &tail);
-    while (head < tail) {
-        int64_t c = w->queue[head++], d = w->dist[c] + 1, k0, k1;
-        local_blocks(cfg, h, c, &k0, &k1);
-        bfs_range(w, k0, k1, d, &tail);
-        for (int64_t k = g->off[c]; k < g->off[c + 1]; k++)
-            if (w->dist[g->idx[k]] < 0) bfs_visit(w, g->idx[k], d, &tail);
-        /* gathered columns: sorted, and causal reach is the prefix <= c, so
-         * each is pushed once over the whole BFS */
-        for (; gdone < g->ngcol; gdone++) {
-            int64_t b = g->gcol[gdone];
-            if (cfg->causal && b > c) break;
-            if (w->dist[b] < 0) bfs_visit(w, b, d, &tail);
-        }
-        if (spa_pattern_block_has_global(cfg, c)) bfs_range(w, 0, cfg->causal ? c : nb - 1, d, &tail);
-    }
-}
-
-spa_err spa_cli_block_hops(const spa_config *cfg, int32_t h, int64_t sources, spa_cli_hops *r)
-{
-    int64_t nb = spa_nblocks(cfg);
-    memset(r, 0, sizeof *r);
-    if (sources < 1 || sources > nb) sources = nb;
-    r->sources = sources;
-    head_graph g;
-    CLI_CHECK(graph_build(cfg, h, &g));
-    int64_t hmax = 0, pairs = 0, reach = 0, hist[16] = {0};
-    double sum = 0;
-    spa_err err = SPA_OK;
-#pragma omp parallel reduction(max : hmax) reduction(+ : pairs, reach, sum)
-    {
-        bfs_work w;
-        w.dist = malloc(sizeof(int64_t) * (size_t)nb);
-        w.nxt = malloc(sizeof(int64_t) * (size_t)(nb + 1));
-        w.queue = malloc(sizeof(int64_t) * (size_t)nb);
-        int ok = w.dist && w.nxt && w.queue;
-        int64_t lhist[16] = {0};
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t k = 0; k < sources; k++) {
-            if (!ok) continue;
-            /* evenly spaced roots, centred in their stride */
-            int64_t s = sources == nb ? k : (2 * k + 1) * nb / (2 * sources);
-            bfs(cfg, h, &g, s, &w);
-            for (int64_t b = 0; b < nb; b++) {
-                if (b == s) continue;
-                pairs++;
-                int64_t d = w.dist[b];
-                if (d < 0) continue;
-                reach++;
-                sum += (double)d;
-                if (d > hmax) hmax = d;
-                lhist[d < 15 ? d : 15]++;
-            }
-        }
-#pragma omp critical
-        {
-            if (!ok) err = SPA_ERR_OTHER;
-            for (int d = 0; d < 16; d++) hist[d] += lhist[d];
-        }
-        free(w.dist), free(w.nxt), free(w.queue);
-    }
-    graph_free(&g);
-    CLI_REQUIRE(err == SPA_OK, SPA_ERR_OTHER, "out of memory for the hop counts");
-    r->pairs = pairs;
-    r->reachable = reach;
-    r->max = hmax;
-    r->mean = reach > 0 ? sum / (double)reach : 0.0;
-    memcpy(r->hist, hist, sizeof hist);
-    return SPA_OK;
-}
-
-#ifdef SPA_HAVE_PNG
-/* Writes with libpng; on a libpng error jumps back and reports it. */
-static int png_write_file(FILE *fp, const unsigned char *pix, int64_t side, unsigned char *rgb)
-{
-    /* one colour per pixel, by priority: global, local, random, other */
-    static const unsigned char white[3] = {255, 255, 255}, global[3] = {255, 127, 14},
-                               local[3] = {31, 119, 180}, random[3] = {214, 39, 40},
-                               other[3] = {44, 160, 44};
-    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
-    if (!png) return 0;
-    png_infop info = png_create_info_struct(png);
-    if (!info || setjmp(png_jmpbuf(png))) {
-        png_destroy_write_struct(&png, &info);
-        return 0;
-    }
-    png_init_io(png, fp);
-    png_set_IHDR(png, info, (png_uint_32)side, (png_uint_32)side, 8, PNG_COLOR_TYPE_RGB,
-                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-    png_write_info(png, info);
-    for (int64_t y = 0; y < side; y++) {
-        for (int64_t x = 0; x < side; x++)
-        {
-            unsigned p = pix[y * side + x];
-            const unsigned char *c = p & SPA_CLI_PIX_GLOBAL ? global
-                                     : p & SPA_CLI_PIX_LOCAL ? local
-                                     : p & SPA_CLI_PIX_RANDOM ? random
-                                     : p & SPA_CLI_PIX_OTHER ? other : white;
-            memcpy(rgb + 3 * x, c, 3);
-        }
-        png_write_row(png, rgb);
-    }
-    png_write_end(png, NULL);
-    png_destroy_write_struct(&png, &info);
-    return 1;
-}
-#endif
-
-spa_err spa_cli_write_png(const char *path, const unsigned char *pix, int64_t side)
-{
-#ifdef SPA_HAVE_PNG
-    size_t len = strlen(path) + 32;
-    char *tmp = malloc(len);
-    unsigned char *rgb = malloc((size_t)(3 * side));
-    if (!tmp || !rgb) {
-        free(tmp), free(rgb);
-        CLI_FAIL(SPA_ERR_OTHER, "out of memory for the image");
-    }
-    snprintf(tmp, len, "%s.tmp%ld", path, (long)getpid());
-    FILE *fp = fopen(tmp, "wb");
-    int ok = fp != NULL && png_write_file(fp, pix, side, rgb);
-    if (fp && fclose(fp) != 0) ok = 0;
-    if (ok && rename(tmp, path) != 0) ok = 0;
-    if (!ok) remove(tmp);
-    free(tmp), free(rgb);
-    CLI_REQUIRE(ok, SPA_ERR_OTHER, "cannot write the image '%s'", path);
-    return SPA_OK;
-#else
-    (void)pix, (void)side;
-    CLI_FAIL(SPA_ERR_USAGE, "--image '%s': this spa was built without libpng", path);
-#endif
-}
-
-/* --------------------------------------------------------------- report */
 
 typedef struct rank_bytes {
     int64_t b0, b1, halo, global, rma;
@@ -417,10 +82,10 @@ spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out)
     }
 
     /* pass 3: hops; all blocks as roots up to 1024, else 256 evenly spaced */
-    spa_cli_hops hops;
+    spa_plan_hops hops;
     const int64_t hop_sources = nb <= 1024 ? nb : 256;
     if (o->stats) {
-        spa_err e = spa_cli_block_hops(cfg, 0, hop_sources, &hops);
+        spa_err e = spa_plan_block_hops(cfg, 0, hop_sources, &hops);
         if (e != SPA_OK) {
             free(rb);
             return e;
@@ -430,11 +95,11 @@ spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out)
     /* pass 4: the image */
     int64_t f = 1, side = 0;
     if (o->image) {
-        side = spa_cli_mask_side(nb, 1024, &f);
+        side = spa_plan_mask_side(nb, 1024, &f);
         unsigned char *pix = malloc((size_t)(side * side));
-        spa_err e = pix ? spa_cli_block_mask(cfg, 0, f, side, pix)
+        spa_err e = pix ? spa_plan_block_mask(cfg, 0, f, side, pix)
                         : spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
-        if (e == SPA_OK) e = spa_cli_write_png(o->image, pix, side);
+        if (e == SPA_OK) e = spa_write_png(o->image, pix, side);
         free(pix);
         if (e != SPA_OK) {
             free(rb);

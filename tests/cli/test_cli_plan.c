@@ -3,13 +3,14 @@
  * For small patterns of every kind (block and radius windows, causal,
  * several global sets, partial last block, the strided, summary, dilated
  * and layout rules, per-head @a:b ranges, no local window), the per-block
- * shortcuts of cli_plan.c must equal what spa_pattern_attends says pair by
- * pair, in every head:
+ * shortcuts behind `spa plan` (spa_pattern_block_keys and the library's
+ * spa_plan_* report) must equal what spa_pattern_attends says pair by pair,
+ * in every head:
  *   - key counts |S(i)| per row;
  *   - the block mask, at full size and downsampled;
  *   - hop counts, against Floyd-Warshall on the brute-force block graph.
  */
-#include "cli.h"
+#include "spa.h"   /* the public API only: links libspa, not spa_cli_lib */
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -143,10 +144,10 @@ static int check_mask(const tcase *t, const spa_config *cfg, int32_t h, const un
 {
     int64_t nb = spa_nblocks(cfg), bad = 0;
     for (int64_t maxside = nb; maxside >= 1; maxside = maxside > 4 ? maxside / 3 : maxside - 1) {
-        int64_t f, side = spa_cli_mask_side(nb, maxside, &f);
+        int64_t f, side = spa_plan_mask_side(nb, maxside, &f);
         unsigned char *pix = malloc((size_t)(side * side));
         unsigned char *want = calloc((size_t)(side * side), 1);
-        if (spa_cli_block_mask(cfg, h, f, side, pix) != SPA_OK) {
+        if (spa_plan_block_mask(cfg, h, f, side, pix) != SPA_OK) {
             fprintf(stderr, "%s: mask: %s\n", t->name, spa_last_error());
             return 0;
         }
@@ -187,8 +188,8 @@ static int check_hops(const tcase *t, const spa_config *cfg, int32_t h, const un
         }
     free(d);
     double mean = reach ? sum / (double)reach : 0.0;
-    spa_cli_hops r;
-    if (spa_cli_block_hops(cfg, h, nb, &r) != SPA_OK) {
+    spa_plan_hops r;
+    if (spa_plan_block_hops(cfg, h, nb, &r) != SPA_OK) {
         fprintf(stderr, "%s: hops: %s\n", t->name, spa_last_error());
         return 0;
     }
@@ -204,8 +205,8 @@ static int check_hops(const tcase *t, const spa_config *cfg, int32_t h, const un
                 (long long)hsum, (long long)pairs, (long long)reach, (long long)max, mean);
     /* sampled roots are a subset: never more pairs, never a larger max */
     if (nb > 3) {
-        spa_cli_hops s;
-        if (spa_cli_block_hops(cfg, h, 3, &s) != SPA_OK || s.sources != 3 ||
+        spa_plan_hops s;
+        if (spa_plan_block_hops(cfg, h, 3, &s) != SPA_OK || s.sources != 3 ||
             s.pairs != 3 * (nb - 1) || s.max > max) {
             fprintf(stderr, "%s: sampled hops: sources %lld pairs %lld max %lld (all: max %lld)\n",
                     t->name, (long long)s.sources, (long long)s.pairs, (long long)s.max,
