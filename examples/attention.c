@@ -8,6 +8,8 @@
  * one of `spa run --n N --heads H --dim D --json` on as many ranks. It then
  * checks its rows against the dense reference (spa_reference) and prints
  * the largest difference; the exit code is 0 only when that is small.
+ * It also prints the pattern's hop counts (spa_plan_block_hops,
+ * what `spa plan --stats` shows).
  */
 #include <math.h>
 #include <stdio.h>
@@ -39,6 +41,11 @@ int main(int argc, char **argv)
     cfg.heads = argc > 2 ? atoi(argv[2]) : 2;
     cfg.dim = argc > 3 ? atoi(argv[3]) : 32;
     CHECK(spa_config_validate(&cfg));
+
+    /*    how many layers until every block has heard of every other: hop
+     *    counts of head 0's block graph from every block (no MPI) */
+    spa_plan_hops hops;
+    CHECK(spa_plan_block_hops(&cfg, 0, 0, &hops));
 
     /* 2. the runtime, and this rank's rows [t0, t1) */
     spa_ctx ctx = NULL;
@@ -82,6 +89,8 @@ int main(int argc, char **argv)
         printf("spa %s (header %d.%d.%d): n %lld, heads %d, dim %d, %d ranks\n", spa_version(),
                SPA_VERSION_MAJOR, SPA_VERSION_MINOR, SPA_VERSION_PATCH, (long long)cfg.n, cfg.heads,
                cfg.dim, P);
+        printf("hops max %lld mean %.6f reachable %lld of %lld\n", (long long)hops.max, hops.mean,
+               (long long)hops.reachable, (long long)hops.pairs);
         printf("maxdiff vs reference %.3g\n", maxdiff);
         printf("checksum %.17g\n", st.checksum);
     }

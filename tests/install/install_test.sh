@@ -8,7 +8,8 @@
 # examples/attention.c twice against the prefix, with find_package(spa)
 # (shared and static) and with pkg-config, runs each on 2 ranks and checks
 # that it prints the checksum of the installed `spa run` on the same
-# synthetic input (and passes its own check against spa_reference).
+# synthetic input (and passes its own check against spa_reference) and the
+# hop counts (spa_plan_block_hops) of the installed `spa plan --stats`.
 set -eu
 build=$1 src=$2 work=$3 version=$4
 shift 4
@@ -37,6 +38,10 @@ expect=$($mpi -n 2 "$prefix/bin/spa" run --n 2048 --heads 2 --dim 32 --json |
          sed -n 's/.*"checksum": \([^,]*\),.*/\1/p')
 [ -n "$expect" ] || fail "no checksum from spa run"
 echo "spa run checksum: $expect"
+plan=$("$prefix/bin/spa" plan --n 2048 --heads 2 --dim 32 --stats --json)
+hops=$(echo "$plan" | sed -n 's/.*"hops": {[^}]*"pairs": \([0-9]*\), "reachable": \([0-9]*\), "max": \([0-9]*\), "mean": \([0-9.]*\).*/hops max \3 mean \4 reachable \2 of \1/p')
+[ -n "$hops" ] || fail "no hop counts from spa plan --stats --json"
+echo "spa plan: $hops"
 
 check() { # name program
   out=$($mpi -n 2 "$2" $args) || { echo "$out"; fail "$1 exited with an error"; }
@@ -44,6 +49,7 @@ check() { # name program
   got=$(echo "$out" | sed -n 's/^checksum //p')
   [ "$got" = "$expect" ] || fail "$1 printed checksum '$got', spa run '$expect'"
   echo "$out" | grep -q "^spa $version " || fail "$1: spa_version() is not $version"
+  echo "$out" | grep -qx "$hops" || fail "$1 printed no '$hops' (spa_plan_block_hops)"
 }
 
 # 1. CMake: find_package(spa)
