@@ -32,10 +32,10 @@ target_include_directories(spa_shared INTERFACE
   $<BUILD_INTERFACE:${CMAKE_SOURCE_DIR}/include>
   $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
 target_link_libraries(spa_shared PUBLIC MPI::MPI_C
-                      PRIVATE OpenMP::OpenMP_C ${BLAS_LIBRARIES} m)
+                      PRIVATE OpenMP::OpenMP_C ${SPA_BLAS_LINK} m)
 if(SPA_WITH_HDF5)
   target_compile_definitions(spa_shared INTERFACE SPA_HAVE_HDF5)
-  target_link_libraries(spa_shared PRIVATE ${HDF5_C_LIBRARIES})
+  target_link_libraries(spa_shared PRIVATE ${SPA_HDF5_LINK})
 endif()
 # libpng (spa_write_png): spaConfig.cmake finds it again for libspa.a
 if(PNG_FOUND)
