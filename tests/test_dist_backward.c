@@ -12,11 +12,12 @@
  *     state), and at 2 ranks a 2-thread context the same bits as 1 thread;
  *   - informational: max |dk|, |dv| difference to a one-rank context.
  * Options: --expect-fallback (one-sided MPI is known to fail: want p2p),
- * --p2p (SPA_RANDOM_TRANSPORT=p2p), --bytes NAME (print each rank's bytes,
- * plan and measured, for case NAME). */
+ * --p2p (SPA_RANDOM_TRANSPORT=p2p), --no-overlap (spa_ctx_set_overlap(ctx,
+ * 0): each transfer completes before the blocks that need it), --bytes NAME
+ * (print each rank's bytes, plan and measured, for case NAME). */
 #include "cases.h"
 
-static int rank, nranks, expect_fallback, want_p2p;
+static int rank, nranks, expect_fallback, want_p2p, no_overlap;
 static const char *show_bytes;
 
 static float *falloc(int64_t count) { return spa_alloc((size_t)(count + 1) * sizeof(float)); }
@@ -112,6 +113,8 @@ static int run_ctx(MPI_Comm comm, const spa_config *cfg, int threads, const floa
         printf("FAIL create: %s\n", spa_last_error());
         return 0;
     }
+    /* --no-overlap: every transfer completes before the blocks that need it */
+    if (no_overlap) spa_ctx_set_overlap(ctx, 0);
     spa_err e = forward ? spa_ctx_run(ctx, sq, sk, sv, out, lse, NULL) : SPA_OK;
     if (e == SPA_OK) e = spa_ctx_backward(ctx, sq, sk, sv, out, lse, sdo, g[0], g[1], g[2], st);
     if (e != SPA_OK) printf("FAIL rank %d: %s\n", rank, spa_last_error());
@@ -228,6 +231,7 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         expect_fallback |= !strcmp(argv[i], "--expect-fallback");
         want_p2p |= !strcmp(argv[i], "--p2p");
+        no_overlap |= !strcmp(argv[i], "--no-overlap");
         if (!strcmp(argv[i], "--bytes") && i + 1 < argc) show_bytes = argv[++i];
     }
     if (want_p2p) setenv("SPA_RANDOM_TRANSPORT", "p2p", 1);
