@@ -2375,6 +2375,11 @@ static hid_t image_fapl(const void *image, size_t len)
     return fapl;
 }
 
+spa_err spa_io_check_path(const char *path, spa_shape *shape)
+{
+    return check_file(path, "input", H5P_DEFAULT, shape);
+}
+
 spa_err spa_io_check_image(const void *image, size_t len, spa_shape *shape)
 {
     hid_t fapl = image_fapl(image, len);

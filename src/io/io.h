@@ -24,6 +24,11 @@ void spa_io_trace_reset(void);
 #include <stddef.h>
 spa_err spa_io_check_image(const void *image, size_t len, spa_shape *shape);
 
+/* For tests/fuzz: the same checks on the file at path through HDF5's sec2
+ * driver, as rank 0 of spa_io_open runs them before the MPI-IO open.
+ * Not collective. */
+spa_err spa_io_check_path(const char *path, spa_shape *shape);
+
 /* For tests/fuzz: spa_io_read_layout's reader (everything after it opens
  * the path) on an in-memory file image through the core driver, on this
  * process alone. Messages name the file "(image)". Not collective. */

@@ -59,14 +59,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (e != SPA_OK) {
         /* HDF5's drivers disagree on some damaged files: the core driver
          * takes an address that sec2 and MPI-IO refuse ("attempting I/O in
-         * temporary file space"). Then spa must call the input unreadable,
-         * and HDF5 itself must refuse the file with one of the drivers spa
-         * opens it with (sec2 first, then MPI-IO). */
+         * temporary file space"). Then spa must call the input unreadable.
+         * spa_io_open runs the same checks as in memory through sec2 on
+         * rank 0 first, then opens the file with MPI-IO: either those
+         * checks fail through sec2 too (the drivers disagree), or they
+         * pass and HDF5 itself must refuse the file with MPI-IO. */
         fuzz_check_error(e);
         FUZZ_ASSERT(e == SPA_ERR_INPUT, "passed in memory, then error %d: %s", e, spa_last_error());
         fuzz_no_open_objects("spa_io_open");
-        FUZZ_ASSERT(!fuzz_hdf5_opens(fuzz_path, 1),
-                    "passed in memory and HDF5 opens the file, but spa_io_open says: %s", spa_last_error());
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", spa_last_error());
+        spa_shape s3;
+        spa_err e3 = spa_io_check_path(fuzz_path, &s3);
+        fuzz_no_open_objects("spa_io_check_path");
+        if (e3 == SPA_OK)
+            FUZZ_ASSERT(!fuzz_hdf5_opens(fuzz_path, 1),
+                        "passed in memory and through sec2, HDF5 opens the file with MPI-IO, but "
+                        "spa_io_open says: %s", msg);
+        else
+            FUZZ_ASSERT(e3 == SPA_ERR_INPUT, "sec2 checks: error %d: %s", e3, spa_last_error());
         return 0;
     }
     FUZZ_ASSERT(memcmp(&s, &s2, sizeof s) == 0, "the two opens disagree on the shape");
