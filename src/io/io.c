@@ -1854,6 +1854,10 @@ static spa_err lay_open(const lay_file *lf, const char *name, lay_dset *x)
     if (cls != H5T_INTEGER && cls != H5T_ENUM)
         IO_FAIL(SPA_ERR_INPUT, "layout '%s': dataset '%s' is not of an integer or boolean type",
                 lf->path, name);
+    /* HDF5 converts through buffers of the file type's size */
+    if (H5Tget_size(ftype) > 8)
+        IO_FAIL(SPA_ERR_INPUT, "layout '%s': dataset '%s' has %zu-byte integers in the file", lf->path,
+                name, H5Tget_size(ftype));
     /* an enum (h5py's bool) is read as its own native enum: the raw integer
      * values of its base type, which HDF5 would not convert to int64 */
     x->mtype = H5Tget_native_type(ftype, H5T_DIR_ASCEND);
