@@ -115,9 +115,10 @@ int spa_cli_stopped(void);
 const char *spa_cli_stop_where(void);
 const char *spa_cli_signal_name(int sig);
 
-/* While the input file at path is read: a fault inside HDF5 (some damaged
- * files crash it) exits 3 with one line naming the file. Unguard after. */
-void spa_cli_guard_input(MPI_Comm comm, const char *path);
+/* While the file at path (what: "input" or "layout", for the message) is
+ * read: a fault inside HDF5 (some damaged files crash it) exits 3 with one
+ * line naming the file. Unguard after. */
+void spa_cli_guard_input(MPI_Comm comm, const char *what, const char *path);
 void spa_cli_unguard_input(void);
 /* A stop signal has reached this rank (not yet agreed). */
 int spa_cli_stop_requested(void);

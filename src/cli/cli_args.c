@@ -390,7 +390,7 @@ spa_err spa_cli_pattern(MPI_Comm comm, spa_cli_opts *o)
     spa_layout lay;
     memset(&lay, 0, sizeof lay);
     err = spa_cli_probe_input(comm, "layout", o->layout);
-    spa_cli_guard_input(comm, o->layout);
+    spa_cli_guard_input(comm, "layout", o->layout);
     if (!err) err = spa_io_read_layout(comm, o->layout, o->cfg.block, o->cfg.n, o->cfg.heads, &lay);
     spa_cli_unguard_input();
     if (err == SPA_OK) err = spa_config_set_layout(&o->cfg, &lay);

@@ -129,7 +129,7 @@ spa_err spa_cli_layer(MPI_Comm comm, spa_cli_opts *o)
     }
     t = spa_now();
     err = spa_cli_probe_input(comm, "input", o->input);
-    spa_cli_guard_input(comm, o->input);
+    spa_cli_guard_input(comm, "input", o->input);
     if (!err) err = spa_io_layer_open(comm, o->input, &in, &sh);
     spa_cli_unguard_input();
     t_io += spa_now() - t;
@@ -153,7 +153,7 @@ spa_err spa_cli_layer(MPI_Comm comm, spa_cli_opts *o)
     if ((err = spa_agree(comm, err)) != SPA_OK) goto done;
 
     t = spa_now();
-    spa_cli_guard_input(comm, o->input);
+    spa_cli_guard_input(comm, "input", o->input);
     err = spa_io_layer_read(in, t0, t1, x, &w);
     spa_cli_unguard_input();
     t_io += spa_now() - t;

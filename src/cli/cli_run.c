@@ -315,7 +315,7 @@ spa_err spa_cli_run(MPI_Comm comm, spa_cli_opts *o)
     if (o->input) {
         t = spa_now();
         err = spa_cli_probe_input(comm, "input", o->input);
-        spa_cli_guard_input(comm, o->input);
+        spa_cli_guard_input(comm, "input", o->input);
         if (!err) err = spa_agree(comm, spa_io_open(comm, o->input, &in, &shape));
         spa_cli_unguard_input();
         t_io += spa_now() - t;
@@ -338,7 +338,7 @@ spa_err spa_cli_run(MPI_Comm comm, spa_cli_opts *o)
     if (err) goto done;
     if (in) {
         t = spa_now();
-        spa_cli_guard_input(comm, o->input);
+        spa_cli_guard_input(comm, "input", o->input);
         err = spa_agree(comm, spa_io_read(in, t0, t1, sh.q, sh.k, sh.v));
         spa_cli_unguard_input();
         t_io += spa_now() - t;
@@ -420,7 +420,7 @@ spa_err spa_cli_grad(MPI_Comm comm, spa_cli_opts *o)
     }
     t = spa_now();
     err = spa_cli_probe_input(comm, "input", o->input);
-    spa_cli_guard_input(comm, o->input);
+    spa_cli_guard_input(comm, "input", o->input);
     if (!err) err = spa_agree(comm, spa_io_open(comm, o->input, &in, &shape));
     if (!err) err = spa_io_open_grad(in, &gi.stored);
     spa_cli_unguard_input();
@@ -432,13 +432,13 @@ spa_err spa_cli_grad(MPI_Comm comm, spa_cli_opts *o)
     cfg->dim = shape.dim;
     err = open_ctx(comm, o, &ctx, &sh, &t0, &t1);
     /* out and lse are used only when they are this pattern's */
-    spa_cli_guard_input(comm, o->input);
+    spa_cli_guard_input(comm, "input", o->input);
     if (!err && gi.stored) err = spa_io_check_forward(in, cfg);
     spa_cli_unguard_input();
     if (!err) err = spa_agree(comm, grads_alloc(cfg, t1 - t0, &gr));
     if (err) goto done;
     t = spa_now();
-    spa_cli_guard_input(comm, o->input);
+    spa_cli_guard_input(comm, "input", o->input);
     err = spa_agree(comm, spa_io_read(in, t0, t1, sh.q, sh.k, sh.v));
     if (!err) err = spa_io_read_grad(in, t0, t1, gr.dout, gi.stored ? sh.out : NULL, gi.stored ? sh.lse : NULL);
     spa_cli_unguard_input();

@@ -100,13 +100,13 @@ static void on_fault(int sig)
     _exit(SPA_ERR_INPUT);
 }
 
-void spa_cli_guard_input(MPI_Comm comm, const char *path)
+void spa_cli_guard_input(MPI_Comm comm, const char *what, const char *path)
 {
     if (fault_armed) return;
     MPI_Comm_rank(comm, &fault_rank);
     int m = snprintf(fault_msg, sizeof fault_msg,
-                     "spa: error: input '%.1024s': the HDF5 library crashed reading it (a damaged "
-                     "file)\n", path);
+                     "spa: error: %s '%.1024s': the HDF5 library crashed reading it (a damaged "
+                     "file)\n", what, path);
     fault_len = m > 0 && (size_t)m < sizeof fault_msg ? (size_t)m : strlen(fault_msg);
     static char altstack[64 * 1024]; /* the handler runs even if the stack is what broke */
     stack_t ss = {.ss_sp = altstack, .ss_size = sizeof altstack, .ss_flags = 0};

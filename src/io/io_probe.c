@@ -90,7 +90,7 @@ static void probe_element(hid_t d, probe *p)
     }
     if (ok) {
         hsize_t start[32] = {0}, one[32];
-        for (int i = 0; i < rank; i++) one[i] = 1;
+        for (int i = 0; i < 32; i++) one[i] = 1; /* also the memory space of a scalar */
         hid_t ms = H5Screate_simple(1, one, NULL);
         double x;
         if (rank > 0 && H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, one, NULL) < 0)
