@@ -6,17 +6,7 @@
  * resolution. */
 #include "cases.h"
 
-static int fails, checks;
-#define EXPECT(cond, ...)                                                                          \
-    do {                                                                                           \
-        checks++;                                                                                  \
-        if (!(cond)) {                                                                             \
-            fails++;                                                                               \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                            \
-            printf(__VA_ARGS__);                                                                   \
-            printf("\n");                                                                          \
-        }                                                                                          \
-    } while (0)
+#include "expect.h"
 
 static spa_config make(int64_t n, int32_t B, int32_t W, int64_t radius, const char *g, int32_t R, int causal,
                        uint64_t seed)

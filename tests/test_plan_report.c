@@ -20,17 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
-static int fails, checks;
-#define EXPECT(cond, ...)                                                                          \
-    do {                                                                                           \
-        checks++;                                                                                  \
-        if (!(cond)) {                                                                             \
-            fails++;                                                                               \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                            \
-            printf(__VA_ARGS__);                                                                   \
-            printf("\n");                                                                          \
-        }                                                                                          \
-    } while (0)
+#include "expect.h"
 
 static int make(spa_config *cfg, int64_t n, int32_t B, int32_t W, const char *globals, int causal)
 {
