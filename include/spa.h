@@ -430,9 +430,11 @@ spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v,
  * owners (bytes_*_bwd). Fetched runs return by MPI_Put when the fetches
  * are one-sided, two-sided otherwise (st->rma). The first call sets up
  * the returns (collective). For a given rank count the result does not
- * depend on the thread count; across rank counts it agrees to float32
- * rounding. st may be NULL; st->flops counts 10 * D * sum |S(i)|, the
- * checksum is the sum of dq, dk and dv over all ranks. */
+ * depend on the thread count. Across rank counts, dq outside the spread
+ * rows is bit-identical; dk and dv agree to float32 rounding, or are
+ * bit-identical in exact mode (spa_ctx_set_exact_grad). st may be NULL;
+ * st->flops counts 10 * D * sum |S(i)|, the checksum is the sum of dq, dk
+ * and dv over all ranks. */
 spa_err spa_ctx_backward(spa_ctx ctx, const float *q, const float *k, const float *v, const float *out,
                          const float *lse, const float *dout, float *dq, float *dk, float *dv, spa_stats *st);
 
@@ -445,6 +447,19 @@ void spa_ctx_set_progress(spa_ctx ctx, void (*fn)(double frac, void *arg), void 
  * transfer completes before the first block is computed: the bench uses it
  * to measure how much communication the overlap hides. Not collective. */
 void spa_ctx_set_overlap(spa_ctx ctx, int on);
+
+/* Exact mode of spa_ctx_backward, off by default. On, every key's dk, dv
+ * are summed in int64_t fixed point (units of 2^-F, F from n and the
+ * maxima of |q|, |k|, |dout|, |Dl| and the norms of dout and v rows, one
+ * Allreduce), so they are bit-identical for every rank count, thread
+ * count and batching, given the same q, k, v, out, lse and dout; so is dq
+ * outside the spread rows. Costs: the sinks and every gradient message
+ * twice their float size (bytes_*_bwd double), one rounding per tile
+ * element. A term that is not finite or too large for the fixed point
+ * makes every dk and dv NaN. Must be set alike on every rank (the next
+ * spa_ctx_backward rebuilds its returns, collectively, when it changed).
+ * Not collective. */
+void spa_ctx_set_exact_grad(spa_ctx ctx, int on);
 
 /* This rank's K and V shards inside the MPI window ([H][t1 - t0][D] each),
  * or NULL when random links go two-sided. A caller that fills these and

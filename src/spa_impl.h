@@ -9,6 +9,10 @@
 
 #include "spa.h"
 
+#include <math.h>
+#if defined(__SSE2__) && defined(__x86_64__)
+#include <emmintrin.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -267,6 +271,41 @@ typedef struct spa_gradsink {
 typedef struct spa_bscratch spa_bscratch;
 spa_bscratch *spa_bscratch_create(const spa_config *cfg);
 void spa_bscratch_destroy(spa_bscratch *s);
+
+/* Exact mode (spa_ctx_set_exact_grad): every sink holds int64_t fixed
+ * point instead of float (the sink's float pointers then address int64_t
+ * storage, element e at float offset 2 e), dk in units of 1 / xk and dv in
+ * units of 1 / xv, powers of two that depend on the inputs' maxima and n
+ * only, never on P. Each tile's contribution is computed in float into a
+ * zeroed buffer, rounded once to fixed point and added; integer sums do
+ * not depend on their order, so dk and dv do not depend on how the rows
+ * were split between ranks, threads and batches. on = 0 goes back to
+ * float sinks. Clears the flag spa_bscratch_bad reads. */
+void spa_bscratch_set_exact(spa_bscratch *s, int on, double xk, double xv);
+/* Nonzero when some term since spa_bscratch_set_exact was not finite or
+ * too large for the fixed point (the term was left out). */
+int spa_bscratch_bad(const spa_bscratch *s);
+
+/* x[i] += round(y[i] * scale) for i < len, summed with wrap-around (no
+ * overflow is undefined); a term that is not finite or not below 2^62 in
+ * magnitude is left out, and the result is then nonzero. Rounding to
+ * nearest (cvtsd2si under the default rounding mode). */
+static inline int spa_fix_add(int64_t *x, const float *y, int64_t len, double scale)
+{
+    int bad = 0;
+    for (int64_t i = 0; i < len; i++) {
+        const double t = (double)y[i] * scale;
+        const int ok = fabs(t) < 0x1p62; /* false for NaN */
+        bad |= !ok;
+#if defined(__SSE2__) && defined(__x86_64__)
+        const int64_t r = _mm_cvtsd_si64(_mm_set_sd(ok ? t : 0.0));
+#else
+        const int64_t r = llrint(ok ? t : 0.0);
+#endif
+        x[i] = (int64_t)((uint64_t)x[i] + (uint64_t)r);
+    }
+    return bad;
+}
 
 /* Dl[r] = sum_d dout[r][d] * out[r][d] (FlashAttention-2's D), in double,
  * rounded once.  out, dout: [rows][D];  Dl: [rows] */

@@ -10,22 +10,27 @@
  *   - the wanted transport of the fetched runs;
  *   - a second pass on the same context gives the same bits (no stale
  *     state), and at 2 ranks a 2-thread context the same bits as 1 thread;
- *   - informational: max |dk|, |dv| difference to a one-rank context.
+ *   - against a one-rank context given the same out and lse (gathered):
+ *     dq outside the spread rows bit-identical; with --exact, dk and dv
+ *     bit-identical too (without, their max difference is printed).
  * Options: --expect-fallback (one-sided MPI is known to fail: want p2p),
  * --p2p (SPA_RANDOM_TRANSPORT=p2p), --no-overlap (spa_ctx_set_overlap(ctx,
- * 0): each transfer completes before the blocks that need it), --bytes NAME
- * (print each rank's bytes, plan and measured, for case NAME). */
+ * 0): each transfer completes before the blocks that need it), --exact
+ * (spa_ctx_set_exact_grad: int64_t sinks, every backward byte count
+ * doubles), --bytes NAME (print each rank's bytes, plan and measured, for
+ * case NAME). */
 #include "cases.h"
 
-static int rank, nranks, expect_fallback, want_p2p, no_overlap;
+static int rank, nranks, expect_fallback, want_p2p, no_overlap, exact;
 static const char *show_bytes;
 
 static float *falloc(int64_t count) { return spa_alloc((size_t)(count + 1) * sizeof(float)); }
 
-/* A shard [H][rows][D] of every rank onto rank 0's whole [H][n][D]. */
-static void gather_whole(const spa_config *cfg, const float *shard, float *whole)
+/* A shard [H][rows][D] of every rank onto rank 0's whole [H][n][D]
+ * (D = 1 for lse). */
+static void gather_whole(const spa_config *cfg, int64_t D, const float *shard, float *whole)
 {
-    const int64_t n = cfg->n, D = cfg->dim;
+    const int64_t n = cfg->n;
     int *cnt = calloc((size_t)nranks, sizeof(int)), *dsp = calloc((size_t)nranks, sizeof(int));
     for (int r = 0; r < nranks; r++) {
         int64_t b0, b1, t0, t1;
@@ -77,9 +82,10 @@ static int check_bytes(const char *name, const spa_config *cfg, const spa_commpl
 {
     const int64_t NS = pl->nspread, D = cfg->dim, f = sizeof(float);
     const int64_t merge = NS * (D + 2) * (int64_t)sizeof(double); /* the forward's merge of partials */
-    /* backward: what the forward received, sent back (gathered: without the merge) */
-    const int64_t halo_bwd = pl->bytes_halo, rma_bwd = pl->bytes_rma;
-    const int64_t global_bwd = nranks > 1 ? pl->bytes_global - merge : 0;
+    /* backward: what the forward received, sent back (gathered: without the
+     * merge), in int64_t with --exact */
+    const int64_t ew = exact ? 2 : 1, halo_bwd = ew * pl->bytes_halo, rma_bwd = ew * pl->bytes_rma;
+    const int64_t global_bwd = nranks > 1 ? ew * (pl->bytes_global - merge) : 0;
     /* forward direction: K, V as in the forward, plus dout, lse, Dl of the spread rows */
     const int64_t global_fwd = nranks > 1 ? pl->bytes_global - merge + (NS - pl->nspread_own) * (D + 2) * f : 0;
     const int ok = st->bytes_halo_bwd == halo_bwd && st->bytes_rma_bwd == rma_bwd &&
@@ -115,6 +121,7 @@ static int run_ctx(MPI_Comm comm, const spa_config *cfg, int threads, const floa
     }
     /* --no-overlap: every transfer completes before the blocks that need it */
     if (no_overlap) spa_ctx_set_overlap(ctx, 0);
+    spa_ctx_set_exact_grad(ctx, exact);
     spa_err e = forward ? spa_ctx_run(ctx, sq, sk, sv, out, lse, NULL) : SPA_OK;
     if (e == SPA_OK) e = spa_ctx_backward(ctx, sq, sk, sv, out, lse, sdo, g[0], g[1], g[2], st);
     if (e != SPA_OK) printf("FAIL rank %d: %s\n", rank, spa_last_error());
@@ -183,7 +190,10 @@ static int check_case(const test_case *tc)
     float *w[3] = {NULL, NULL, NULL}, *ref[3] = {NULL, NULL, NULL}, *one[3] = {NULL, NULL, NULL};
     if (rank == 0)
         for (int x = 0; x < 3; x++) w[x] = falloc(T), ref[x] = falloc(T), one[x] = falloc(T);
-    for (int x = 0; x < 3; x++) gather_whole(&cfg, g1[x], w[x]);
+    for (int x = 0; x < 3; x++) gather_whole(&cfg, D, g1[x], w[x]);
+    float *o1 = rank == 0 ? falloc(T) : NULL, *l1 = rank == 0 ? falloc(H * n) : NULL;
+    gather_whole(&cfg, D, out, o1);
+    gather_whole(&cfg, 1, lse, l1);
     double rel[3] = {0, 0, 0}, cross[3] = {0, 0, 0}, crel[3] = {0, 0, 0};
     if (rank == 0) {
         if (spa_reference_grad(&cfg, q, k, v, dout, ref[0], ref[1], ref[2]) != SPA_OK) {
@@ -194,13 +204,36 @@ static int check_case(const test_case *tc)
         double floor = 0.0;
         for (int x = 0; x < 3; x++) floor = fmax(floor, 1e-3 * maxabs(ref[x], T));
         for (int x = 0; x < 3 && ok; x++) ok &= compare(tc->name, names[x], &cfg, w[x], ref[x], floor, 1e-4, &rel[x]);
-        float *o1 = falloc(T), *l1 = falloc(H * n);
-        if (run_ctx(MPI_COMM_SELF, &cfg, 1, q, k, v, dout, o1, l1, 1, one, NULL, NULL))
+        /* one rank, from this run's out and lse */
+        spa_ctx c1 = NULL;
+        if (run_ctx(MPI_COMM_SELF, &cfg, 1, q, k, v, dout, o1, l1, 0, one, NULL, &c1)) {
             for (int x = 0; x < 3; x++)
                 for (int64_t i = 0; i < T; i++) cross[x] = fmax(cross[x], fabs((double)w[x][i] - one[x][i]));
-        else
+            /* dq outside the spread rows: the same bits */
+            const spa_commplan *pl1 = spa_ctx_plan(c1);
+            unsigned char *spread = calloc((size_t)(H * n), 1);
+            for (int64_t r = 0; r < pl1->nspread; r++) spread[pl1->spread[r].h * n + pl1->spread[r].tok] = 1;
+            int64_t ndiff = 0, first = -1;
+            for (int64_t i = 0; i < H * n; i++)
+                if (!spread[i] && memcmp(w[0] + i * D, one[0] + i * D, (size_t)D * sizeof(float)))
+                    ndiff++, first = first < 0 ? i : first;
+            if (ndiff) {
+                printf("FAIL %s P=%d: dq of %lld rows outside the spread rows differs from one rank's (first: head "
+                       "%lld row %lld)\n",
+                       tc->name, nranks, (long long)ndiff, (long long)(first / n), (long long)(first % n));
+                ok = 0;
+            }
+            free(spread);
+            for (int x = 1; x < 3 && exact; x++)
+                if (memcmp(w[x], one[x], (size_t)T * sizeof(float))) {
+                    printf("FAIL %s P=%d: exact %s differs from one rank's (max |diff| %.3e)\n", tc->name, nranks,
+                           names[x], cross[x]);
+                    ok = 0;
+                }
+            spa_ctx_destroy(&c1);
+        } else {
             ok = 0;
-        spa_free(o1), spa_free(l1);
+        }
         for (int x = 0; x < 3; x++) crel[x] = cross[x] / fmax(maxabs(ref[x], T), 1e-30);
     }
 
@@ -211,12 +244,12 @@ static int check_case(const test_case *tc)
     MPI_Allreduce(sent, sent_all, 3, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
     if (rank == 0)
         printf("%s %-24s P=%d %s batches %d, sent back halo %lld rma %lld global %lld; rel err dq %.1e dk %.1e dv "
-               "%.1e; vs P=1 max |diff| dq %.1e dk %.1e dv %.1e (rel %.1e %.1e %.1e)\n",
+               "%.1e; vs P=1 max |diff| dq %.1e dk %.1e dv %.1e (rel %.1e %.1e %.1e)%s\n",
                all ? "ok  " : "FAIL", tc->name, nranks, st.rma ? "rma" : "p2p", batches, (long long)sent_all[0],
                (long long)sent_all[1], (long long)sent_all[2], rel[0], rel[1], rel[2], cross[0], cross[1], cross[2],
-               crel[0], crel[1], crel[2]);
+               crel[0], crel[1], crel[2], exact ? " exact" : "");
     spa_free(q), spa_free(k), spa_free(v), spa_free(dout), spa_free(sq), spa_free(sk), spa_free(sv), spa_free(sdo);
-    spa_free(out), spa_free(lse);
+    spa_free(out), spa_free(lse), spa_free(o1), spa_free(l1);
     for (int x = 0; x < 3; x++) spa_free(g1[x]), spa_free(g2[x]), spa_free(w[x]), spa_free(ref[x]), spa_free(one[x]);
     spa_config_free(&cfg);
     return all;
@@ -232,6 +265,7 @@ int main(int argc, char **argv)
         expect_fallback |= !strcmp(argv[i], "--expect-fallback");
         want_p2p |= !strcmp(argv[i], "--p2p");
         no_overlap |= !strcmp(argv[i], "--no-overlap");
+        exact |= !strcmp(argv[i], "--exact");
         if (!strcmp(argv[i], "--bytes") && i + 1 < argc) show_bytes = argv[++i];
     }
     if (want_p2p) setenv("SPA_RANDOM_TRANSPORT", "p2p", 1);

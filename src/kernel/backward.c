@@ -40,7 +40,11 @@
  * Determinism: a kernel call sums in a fixed order; spa_backward_local
  * runs each head's query blocks in ascending order on one thread, so each
  * key's contributions are summed in the order of the query blocks and the
- * result does not depend on the thread count.
+ * result does not depend on the thread count. In exact mode
+ * (spa_bscratch_set_exact) the sinks are int64_t fixed point: each tile's
+ * dK, dV (each residue pair's) is computed into a zeroed buffer, whose
+ * terms depend on the tile and the key only, then rounded once and added,
+ * so the sums do not depend on P either.
  */
 #include "spa_impl.h"
 
@@ -77,6 +81,9 @@ struct spa_bscratch {
     bpiece *pc;            /* [KC] */
     unsigned char *skip;   /* [rows] global row or empty S(i): no block-pass key */
     float *nan_row;        /* [D] NaN: stands for a key the plan failed to bring */
+    int exact, ew, bad;    /* int64_t sinks (ew = 2 floats an element); a term left out */
+    double xk, xv;         /* exact: the fixed-point scales of dk, dv */
+    float *rk, *rv;        /* [D] one residue pair's dk, dv terms (exact) */
     spa_patws *w;
     spa_rowctx x;
     /* the tile of the current call: rows ti0 .. ti0 + tr - 1 (block pass) */
@@ -110,12 +117,14 @@ spa_bscratch *spa_bscratch_create(const spa_config *cfg)
     s->pc = spa_alloc((size_t)SPA_BKC * sizeof(bpiece));
     s->skip = spa_alloc((size_t)s->rows);
     s->nan_row = spa_alloc((size_t)D * sizeof(float));
+    s->rk = spa_alloc((size_t)D * sizeof(float)), s->rv = spa_alloc((size_t)D * sizeof(float));
+    s->ew = 1;
     s->w = spa_patws_create(cfg);
     s->sq = spa_alloc(rd), s->sdo = spa_alloc(rd), s->sdq = spa_alloc(rd);
     s->slse = spa_alloc(r1), s->sdl = spa_alloc(r1);
     s->sidx = spa_alloc((size_t)s->rows * sizeof(int64_t));
     if (!s->kc || !s->vc || !s->dkc || !s->dvc || !s->p || !s->dp || !s->tp || !s->tds || !s->qt || !s->dot ||
-        !s->lsx || !s->dlx || !s->kj || !s->kcls || !s->pc || !s->skip || !s->nan_row || !s->w || !s->sq || !s->sdo ||
+        !s->lsx || !s->dlx || !s->kj || !s->kcls || !s->pc || !s->skip || !s->nan_row || !s->rk || !s->rv || !s->w || !s->sq || !s->sdo ||
         !s->sdq || !s->slse || !s->sdl || !s->sidx) {
         spa_bscratch_destroy(s);
         return NULL;
@@ -131,9 +140,24 @@ void spa_bscratch_destroy(spa_bscratch *s)
     spa_free(s->p), spa_free(s->dp), spa_free(s->tp), spa_free(s->tds);
     spa_free(s->qt), spa_free(s->dot), spa_free(s->lsx), spa_free(s->dlx);
     spa_free(s->kj), spa_free(s->kcls), spa_free(s->pc), spa_free(s->skip), spa_free(s->nan_row);
+    spa_free(s->rk), spa_free(s->rv);
     spa_patws_destroy(s->w);
     spa_free(s->sq), spa_free(s->sdo), spa_free(s->sdq), spa_free(s->slse), spa_free(s->sdl), spa_free(s->sidx);
     free(s);
+}
+
+void spa_bscratch_set_exact(spa_bscratch *s, int on, double xk, double xv)
+{
+    s->exact = on != 0, s->ew = on ? 2 : 1, s->bad = 0;
+    s->xk = xk, s->xv = xv;
+}
+
+int spa_bscratch_bad(const spa_bscratch *s) { return s->bad; }
+
+/* Exact mode: a term buffer y[len] rounded into the sink x (int64_t). */
+static inline void fix_into(spa_bscratch *s, float *x, const float *y, int64_t len, double scale)
+{
+    s->bad |= spa_fix_add((int64_t *)(void *)x, y, len, scale);
 }
 
 void spa_backward_delta(int64_t rows, int32_t D, const float *out, const float *dout, float *Dl)
@@ -149,7 +173,7 @@ void spa_backward_delta(int64_t rows, int32_t D, const float *out, const float *
  * then the fetched blocks), with its gradients at the same place of the
  * sink. Returns the number of contiguous rows there (up to want), 0 when
  * the source lacks t. */
-static int64_t find_key(const spa_config *cfg, const spa_keysrc *src, const spa_gradsink *sink, int32_t h,
+static int64_t find_key(const spa_config *cfg, const spa_keysrc *src, const spa_gradsink *sink, int ew, int32_t h,
                         int64_t t, int64_t want, bpiece *r)
 {
     const int32_t D = cfg->dim;
@@ -158,8 +182,8 @@ static int64_t find_key(const spa_config *cfg, const spa_keysrc *src, const spa_
         if (t < g->t0 || t >= g->t1) continue;
         const int64_t off = (int64_t)h * g->hstride + (t - g->t0) * D;
         r->k = g->k + off, r->v = g->v + off;
-        r->dk = sink->seg[i].dk ? sink->seg[i].dk + off : NULL;
-        r->dv = sink->seg[i].dv ? sink->seg[i].dv + off : NULL;
+        r->dk = sink->seg[i].dk ? sink->seg[i].dk + off * ew : NULL;
+        r->dv = sink->seg[i].dv ? sink->seg[i].dv + off * ew : NULL;
         return g->t1 - t < want ? g->t1 - t : want;
     }
     if (!src->fhead_off) return 0;
@@ -168,8 +192,8 @@ static int64_t find_key(const spa_config *cfg, const spa_keysrc *src, const spa_
     if (lo >= hi0 || src->fblock[lo] != b) return 0;
     const int64_t off = (lo * B + (t - b * B)) * D, left = (b + 1) * B - t;
     r->k = src->fk + off, r->v = src->fv + off;
-    r->dk = sink->fdk ? sink->fdk + off : NULL;
-    r->dv = sink->fdv ? sink->fdv + off : NULL;
+    r->dk = sink->fdk ? sink->fdk + off * ew : NULL;
+    r->dv = sink->fdv ? sink->fdv + off * ew : NULL;
     return left < want ? left : want;
 }
 
@@ -282,8 +306,14 @@ static void chunk_blas(const spa_config *cfg, spa_bscratch *s, mask_fn mask, con
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, D, tr, 1.0f, P, nk, s->dout, D, 0.0f, s->dvc, D);
     for (int p = 0, j = 0; p < s->npiece; j += s->pc[p].cnt, p++) {
         const bpiece *pc = &s->pc[p];
-        if (pc->dk) add_to(pc->dk, s->dkc + (int64_t)j * D, (int64_t)pc->cnt * D);
-        if (pc->dv) add_to(pc->dv, s->dvc + (int64_t)j * D, (int64_t)pc->cnt * D);
+        const int64_t len = (int64_t)pc->cnt * D;
+        if (s->exact) {
+            if (pc->dk) fix_into(s, pc->dk, s->dkc + (int64_t)j * D, len, s->xk);
+            if (pc->dv) fix_into(s, pc->dv, s->dvc + (int64_t)j * D, len, s->xv);
+            continue;
+        }
+        if (pc->dk) add_to(pc->dk, s->dkc + (int64_t)j * D, len);
+        if (pc->dv) add_to(pc->dv, s->dvc + (int64_t)j * D, len);
     }
 }
 
@@ -296,7 +326,8 @@ static void chunk_blas(const spa_config *cfg, spa_bscratch *s, mask_fn mask, con
  * pass 4: dS^T = s P^T (dP^T - Dl), scale folded in
  * pass 5: dq += dS K
  * pass 6: P, dS transposed; dK += dS^T Q, dV += P^T dout straight into
- *         the sinks, each key's sum continuing from the sink's value */
+ *         the sinks, each key's sum continuing from the sink's value
+ *         (exact: into zeroed [nk][D] buffers, then rounded into them) */
 static void chunk_fast(const spa_config *cfg, spa_bscratch *s, mask_fn mask, const void *marg)
 {
     const int32_t D = s->D, nk = s->nk, tr = s->tr, ldq = s->ldq;
@@ -348,8 +379,23 @@ static void chunk_fast(const spa_config *cfg, spa_bscratch *s, mask_fn mask, con
         }
     for (int p = 0, j = 0; p < s->npiece; j += s->pc[p].cnt, p++) {
         const bpiece *pc = &s->pc[p];
-        if (pc->dk) s->K->pv(tr, D, SPA_TLD, pc->cnt, s->tds + j, s->q, pc->dk);
-        if (pc->dv) s->K->pv(tr, D, SPA_TLD, pc->cnt, s->tp + j, s->dout, pc->dv);
+        if (!s->exact) {
+            if (pc->dk) s->K->pv(tr, D, SPA_TLD, pc->cnt, s->tds + j, s->q, pc->dk);
+            if (pc->dv) s->K->pv(tr, D, SPA_TLD, pc->cnt, s->tp + j, s->dout, pc->dv);
+            continue;
+        }
+        const int64_t len = (int64_t)pc->cnt * D;
+        float *tk = s->dkc + (int64_t)j * D, *tv = s->dvc + (int64_t)j * D;
+        if (pc->dk) {
+            memset(tk, 0, (size_t)len * sizeof(float));
+            s->K->pv(tr, D, SPA_TLD, pc->cnt, s->tds + j, s->q, tk);
+            fix_into(s, pc->dk, tk, len, s->xk);
+        }
+        if (pc->dv) {
+            memset(tv, 0, (size_t)len * sizeof(float));
+            s->K->pv(tr, D, SPA_TLD, pc->cnt, s->tp + j, s->dout, tv);
+            fix_into(s, pc->dv, tv, len, s->xv);
+        }
     }
 }
 
@@ -374,9 +420,9 @@ static void add_keys(spa_bscratch *s, const bpiece *r, int64_t t0, int32_t cnt, 
 {
     const int32_t D = s->D;
     bpiece *last = s->npiece ? &s->pc[s->npiece - 1] : NULL;
-    const int64_t o = last ? (int64_t)last->cnt * D : 0;
-    if (last && last->k + o == r->k && last->v + o == r->v && (last->dk ? last->dk + o == r->dk : !r->dk) &&
-        (last->dv ? last->dv + o == r->dv : !r->dv)) {
+    const int64_t o = last ? (int64_t)last->cnt * D : 0, os = o * s->ew;
+    if (last && last->k + o == r->k && last->v + o == r->v && (last->dk ? last->dk + os == r->dk : !r->dk) &&
+        (last->dv ? last->dv + os == r->dv : !r->dv)) {
         last->cnt += cnt;
     } else {
         s->pc[s->npiece] = *r;
@@ -405,7 +451,7 @@ static void append_range(bjob *job, int64_t t0, int64_t t1, int cls)
         if (s->nk == SPA_BKC) flush_chunk(job->cfg, s);
         bpiece r;
         const int64_t want = t1 - t0 < SPA_BKC - s->nk ? t1 - t0 : SPA_BKC - s->nk;
-        const int64_t got = find_key(job->cfg, job->src, job->sink, job->h, t0, want, &r);
+        const int64_t got = find_key(job->cfg, job->src, job->sink, s->ew, job->h, t0, want, &r);
         if (got == 0) { /* a key the plan did not bring: poison the rows loudly */
             r = (bpiece){s->nan_row, s->nan_row, NULL, NULL, 1};
             add_keys(s, &r, t0, 1, 0);
@@ -487,8 +533,8 @@ void spa_backward_block(const spa_config *cfg, const spa_keysrc *src, const spa_
         if ((t >= x->j0 && t < x->j1) || !spa_pattern_is_gathered(cfg, h, t)) continue;
         if (s->nk == SPA_BKC) flush_chunk(cfg, s);
         const int64_t off = ((int64_t)h * cfg->nkv_tokens + g) * D;
-        const bpiece r = {src->gk + off, src->gv + off, sink->gdk ? sink->gdk + off : NULL,
-                          sink->gdv ? sink->gdv + off : NULL, 1};
+        const bpiece r = {src->gk + off, src->gv + off, sink->gdk ? sink->gdk + off * s->ew : NULL,
+                          sink->gdv ? sink->gdv + off * s->ew : NULL, 1};
         add_keys(s, &r, t, 1, 0);
     }
 
@@ -505,9 +551,10 @@ void spa_backward_block(const spa_config *cfg, const spa_keysrc *src, const spa_
 /* ------------------------------------------------------------ residue */
 
 /* One pair (i, j) of the residue: the 10 D flops of the equations. */
-static inline void residue_pair(int32_t D, float sc, const float *qi, const float *doi, float lse, float dl,
+static inline void residue_pair(spa_bscratch *s, float sc, const float *qi, const float *doi, float lse, float dl,
                                 float *dqi, const bpiece *r)
 {
+    const int32_t D = s->D;
     /* both dots in 8 partial sums, summed in a fixed order: vector code
      * without letting the compiler reorder */
     const float *kj = r->k, *vj = r->v;
@@ -523,6 +570,12 @@ static inline void residue_pair(int32_t D, float sc, const float *qi, const floa
     const float p = expf(sc * qk - lse), ds = p * (dv - dl), g = sc * ds;
 #pragma omp simd
     for (int32_t d = 0; d < D; d++) dqi[d] += g * kj[d];
+    if (s->exact) { /* the pair's terms, rounded into the sinks */
+        for (int32_t d = 0; d < D; d++) s->rk[d] = g * qi[d], s->rv[d] = p * doi[d];
+        if (r->dk) fix_into(s, r->dk, s->rk, D, s->xk);
+        if (r->dv) fix_into(s, r->dv, s->rv, D, s->xv);
+        return;
+    }
     if (r->dk) {
         float *dkj = r->dk;
 #pragma omp simd
@@ -571,7 +624,7 @@ void spa_backward_residue(const spa_config *cfg, const spa_keysrc *src, const sp
         if (hr->stride)
             for (int64_t j = i % hr->stride; j < lim; j += hr->stride) {
                 if (!residue_new(cfg, x, i, j)) continue;
-                if (find_key(cfg, src, sink, h, j, 1, &kr)) residue_pair(D, sc, qi, doi, lse[r], Dl[r], dqi, &kr);
+                if (find_key(cfg, src, sink, s->ew, h, j, 1, &kr)) residue_pair(s, sc, qi, doi, lse[r], Dl[r], dqi, &kr);
                 else lost = 1;
             }
         for (int p = 0; p < hr->ndilated; p++) {
@@ -582,7 +635,7 @@ void spa_backward_residue(const spa_config *cfg, const spa_keysrc *src, const sp
                 int dup = 0;
                 for (int e = 0; e < p && !dup; e++) dup = spa_dil_pair(hr, e, h, i, j);
                 if (dup) continue;
-                if (find_key(cfg, src, sink, h, j, 1, &kr)) residue_pair(D, sc, qi, doi, lse[r], Dl[r], dqi, &kr);
+                if (find_key(cfg, src, sink, s->ew, h, j, 1, &kr)) residue_pair(s, sc, qi, doi, lse[r], Dl[r], dqi, &kr);
                 else lost = 1;
             }
         }
@@ -644,7 +697,7 @@ void spa_backward_spread(const spa_config *cfg, spa_bscratch *s, int32_t h, int6
             m.a = a;
             s->nk = (int32_t)(e - a);
             s->npiece = 1;
-            s->pc[0] = (bpiece){k + off, v + off, dk ? dk + off : NULL, dv ? dv + off : NULL, s->nk};
+            s->pc[0] = (bpiece){k + off, v + off, dk ? dk + off * s->ew : NULL, dv ? dv + off * s->ew : NULL, s->nk};
             run_chunk(cfg, s, mask_spread, &m);
         }
     }

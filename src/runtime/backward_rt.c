@@ -25,6 +25,11 @@
  * Parallelism is therefore at most H; the sinks of one head are shared by
  * all its blocks, and per-thread sinks would cost O(threads) times the
  * fetched and halo memory.
+ *
+ * Exact mode (spa_ctx_set_exact_grad): the sinks are int64_t fixed point,
+ * this rank's own keys' too (xdk, xdv, converted into dk, dv at the end),
+ * with scales that one Allreduce of the inputs' maxima fixes for every
+ * rank count alike (exact_scales).
  */
 #include "comm_grad.h"
 #include "runtime.h"
@@ -40,6 +45,8 @@ struct spa_bwd {
     float *Dl;                 /* [H][n_own] */
     unsigned char *served;     /* [H][own blocks] the spread path computes the block */
     spa_gradseg gseg[3];       /* sinks beside ctx->seg: left halo, shard, right halo */
+    int exact;                 /* built for exact mode */
+    int64_t *xdk, *xdv;        /* exact: this shard's sinks, [H][n_own][D] */
 };
 
 void spa_ctx_backward_free(spa_ctx ctx)
@@ -51,6 +58,7 @@ void spa_ctx_backward_free(spa_ctx ctx)
         for (int t = 0; t < ctx->threads; t++) spa_bscratch_destroy(b->scr[t]);
     free(b->scr);
     spa_free(b->Dl);
+    spa_free(b->xdk), spa_free(b->xdv);
     free(b->served);
     free(b);
     ctx->bwd = NULL;
@@ -70,14 +78,19 @@ static spa_err bwd_create(spa_ctx ctx)
         b->scr = calloc((size_t)ctx->threads, sizeof *b->scr);
         b->Dl = spa_alloc((size_t)(cfg->heads * ctx->n_own) * sizeof(float));
         b->served = malloc((size_t)(cfg->heads * nq + 1));
+        b->exact = ctx->exact_grad;
+        if (b->exact) {
+            b->xdk = spa_alloc((size_t)(cfg->heads * ctx->n_own * cfg->dim + 1) * sizeof(int64_t));
+            b->xdv = spa_alloc((size_t)(cfg->heads * ctx->n_own * cfg->dim + 1) * sizeof(int64_t));
+        }
         spa_patws *w = spa_patws_create(cfg);
-        int ok = b->scr && b->Dl && b->served && w;
+        int ok = b->scr && b->Dl && b->served && w && (!b->exact || (b->xdk && b->xdv));
         for (int t = 0; ok && t < ctx->threads; t++) ok = (b->scr[t] = spa_bscratch_create(cfg)) != NULL;
         for (int32_t h = 0; ok && h < cfg->heads; h++)
             for (int64_t c = pl->b0; c < pl->b1; c++)
                 b->served[h * nq + c - pl->b0] = (unsigned char)spa_pattern_served_ws(cfg, h, c, w);
         spa_patws_destroy(w);
-        e = ok ? spa_gcomm_create(ctx->cm, &b->g)
+        e = ok ? spa_gcomm_create(ctx->cm, b->exact, &b->g)
                : spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory for the backward pass");
     } else {
         e = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory for the backward pass");
@@ -129,15 +142,15 @@ static void head_spread(const bpass *p, spa_bscratch *s, int32_t h)
     const spa_config *cfg = &ctx->cfg;
     const spa_commplan *pl = &ctx->plan;
     const spa_gcomm *g = ctx->bwd->g;
-    const int64_t D = cfg->dim, n_own = ctx->n_own, off = (int64_t)h * n_own * D;
+    const int64_t D = cfg->dim, n_own = ctx->n_own, off = (int64_t)h * n_own * D, ew = g->ew;
     if (n_own == 0) return;
     for (int32_t t = 0; t < pl->nspread_tiles; t++) {
         const int64_t r0 = ctx->tile_row[t], ng = ctx->tile_row[t + 1] - r0;
         if (ng == 0 || pl->spread[r0].h != h) continue;
         const int64_t tok = pl->spread[r0].tok, c = spa_pattern_is_global(cfg, tok) ? -1 : tok / cfg->block;
         spa_backward_spread(cfg, s, h, c, ctx->cm->sq + r0 * D, g->sdo + r0 * D, g->slse + r0, g->sdl + r0,
-                            ctx->stok + r0, ng, p->k + off, p->v + off, pl->t0, n_own, g->sdq + r0 * D, p->dk + off,
-                            p->dv + off);
+                            ctx->stok + r0, ng, p->k + off, p->v + off, pl->t0, n_own, g->sdq + r0 * D,
+                            p->dk + off * ew, p->dv + off * ew);
         if (omp_get_thread_num() == 0) spa_comm_poke(ctx->cm), spa_gcomm_poke(ctx->bwd->g);
     }
 }
@@ -174,15 +187,59 @@ static void run_phase(const bpass *p, int64_t t0, int64_t t1, int spread, int re
     }
 }
 
+/* Exact mode's scales: 2^F with the largest F that keeps every sum of
+ * terms below 2^61 in magnitude. Bounds, with P_ij <= 1 (lse from the same
+ * forward, slack 2 for its rounding) and |dS_ij| <= P_ij (|dout_i| |v_j| +
+ * |Dl_i|) <= P_ij c:
+ *   |dk_jd| <= s 2 n c max|q|   (at most n rows attend a key)
+ *   |dv_jd| <= 2 n max|dout|
+ *   |dq_id| <= s 2 c max|k|     (sum_j P_ij <= 1)
+ * The maxima are over every rank (one Allreduce), so the scales depend on
+ * the inputs and n, never on P. Collective. */
+static double fix_scale(double bound)
+{
+    int e = 0;
+    if (!(bound > 0.0) || !isfinite(bound)) return 1.0; /* all terms 0, or every term is flagged */
+    frexp(bound, &e);                                    /* bound < 2^e */
+    const int F = 61 - e;
+    return ldexp(1.0, F < -900 ? -900 : F > 900 ? 900 : F);
+}
+
+static spa_err exact_scales(spa_ctx ctx, const float *q, const float *k, const float *v, const float *dout,
+                            const float *Dl, double *xq, double *xk, double *xv)
+{
+    const spa_config *cfg = &ctx->cfg;
+    const int64_t rows = cfg->heads * ctx->n_own, D = cfg->dim;
+    /* max |q|, |k|, |dout|, |Dl|, |dout_i|, |v_j| */
+    double m[6] = {0, 0, 0, 0, 0, 0}, all[6];
+    for (int64_t r = 0; r < rows; r++) {
+        double nd = 0.0, nv = 0.0;
+        for (int64_t d = 0; d < D; d++) {
+            const int64_t x = r * D + d;
+            m[0] = fmax(m[0], fabs(q[x])), m[1] = fmax(m[1], fabs(k[x])), m[2] = fmax(m[2], fabs(dout[x]));
+            nd += (double)dout[x] * dout[x], nv += (double)v[x] * v[x];
+        }
+        m[3] = fmax(m[3], fabs(Dl[r])), m[4] = fmax(m[4], sqrt(nd)), m[5] = fmax(m[5], sqrt(nv));
+    }
+    SPA_MPI_CHECK(MPI_Allreduce(m, all, 6, MPI_DOUBLE, MPI_MAX, ctx->cm->comm));
+    const double n = (double)cfg->n, s = fabs(cfg->scale), c = all[4] * all[5] + all[3];
+    *xk = fix_scale(s * 2.0 * n * c * all[0]);
+    *xv = fix_scale(2.0 * n * all[2]);
+    *xq = fix_scale(s * 2.0 * c * all[1]);
+    return SPA_OK;
+}
+
 spa_err spa_ctx_backward(spa_ctx ctx, const float *q, const float *k, const float *v, const float *out,
                          const float *lse, const float *dout, float *dq, float *dk, float *dv, spa_stats *st)
 {
     const spa_config *cfg = &ctx->cfg;
     const spa_commplan *pl = &ctx->plan;
     const int64_t H = cfg->heads, D = cfg->dim, B = cfg->block, n_own = ctx->n_own, nq = pl->b1 - pl->b0;
+    if (ctx->bwd && ctx->bwd->exact != ctx->exact_grad) spa_ctx_backward_free(ctx); /* every rank alike */
     if (!ctx->bwd) SPA_CHECK(bwd_create(ctx));
     struct spa_bwd *bw = ctx->bwd;
     spa_gcomm *g = bw->g;
+    const int64_t ew = g->ew;
     spa_stats z;
     memset(&z, 0, sizeof z);
     double t_start = spa_now(), t;
@@ -193,21 +250,22 @@ spa_err spa_ctx_backward(spa_ctx ctx, const float *q, const float *k, const floa
     seg[1].k = k, seg[1].v = v;
     spa_keysrc src = ctx->src;
     src.seg = seg;
-    spa_gradseg gseg[3] = {bw->gseg[0], {dk, dv}, bw->gseg[2]};
+    float *sdk = bw->exact ? (float *)(void *)bw->xdk : dk, *sdv = bw->exact ? (float *)(void *)bw->xdv : dv;
+    spa_gradseg gseg[3] = {bw->gseg[0], {sdk, sdv}, bw->gseg[2]};
     spa_gradsink sink = {gseg, NULL, NULL, g->gdk, g->gdv};
-    const bpass p = {ctx, q, k, v, dout, lse, dq, dk, dv, &src, &sink};
+    const bpass p = {ctx, q, k, v, dout, lse, dq, sdk, sdv, &src, &sink};
 
     /* 1 */
     t = spa_now();
     spa_backward_delta(H * n_own, (int32_t)D, out, dout, bw->Dl);
-    memset(dk, 0, (size_t)(H * n_own * D) * sizeof(float));
-    memset(dv, 0, (size_t)(H * n_own * D) * sizeof(float));
-    memset(g->hl_dk, 0, (size_t)(H * ctx->cm->nleft * D) * sizeof(float));
-    memset(g->hl_dv, 0, (size_t)(H * ctx->cm->nleft * D) * sizeof(float));
-    memset(g->hr_dk, 0, (size_t)(H * ctx->cm->nright * D) * sizeof(float));
-    memset(g->hr_dv, 0, (size_t)(H * ctx->cm->nright * D) * sizeof(float));
-    memset(g->gdk, 0, (size_t)(H * cfg->nkv_tokens * D) * sizeof(float));
-    memset(g->gdv, 0, (size_t)(H * cfg->nkv_tokens * D) * sizeof(float));
+    memset(sdk, 0, (size_t)(H * n_own * D * ew) * sizeof(float));
+    memset(sdv, 0, (size_t)(H * n_own * D * ew) * sizeof(float));
+    memset(g->hl_dk, 0, (size_t)(H * ctx->cm->nleft * D * ew) * sizeof(float));
+    memset(g->hl_dv, 0, (size_t)(H * ctx->cm->nleft * D * ew) * sizeof(float));
+    memset(g->hr_dk, 0, (size_t)(H * ctx->cm->nright * D * ew) * sizeof(float));
+    memset(g->hr_dv, 0, (size_t)(H * ctx->cm->nright * D * ew) * sizeof(float));
+    memset(g->gdk, 0, (size_t)(H * cfg->nkv_tokens * D * ew) * sizeof(float));
+    memset(g->gdv, 0, (size_t)(H * cfg->nkv_tokens * D * ew) * sizeof(float));
     memset(g->sdq, 0, (size_t)(pl->nspread * D) * sizeof(float));
     /* rows the spread path computes whole: their dq is its alone */
     for (int32_t h = 0; h < H; h++)
@@ -216,7 +274,15 @@ spa_err spa_ctx_backward(spa_ctx ctx, const float *q, const float *k, const floa
                 const int64_t r0 = c * B - pl->t0, r1 = (c + 1) * B < pl->t1 ? (c + 1) * B - pl->t0 : n_own;
                 memset(dq + ((int64_t)h * n_own + r0) * D, 0, (size_t)((r1 - r0) * D) * sizeof(float));
             }
+    double xq = 0.0, xk = 0.0, xv = 0.0;
     z.seconds_compute += spa_now() - t;
+    if (bw->exact) {
+        t = spa_now();
+        SPA_CHECK(exact_scales(ctx, q, k, v, dout, bw->Dl, &xq, &xk, &xv));
+        z.seconds_global += spa_now() - t;
+    }
+    for (int x = 0; x < ctx->threads; x++) spa_bscratch_set_exact(bw->scr[x], bw->exact, xk, xv);
+    g->xq = xq, g->bad = 0;
     SPA_CHECK(spa_gcomm_begin(g, &z));
     SPA_CHECK(spa_comm_gather(ctx->cm, q, k, v, &z));
     SPA_CHECK(spa_gcomm_gather_rows(g, dout, lse, bw->Dl, &z));
@@ -255,7 +321,17 @@ spa_err spa_ctx_backward(spa_ctx ctx, const float *q, const float *k, const floa
     SPA_CHECK(spa_gcomm_return_halo(g, &z));
     SPA_CHECK(spa_gcomm_return_gathered(g, &z));
     SPA_CHECK(spa_comm_finish(ctx->cm, &z));
-    SPA_CHECK(spa_gcomm_finish(g, dq, dk, dv, &z));
+    SPA_CHECK(spa_gcomm_finish(g, dq, sdk, sdv, &z));
+    if (bw->exact) { /* the fixed point into dk, dv; NaN everywhere if a term was left out */
+        int bad = g->bad, any = 0;
+        for (int x = 0; x < ctx->threads; x++) bad |= spa_bscratch_bad(bw->scr[x]);
+        SPA_MPI_CHECK(MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, ctx->cm->comm));
+        const double ik = 1.0 / xk, iv = 1.0 / xv;
+        for (int64_t i = 0; i < H * n_own * D; i++) {
+            dk[i] = any ? NAN : (float)((double)bw->xdk[i] * ik);
+            dv[i] = any ? NAN : (float)((double)bw->xdv[i] * iv);
+        }
+    }
 
     double sum = 0.0;
     for (int64_t i = 0; i < H * n_own * D; i++) sum += (double)dq[i] + (double)dk[i] + (double)dv[i];

@@ -30,19 +30,28 @@ static spa_err setup_halo(spa_gcomm *g)
 {
     const spa_commplan *pl = g->plan;
     const spa_comm *cm = g->cm;
-    const int64_t H = g->cfg->heads, D = g->cfg->dim;
-    g->hl_dk = spa_alloc((size_t)(H * cm->nleft * D) * sizeof(float));
-    g->hl_dv = spa_alloc((size_t)(H * cm->nleft * D) * sizeof(float));
-    g->hr_dk = spa_alloc((size_t)(H * cm->nright * D) * sizeof(float));
-    g->hr_dv = spa_alloc((size_t)(H * cm->nright * D) * sizeof(float));
+    const int64_t H = g->cfg->heads, D = g->cfg->dim, ew = g->ew;
+    g->hl_dk = spa_alloc((size_t)(H * cm->nleft * D * ew) * sizeof(float));
+    g->hl_dv = spa_alloc((size_t)(H * cm->nleft * D * ew) * sizeof(float));
+    g->hr_dk = spa_alloc((size_t)(H * cm->nright * D * ew) * sizeof(float));
+    g->hr_dv = spa_alloc((size_t)(H * cm->nright * D * ew) * sizeof(float));
     g->hland_off = malloc((size_t)(pl->nsend + 1) * sizeof(int64_t));
     g->hreq = malloc((size_t)(2 * (pl->nsend + pl->nrecv) + 1) * sizeof(MPI_Request));
-    SPA_REQUIRE(g->hl_dk && g->hl_dv && g->hr_dk && g->hr_dv && g->hland_off && g->hreq, SPA_ERR_OTHER,
+    g->htype = malloc((size_t)(pl->nrecv + 1) * sizeof(MPI_Datatype));
+    SPA_REQUIRE(g->hl_dk && g->hl_dv && g->hr_dk && g->hr_dv && g->hland_off && g->hreq && g->htype, SPA_ERR_OTHER,
                 "out of memory for the halo's gradients");
+    for (int i = 0; i < pl->nrecv; i++) g->htype[i] = MPI_DATATYPE_NULL;
+    for (int i = 0; g->exact && i < pl->nrecv; i++) { /* comm.c's rtype, of int64_t */
+        const spa_xfer *x = &pl->recv[i];
+        const int64_t len = x->t1 - x->t0, stride = x->t0 < pl->t0 ? cm->nleft : cm->nright;
+        SPA_REQUIRE(len * D < INT32_MAX && stride * D < INT32_MAX, SPA_ERR_USAGE, "halo too large for one message");
+        SPA_MPI_CHECK(MPI_Type_vector((int)H, (int)(len * D), (int)(stride * D), MPI_INT64_T, &g->htype[i]));
+        SPA_MPI_CHECK(MPI_Type_commit(&g->htype[i]));
+    }
     int64_t off = 0;
     for (int i = 0; i < pl->nsend; i++) {
         g->hland_off[i] = off;
-        off += 2 * H * (pl->send[i].t1 - pl->send[i].t0) * D;
+        off += 2 * H * (pl->send[i].t1 - pl->send[i].t0) * D * ew;
         SPA_REQUIRE(H * (pl->send[i].t1 - pl->send[i].t0) * D < INT32_MAX, SPA_ERR_USAGE,
                     "halo too large for one message");
     }
@@ -61,8 +70,8 @@ static spa_err setup_gathered(spa_gcomm *g)
     const spa_commplan *pl = g->plan;
     const spa_comm *cm = g->cm;
     const int64_t H = cfg->heads, D = cfg->dim, NK = cfg->nkv_tokens, NS = pl->nspread, P = g->P;
-    g->gdk = spa_alloc((size_t)(H * NK * D) * sizeof(float));
-    g->gdv = spa_alloc((size_t)(H * NK * D) * sizeof(float));
+    g->gdk = spa_alloc((size_t)(H * NK * D * g->ew) * sizeof(float));
+    g->gdv = spa_alloc((size_t)(H * NK * D * g->ew) * sizeof(float));
     g->sdq = spa_alloc((size_t)(NS * D) * sizeof(float));
     g->sdo = spa_alloc((size_t)(NS * D) * sizeof(float));
     g->slse = spa_alloc((size_t)NS * sizeof(float));
@@ -71,8 +80,8 @@ static spa_err setup_gathered(spa_gcomm *g)
     g->rows_count = calloc((size_t)P, sizeof(int));
     g->rows_displ = calloc((size_t)P, sizeof(int));
     g->rows_pos = malloc((size_t)(NS + 1) * sizeof(int64_t));
-    g->part_stage = spa_alloc((size_t)(NK * 2 * H * D + NS * D) * sizeof(float));
-    g->part_land = spa_alloc((size_t)(P * cm->gcount[g->rank]) * sizeof(float));
+    g->part_stage = spa_alloc((size_t)((NK * 2 * H * D + NS * D) * g->ew) * sizeof(float));
+    g->part_land = spa_alloc((size_t)(P * cm->gcount[g->rank] * g->ew) * sizeof(float));
     g->a2a = malloc((size_t)(4 * P) * sizeof(int));
     SPA_REQUIRE(g->gdk && g->gdv && g->sdq && g->sdo && g->slse && g->sdl && g->rows_stage && g->rows_count &&
                     g->rows_displ && g->rows_pos && g->part_stage && g->part_land && g->a2a,
@@ -100,8 +109,8 @@ static spa_err setup_fetched(spa_gcomm *g)
     const spa_commplan *pl = g->plan;
     const spa_comm *cm = g->cm;
     const int64_t B = g->cfg->block, D = g->cfg->dim, NB = pl->nbatch;
-    g->fdk = spa_alloc((size_t)(cm->nbuf * cm->buf_slots * B * D) * sizeof(float));
-    g->fdv = spa_alloc((size_t)(cm->nbuf * cm->buf_slots * B * D) * sizeof(float));
+    g->fdk = spa_alloc((size_t)(cm->nbuf * cm->buf_slots * B * D * g->ew) * sizeof(float));
+    g->fdv = spa_alloc((size_t)(cm->nbuf * cm->buf_slots * B * D * g->ew) * sizeof(float));
     g->run_land = malloc((size_t)(pl->nruns + 1) * sizeof(int64_t));
     g->btarget = malloc((size_t)(pl->nruns + 1) * sizeof(int));
     g->btarget_first = calloc((size_t)NB + 1, sizeof(int));
@@ -124,7 +133,7 @@ static spa_err setup_fetched(spa_gcomm *g)
     return SPA_OK;
 }
 
-spa_err spa_gcomm_create(const spa_comm *cm, spa_gcomm **out)
+spa_err spa_gcomm_create(const spa_comm *cm, int exact, spa_gcomm **out)
 {
     spa_gcomm *g = calloc(1, sizeof *g);
     *out = g;
@@ -137,6 +146,9 @@ spa_err spa_gcomm_create(const spa_comm *cm, spa_gcomm **out)
     g->P = cm->P;
     g->rank = cm->rank;
     g->n_own = cm->n_own;
+    g->exact = exact != 0;
+    g->ew = exact ? 2 : 1;
+    g->et = exact ? MPI_INT64_T : MPI_FLOAT;
     SPA_CHECK(setup_halo(g));
     SPA_CHECK(setup_gathered(g));
     return setup_fetched(g);
@@ -149,7 +161,7 @@ static spa_err exchange_runs(spa_gcomm *g)
 {
     const spa_commplan *pl = g->plan;
     const int P = g->P;
-    const int64_t D = g->cfg->dim;
+    const int64_t D = g->cfg->dim * g->ew; /* floats of one token's gradient */
     int *scount = calloc((size_t)P, sizeof(int)), *rcount = calloc((size_t)P, sizeof(int));
     int *sdisp = calloc((size_t)P, sizeof(int)), *rdisp = calloc((size_t)P, sizeof(int));
     int *fill = calloc((size_t)P, sizeof(int));
@@ -265,6 +277,9 @@ void spa_gcomm_destroy(spa_gcomm **pg)
     spa_free(g->gdk), spa_free(g->gdv), spa_free(g->sdq), spa_free(g->sdo), spa_free(g->slse), spa_free(g->sdl);
     spa_free(g->rows_stage), spa_free(g->part_stage), spa_free(g->part_land);
     spa_free(g->fdk), spa_free(g->fdv);
+    for (int i = 0; g->htype && i < g->plan->nrecv; i++)
+        if (g->htype[i] != MPI_DATATYPE_NULL) MPI_Type_free(&g->htype[i]);
+    free(g->htype);
     free(g->hland_off), free(g->hreq), free(g->rows_count), free(g->rows_displ), free(g->rows_pos), free(g->a2a);
     free(g->run_land), free(g->btarget), free(g->btarget_first), free(g->serve), free(g->serve_land), free(g->freq);
     if (g->comm != MPI_COMM_NULL) MPI_Comm_free(&g->comm);
@@ -282,8 +297,8 @@ spa_err spa_gcomm_begin(spa_gcomm *g, spa_stats *st)
         const spa_xfer *x = &pl->send[i];
         const int cnt = (int)(H * (x->t1 - x->t0) * D);
         float *land = g->hland + g->hland_off[i];
-        SPA_MPI_CHECK(MPI_Irecv(land, cnt, MPI_FLOAT, x->rank, TAG_HALO_DK, g->comm, &g->hreq[2 * i]));
-        SPA_MPI_CHECK(MPI_Irecv(land + cnt, cnt, MPI_FLOAT, x->rank, TAG_HALO_DV, g->comm, &g->hreq[2 * i + 1]));
+        SPA_MPI_CHECK(MPI_Irecv(land, cnt, g->et, x->rank, TAG_HALO_DK, g->comm, &g->hreq[2 * i]));
+        SPA_MPI_CHECK(MPI_Irecv(land + cnt * g->ew, cnt, g->et, x->rank, TAG_HALO_DV, g->comm, &g->hreq[2 * i + 1]));
     }
     st->seconds_halo += spa_now() - t;
 
@@ -301,8 +316,8 @@ spa_err spa_gcomm_begin(spa_gcomm *g, spa_stats *st)
             const int64_t *d = g->serve + 4 * k; /* source, h, b0, nblk */
             const int cnt = (int)(run_tokens(g->cfg, d[2], d[3]) * D);
             float *land = g->fland + g->serve_land[k];
-            SPA_MPI_CHECK(MPI_Irecv(land, cnt, MPI_FLOAT, (int)d[0], TAG_RAND_DK, g->comm, &rq[2 * k]));
-            SPA_MPI_CHECK(MPI_Irecv(land + cnt, cnt, MPI_FLOAT, (int)d[0], TAG_RAND_DV, g->comm, &rq[2 * k + 1]));
+            SPA_MPI_CHECK(MPI_Irecv(land, cnt, g->et, (int)d[0], TAG_RAND_DK, g->comm, &rq[2 * k]));
+            SPA_MPI_CHECK(MPI_Irecv(land + cnt * g->ew, cnt, g->et, (int)d[0], TAG_RAND_DV, g->comm, &rq[2 * k + 1]));
         }
     }
     st->seconds_rma += spa_now() - t;
@@ -359,7 +374,7 @@ static spa_err complete_batches(spa_gcomm *g, int upto)
 spa_err spa_gcomm_batch_sinks(spa_gcomm *g, int b, spa_gradsink *sink, spa_stats *st)
 {
     const spa_comm *cm = g->cm;
-    const int64_t BD = (int64_t)g->cfg->block * g->cfg->dim, off = (b % cm->nbuf) * cm->buf_slots * BD;
+    const int64_t BD = (int64_t)g->cfg->block * g->cfg->dim * g->ew, off = (b % cm->nbuf) * cm->buf_slots * BD;
     double t = spa_now();
     /* the batch that used this buffer before */
     if (b >= cm->nbuf) SPA_CHECK(complete_batches(g, b - cm->nbuf + 1));
@@ -378,21 +393,21 @@ spa_err spa_gcomm_batch_return(spa_gcomm *g, int b, spa_stats *st)
     const spa_config *cfg = g->cfg;
     const spa_commplan *pl = g->plan;
     const spa_comm *cm = g->cm;
-    const int64_t BD = (int64_t)cfg->block * cfg->dim, off = (b % cm->nbuf) * cm->buf_slots * BD;
+    const int64_t BD = (int64_t)cfg->block * cfg->dim * g->ew, off = (b % cm->nbuf) * cm->buf_slots * BD;
     double t = spa_now();
     for (int i = pl->batch_run[b]; i < pl->batch_run[b + 1]; i++) {
         const spa_run_blk *r = &pl->runs[i];
         const int64_t cnt = run_tokens(cfg, r->b0, r->nblk) * cfg->dim;
         const float *dk = g->fdk + off + cm->run_slot[i] * BD, *dv = g->fdv + off + cm->run_slot[i] * BD;
         if (g->rma) {
-            SPA_MPI_CHECK(MPI_Put(dk, (int)cnt, MPI_FLOAT, r->rank, (MPI_Aint)g->run_land[i], (int)cnt, MPI_FLOAT, g->win));
-            SPA_MPI_CHECK(
-                MPI_Put(dv, (int)cnt, MPI_FLOAT, r->rank, (MPI_Aint)(g->run_land[i] + cnt), (int)cnt, MPI_FLOAT, g->win));
+            SPA_MPI_CHECK(MPI_Put(dk, (int)cnt, g->et, r->rank, (MPI_Aint)g->run_land[i], (int)cnt, g->et, g->win));
+            SPA_MPI_CHECK(MPI_Put(dv, (int)cnt, g->et, r->rank, (MPI_Aint)(g->run_land[i] + cnt * g->ew), (int)cnt,
+                                  g->et, g->win));
         } else {
-            SPA_MPI_CHECK(MPI_Isend(dk, (int)cnt, MPI_FLOAT, r->rank, TAG_RAND_DK, g->comm, &g->freq[2 * i]));
-            SPA_MPI_CHECK(MPI_Isend(dv, (int)cnt, MPI_FLOAT, r->rank, TAG_RAND_DV, g->comm, &g->freq[2 * i + 1]));
+            SPA_MPI_CHECK(MPI_Isend(dk, (int)cnt, g->et, r->rank, TAG_RAND_DK, g->comm, &g->freq[2 * i]));
+            SPA_MPI_CHECK(MPI_Isend(dv, (int)cnt, g->et, r->rank, TAG_RAND_DV, g->comm, &g->freq[2 * i + 1]));
         }
-        st->bytes_rma_bwd += 2 * cnt * (int64_t)sizeof(float);
+        st->bytes_rma_bwd += 2 * cnt * g->ew * (int64_t)sizeof(float);
     }
     st->seconds_rma += spa_now() - t;
     return SPA_OK;
@@ -409,12 +424,13 @@ spa_err spa_gcomm_return_halo(spa_gcomm *g, spa_stats *st)
     for (int i = 0; i < pl->nrecv; i++) {
         const spa_xfer *x = &pl->recv[i];
         const int left = x->t0 < pl->t0;
-        const int64_t off = (left ? x->t0 - pl->ext0 : x->t0 - pl->t1) * D;
-        SPA_MPI_CHECK(MPI_Isend((left ? g->hl_dk : g->hr_dk) + off, 1, cm->rtype[i], x->rank, TAG_HALO_DK, g->comm,
-                                &rq[2 * i]));
-        SPA_MPI_CHECK(MPI_Isend((left ? g->hl_dv : g->hr_dv) + off, 1, cm->rtype[i], x->rank, TAG_HALO_DV, g->comm,
-                                &rq[2 * i + 1]));
-        st->bytes_halo_bwd += 2 * H * (x->t1 - x->t0) * D * (int64_t)sizeof(float);
+        const int64_t off = (left ? x->t0 - pl->ext0 : x->t0 - pl->t1) * D * g->ew;
+        const MPI_Datatype ty = g->exact ? g->htype[i] : cm->rtype[i];
+        SPA_MPI_CHECK(
+            MPI_Isend((left ? g->hl_dk : g->hr_dk) + off, 1, ty, x->rank, TAG_HALO_DK, g->comm, &rq[2 * i]));
+        SPA_MPI_CHECK(
+            MPI_Isend((left ? g->hl_dv : g->hr_dv) + off, 1, ty, x->rank, TAG_HALO_DV, g->comm, &rq[2 * i + 1]));
+        st->bytes_halo_bwd += 2 * H * (x->t1 - x->t0) * D * g->ew * (int64_t)sizeof(float);
     }
     st->seconds_halo += spa_now() - t;
     return SPA_OK;
@@ -432,23 +448,32 @@ spa_err spa_gcomm_return_gathered(spa_gcomm *g, spa_stats *st)
     /* the forward's Allgatherv layout: rank s's part is its gathered
      * tokens [tok][2][H][D], then its spread rows [row][D] */
     const float *sink[2] = {g->gdk, g->gdv};
+    const int64_t ew = g->ew;
     for (int s = 0; s < P; s++)
         for (int64_t k = cm->kv_first[s]; k < cm->kv_first[s + 1]; k++)
             for (int x = 0; x < 2; x++)
                 for (int64_t h = 0; h < H; h++)
-                    memcpy(g->part_stage + cm->gdispl[s] + (((k - cm->kv_first[s]) * 2 + x) * H + h) * D,
-                           sink[x] + (h * NK + k) * D, (size_t)D * sizeof(float));
-    for (int64_t r = 0; r < NS; r++) memcpy(g->part_stage + cm->spos[r], g->sdq + r * D, (size_t)D * sizeof(float));
+                    memcpy(g->part_stage + (cm->gdispl[s] + (((k - cm->kv_first[s]) * 2 + x) * H + h) * D) * ew,
+                           sink[x] + (h * NK + k) * D * ew, (size_t)(D * ew) * sizeof(float));
+    for (int64_t r = 0; r < NS; r++) {
+        if (!g->exact) {
+            memcpy(g->part_stage + cm->spos[r], g->sdq + r * D, (size_t)D * sizeof(float));
+            continue;
+        }
+        int64_t *x = (int64_t *)(void *)(g->part_stage + cm->spos[r] * ew);
+        memset(x, 0, (size_t)D * sizeof *x);
+        g->bad |= spa_fix_add(x, g->sdq + r * D, D, g->xq);
+    }
     if (P > 1) {
         int *scount = g->a2a, *rcount = g->a2a + P, *rdispl = g->a2a + 2 * P;
         for (int s = 0; s < P; s++) {
             scount[s] = s == me ? 0 : cm->gcount[s];
             rcount[s] = s == me ? 0 : cm->gcount[me];
             rdispl[s] = s * cm->gcount[me];
-            st->bytes_global_bwd += scount[s] * (int64_t)sizeof(float);
+            st->bytes_global_bwd += scount[s] * ew * (int64_t)sizeof(float);
         }
-        SPA_MPI_CHECK(MPI_Alltoallv(g->part_stage, scount, cm->gdispl, MPI_FLOAT, g->part_land, rcount, rdispl,
-                                    MPI_FLOAT, g->comm));
+        SPA_MPI_CHECK(MPI_Alltoallv(g->part_stage, scount, cm->gdispl, g->et, g->part_land, rcount, rdispl, g->et,
+                                    g->comm));
     }
     st->seconds_global += spa_now() - t;
     return SPA_OK;
@@ -460,10 +485,17 @@ void spa_gcomm_poke(spa_gcomm *g)
     MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, g->comm, &flag, MPI_STATUS_IGNORE);
 }
 
-/* x[len] += y[len] */
-static inline void add_to(float *x, const float *y, int64_t len)
+/* x[len] += y[len]: float, or (exact) int64_t fixed point with
+ * wrap-around (spa_fix_add's), which every order sums to the same bits */
+static inline void add_to(int exact, float *x, const float *y, int64_t len)
 {
-    for (int64_t i = 0; i < len; i++) x[i] += y[i];
+    if (!exact) {
+        for (int64_t i = 0; i < len; i++) x[i] += y[i];
+        return;
+    }
+    int64_t *a = (int64_t *)(void *)x;
+    const int64_t *b = (const int64_t *)(const void *)y;
+    for (int64_t i = 0; i < len; i++) a[i] = (int64_t)((uint64_t)a[i] + (uint64_t)b[i]);
 }
 
 spa_err spa_gcomm_finish(spa_gcomm *g, float *dq, float *dk, float *dv, spa_stats *st)
@@ -472,8 +504,8 @@ spa_err spa_gcomm_finish(spa_gcomm *g, float *dq, float *dk, float *dv, spa_stat
     const spa_commplan *pl = g->plan;
     const spa_comm *cm = g->cm;
     const int64_t H = cfg->heads, D = cfg->dim, B = cfg->block, NK = cfg->nkv_tokens, NS = pl->nspread;
-    const int64_t n_own = g->n_own, t0 = pl->t0;
-    const int me = g->rank;
+    const int64_t n_own = g->n_own, t0 = pl->t0, ew = g->ew;
+    const int me = g->rank, ex = g->exact;
 
     /* 1. every return has landed */
     double t = spa_now();
@@ -499,16 +531,16 @@ spa_err spa_gcomm_finish(spa_gcomm *g, float *dq, float *dk, float *dv, spa_stat
         const int64_t len = x->t1 - x->t0;
         for (int c = 0; c < 2; c++)
             for (int64_t h = 0; h < H; h++)
-                add_to(dst[c] + (h * n_own + x->t0 - t0) * D, g->hland + g->hland_off[i] + ((c * H + h) * len) * D,
-                       len * D);
+                add_to(ex, dst[c] + (h * n_own + x->t0 - t0) * D * ew,
+                       g->hland + g->hland_off[i] + ((c * H + h) * len) * D * ew, len * D);
     }
 
     /* 3. the fetched runs' returns, by source rank, then the source's run order */
     for (int k = 0; k < g->nserve; k++) {
         const int64_t *d = g->serve + 4 * k; /* source, h, b0, nblk */
         const int64_t cnt = run_tokens(cfg, d[2], d[3]) * D, row = d[1] * n_own + d[2] * B - t0;
-        add_to(dk + row * D, g->fland + g->serve_land[k], cnt);
-        add_to(dv + row * D, g->fland + g->serve_land[k] + cnt, cnt);
+        add_to(ex, dk + row * D * ew, g->fland + g->serve_land[k], cnt);
+        add_to(ex, dv + row * D * ew, g->fland + g->serve_land[k] + cnt * ew, cnt);
     }
 
     /* 4. the gathered tokens and spread rows, by source rank, this rank's
@@ -516,17 +548,39 @@ spa_err spa_gcomm_finish(spa_gcomm *g, float *dq, float *dk, float *dv, spa_stat
     if (NK + NS == 0) return SPA_OK;
     const int64_t kf = cm->kv_first[me], kl = cm->kv_first[me + 1];
     for (int s = 0; s < g->P; s++) {
-        const float *part = s == me ? g->part_stage + cm->gdispl[me] : g->part_land + (int64_t)s * cm->gcount[me];
+        const float *part = s == me ? g->part_stage + cm->gdispl[me] * ew
+                                    : g->part_land + (int64_t)s * cm->gcount[me] * ew;
         for (int64_t k = kf; k < kl; k++)
             for (int c = 0; c < 2; c++)
                 for (int64_t h = 0; h < H; h++)
-                    add_to(dst[c] + (h * n_own + cfg->kv_tokens[k] - t0) * D, part + (((k - kf) * 2 + c) * H + h) * D,
-                           D);
+                    add_to(ex, dst[c] + (h * n_own + cfg->kv_tokens[k] - t0) * D * ew,
+                           part + (((k - kf) * 2 + c) * H + h) * D * ew, D);
+        if (ex) continue; /* the spread rows' dq below, summed over every source first */
         for (int64_t r = 0; r < NS; r++) {
             const spa_spread_row *w = &pl->spread[r];
             if (w->tok < t0 || w->tok >= pl->t1) continue;
-            add_to(dq + ((int64_t)w->h * n_own + w->tok - t0) * D, part + cm->spos[r] - cm->gdispl[me], D);
+            add_to(0, dq + ((int64_t)w->h * n_own + w->tok - t0) * D, part + cm->spos[r] - cm->gdispl[me], D);
         }
     }
+    if (!ex) return SPA_OK;
+    /* exact: each spread row's partials summed in fixed point, then added
+     * to its dq once (the block pass left 0 there, or nothing for a spread
+     * block's rows) */
+    int64_t *sum = malloc((size_t)(D + 1) * sizeof *sum);
+    SPA_REQUIRE(sum, SPA_ERR_OTHER, "out of memory");
+    const double inv = 1.0 / g->xq;
+    for (int64_t r = 0; r < NS; r++) {
+        const spa_spread_row *w = &pl->spread[r];
+        if (w->tok < t0 || w->tok >= pl->t1) continue;
+        memset(sum, 0, (size_t)D * sizeof *sum);
+        for (int s = 0; s < g->P; s++) {
+            const float *part = s == me ? g->part_stage + cm->gdispl[me] * ew
+                                        : g->part_land + (int64_t)s * cm->gcount[me] * ew;
+            add_to(1, (float *)(void *)sum, part + (cm->spos[r] - cm->gdispl[me]) * ew, D);
+        }
+        float *o = dq + ((int64_t)w->h * n_own + w->tok - t0) * D;
+        for (int64_t d = 0; d < D; d++) o[d] += (float)((double)sum[d] * inv);
+    }
+    free(sum);
     return SPA_OK;
 }

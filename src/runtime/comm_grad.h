@@ -15,6 +15,13 @@
  * from this one (the mirror of their fetched blocks), not bounded by
  * cfg->fetch_bytes. The K and V transfers themselves are comm.c's, called
  * by the schedule (backward_rt.c) as in a forward run.
+ *
+ * Exact mode (exact = 1): every sink and landing holds int64_t fixed
+ * point (spa_bscratch_set_exact) instead of float, sent as MPI_INT64_T,
+ * so the sums are exact and their order does not matter; the buffers keep
+ * their float * type and hold ew = 2 floats per element. Offsets below are
+ * in elements times ew; message counts stay in elements, and the bytes
+ * moved double.
  */
 #ifndef SPA_COMM_GRAD_H
 #define SPA_COMM_GRAD_H
@@ -29,6 +36,11 @@ typedef struct spa_gcomm {
     int P, rank;
     int64_t n_own;
     int rma;                     /* fetched runs return by MPI_Put (1) or two-sided (0) */
+    int exact, ew;               /* int64_t sinks (1, ew = 2 floats an element) or float (0, ew = 1) */
+    MPI_Datatype et;             /* MPI_INT64_T or MPI_FLOAT: a sink element */
+    MPI_Datatype *htype;         /* exact: comm.c's rtype[] of int64_t, [nrecv] */
+    double xq;                   /* exact: the fixed-point scale of the spread rows' dq (set per pass) */
+    int bad;                     /* exact: a term was not finite or out of range (spa_fix_add) */
 
     /* halo sinks, laid out as comm.c's halo buffers: [H][nleft][D], [H][nright][D] */
     float *hl_dk, *hl_dv, *hr_dk, *hr_dv;
@@ -37,7 +49,8 @@ typedef struct spa_gcomm {
     int64_t *hland_off;          /* [nsend + 1] */
     MPI_Request *hreq;           /* [2 nsend] receives, then [2 nrecv] sends */
 
-    /* gathered sinks [H][NK][D]; dq of the spread rows [NS][D] (tile order) */
+    /* gathered sinks [H][NK][D]; dq of the spread rows [NS][D] (tile order,
+     * float in both modes: exact mode converts it when it goes home) */
     float *gdk, *gdv, *sdq;
     /* dout, lse, Dl of the spread rows, gathered: [NS][D], [NS], [NS] */
     float *sdo, *slse, *sdl;
@@ -64,9 +77,9 @@ typedef struct spa_gcomm {
     MPI_Request *freq;           /* two-sided: [2 nruns] sends, then [2 nserve] receives */
 } spa_gcomm;
 
-/* Local: the sinks and landing buffers that do not depend on other ranks.
- * Not collective. */
-spa_err spa_gcomm_create(const spa_comm *cm, spa_gcomm **g);
+/* Local: the sinks and landing buffers that do not depend on other ranks,
+ * in float or (exact) int64_t fixed point. Not collective. */
+spa_err spa_gcomm_create(const spa_comm *cm, int exact, spa_gcomm **g);
 
 /* Collective: learns what other ranks return to this one, sizes the
  * landing, and creates the landing window when the forward's fetches are
@@ -103,10 +116,12 @@ spa_err spa_gcomm_return_gathered(spa_gcomm *g, spa_stats *st);
 void spa_gcomm_poke(spa_gcomm *g);
 
 /* Collective: waits for every return and adds them to this rank's
- *   dq, dk, dv: [H][n_own][D]
+ *   dq, dk, dv: [H][n_own][D] (exact: dk, dv are int64_t fixed point)
  * in a fixed order: halo returns by source rank, fetched runs by source
  * rank and the source's run order, then the gathered tokens and spread
- * rows by source rank (this rank's own at its place). */
+ * rows by source rank (this rank's own at its place). In exact mode the
+ * spread rows' dq partials are summed in fixed point (scale xq), then
+ * added to dq once. */
 spa_err spa_gcomm_finish(spa_gcomm *g, float *dq, float *dk, float *dv, spa_stats *st);
 
 #endif

@@ -251,6 +251,8 @@ void spa_ctx_set_progress(spa_ctx ctx, void (*fn)(double, void *), void *arg)
 
 void spa_ctx_set_overlap(spa_ctx ctx, int on) { ctx->overlap = on; }
 
+void spa_ctx_set_exact_grad(spa_ctx ctx, int on) { ctx->exact_grad = on != 0; }
+
 void spa_ctx_kv_buffers(spa_ctx ctx, float **k, float **v)
 {
     /* a rank without rows has an empty window, whose base MPICH gives as

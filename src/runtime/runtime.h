@@ -15,6 +15,7 @@ typedef struct spa_task {
 struct spa_ctx_s {
     spa_comm *cm;
     int P, rank, threads, overlap;
+    int exact_grad;         /* spa_ctx_set_exact_grad */
     spa_config cfg;
     spa_commplan plan;
     int64_t n_own;          /* t1 - t0 */
