@@ -6,8 +6,10 @@
  * backward 10 D pairs (five products against the forward's two). Each
  * figure is the best of R runs, forward and backward taken in turn so a
  * neighbour's load hits both alike; rates by wall time and, on a loaded
- * machine the better guide at one thread, by CPU time. Prints one JSON
- * object. Not a test. */
+ * machine the better guide at one thread, by CPU time. In the same turns,
+ * the runtime's backward (spa_ctx_backward) in float and in exact mode
+ * (spa_ctx_set_exact_grad), for the cost of exact mode as a ratio of
+ * their times. Prints one JSON object. Not a test. */
 #include "spa_impl.h"
 
 #include <string.h>
@@ -55,12 +57,15 @@ int main(int argc, char **argv)
 
     int64_t pairs = 0;
     for (int32_t h = 0; h < H; h++) pairs += spa_pattern_pairs(&cfg, h, 0, spa_nblocks(&cfg));
-    spa_ctx ctx;
-    if (spa_ctx_create(MPI_COMM_SELF, &cfg, threads, &ctx) != SPA_OK) {
+    spa_ctx ctx, cx[2]; /* cx: the runtime's backward in float and in exact mode, set up once each */
+    if (spa_ctx_create(MPI_COMM_SELF, &cfg, threads, &ctx) != SPA_OK ||
+        spa_ctx_create(MPI_COMM_SELF, &cfg, threads, &cx[0]) != SPA_OK ||
+        spa_ctx_create(MPI_COMM_SELF, &cfg, threads, &cx[1]) != SPA_OK) {
         fprintf(stderr, "ctx: %s\n", spa_last_error());
         return 1;
     }
-    double fwd = 1e30, bwd = 1e30, fwd_compute = 1e30, fwd_cpu = 1e30, bwd_cpu = 1e30;
+    spa_ctx_set_exact_grad(cx[1], 1);
+    double fwd = 1e30, bwd = 1e30, fwd_compute = 1e30, fwd_cpu = 1e30, bwd_cpu = 1e30, rt[2] = {1e30, 1e30};
     for (int r = 0; r < reps; r++) {
         spa_stats st;
         double c = cpu_now();
@@ -82,8 +87,15 @@ int main(int argc, char **argv)
         c = cpu_now() - c;
         if (t < bwd) bwd = t;
         if (c < bwd_cpu) bwd_cpu = c;
+        for (int e = 0; e < 2; e++) { /* the runtime's, float then exact */
+            if (spa_ctx_backward(cx[e], q, k, v, out, lse, dout, dq, dk, dv, &st) != SPA_OK) {
+                fprintf(stderr, "ctx backward: %s\n", spa_last_error());
+                return 1;
+            }
+            if (r > 0 && st.seconds_total < rt[e]) rt[e] = st.seconds_total; /* run 0 allocates */
+        }
     }
-    spa_ctx_destroy(&ctx);
+    spa_ctx_destroy(&ctx), spa_ctx_destroy(&cx[0]), spa_ctx_destroy(&cx[1]);
     double sum = 0.0;
     for (int64_t i = 0; i < T; i++) sum += (double)dq[i] + dk[i] + dv[i];
     const double ff = 4.0 * D * pairs, fb = 10.0 * D * pairs, gf = ff / fwd * 1e-9, gb = fb / bwd * 1e-9;
@@ -92,9 +104,10 @@ int main(int argc, char **argv)
            "\"kernel\": \"%s\", \"forward_seconds\": %.4f, \"forward_compute_seconds\": %.4f, "
            "\"forward_gflops\": %.2f, \"backward_seconds\": %.4f, \"backward_gflops\": %.2f, \"ratio\": %.3f, "
            "\"forward_cpu_gflops\": %.2f, \"backward_cpu_gflops\": %.2f, \"ratio_cpu\": %.3f, "
+           "\"ctx_backward_seconds\": %.4f, \"exact_backward_seconds\": %.4f, \"exact_ratio\": %.3f, "
            "\"grad_checksum\": %.6e}\n",
            (long long)n, (long long)H, (long long)D, threads, reps, (long long)pairs, spa_kernel_name(), fwd,
-           fwd_compute, gf, bwd, gb, gb / gf, cf, cb, cb / cf, sum);
+           fwd_compute, gf, bwd, gb, gb / gf, cf, cb, cb / cf, rt[0], rt[1], rt[1] / rt[0], sum);
     for (int i = 0; i < 9; i++) spa_free(x[i]);
     spa_config_free(&cfg);
     MPI_Finalize();

@@ -4,7 +4,9 @@
 # 1 thread unless THREADS says otherwise. Useful FLOPs: forward 4 D pairs,
 # backward 10 D pairs. Each rate is the best of REPS runs (default 3),
 # forward and backward taken in turn, by wall time and by CPU time (the
-# better guide on a loaded machine). Prints the JSON and the ratios.
+# better guide on a loaded machine). Also spa_ctx_backward in float and in
+# exact mode (--exact), for the cost of exact mode: the ratio of their best
+# times (REPS >= 2; the first run allocates). Prints the JSON and the ratios.
 #   bench/backward.sh [build-dir]      (default: build)
 set -e
 B="${1:-build}"
@@ -21,4 +23,6 @@ print("n={n} H={heads} D={dim} threads={threads} kernel {kernel}: forward {forwa
       "ratio {ratio:.2f} (target >= 0.6)".format(**r))
 print("by CPU time: forward {forward_cpu_gflops:.1f} GFLOP/s, backward {backward_cpu_gflops:.1f} GFLOP/s, "
       "ratio {ratio_cpu:.2f}".format(**r))
+print("spa_ctx_backward: float {ctx_backward_seconds:.3f} s, exact mode {exact_backward_seconds:.3f} s, "
+      "exact / float {exact_ratio:.2f}".format(**r))
 PY

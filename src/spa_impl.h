@@ -10,11 +10,9 @@
 #include "spa.h"
 
 #include <math.h>
-#if defined(__SSE2__) && defined(__x86_64__)
-#include <emmintrin.h>
-#endif
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* Records a printf-style message as spa_last_error() and returns code. */
 spa_err spa_set_error(spa_err code, const char *file, int line, const char *fmt, ...)
@@ -169,6 +167,9 @@ typedef struct spa_kernels {
      * precision whatever mc is (global rows, whose maxima depend on the
      * split of their keys over ranks) */
     void (*expsum_lo)(float *st, int32_t nk, int32_t ldq, const float *mc, float *lc);
+    /* spa_fix_add with take on this instruction set (the same bits on
+     * every one): x += round(y * scale), y = 0 */
+    int (*fixadd)(int64_t *x, float *y, int64_t len, double scale);
 } spa_kernels;
 extern const spa_kernels spa_kernels_generic, spa_kernels_avx2, spa_kernels_avx512;
 
@@ -288,21 +289,32 @@ int spa_bscratch_bad(const spa_bscratch *s);
 
 /* x[i] += round(y[i] * scale) for i < len, summed with wrap-around (no
  * overflow is undefined); a term that is not finite or not below 2^62 in
- * magnitude is left out, and the result is then nonzero. Rounding to
- * nearest (cvtsd2si under the default rounding mode). */
-static inline int spa_fix_add(int64_t *x, const float *y, int64_t len, double scale)
+ * magnitude is left out, and the result is then nonzero. Rounds to
+ * nearest, ties to even, without a conversion instruction, so that it
+ * vectorizes (kernel_isa.inc compiles it per instruction set as
+ * spa_kernels.fixadd): with M = 1.5 * 2^52, the bits of h + M less those
+ * of M are round(h) for |h| < 2^51; t is split as hr 2^32 + lo with hr =
+ * round(t / 2^32) and lo = t - hr 2^32, which is exact and below 2^31.
+ * With take, y[i] is set to 0 once read (the kernels' term buffers start
+ * the next tile zeroed, without a pass of their own). */
+static inline int spa_fix_add(int64_t *x, float *y, int64_t len, double scale, int take)
 {
+    const double M = 0x1.8p52;
+    const int64_t MB = 0x4338000000000000; /* the bits of M */
     int bad = 0;
+#pragma omp simd reduction(| : bad)
     for (int64_t i = 0; i < len; i++) {
-        const double t = (double)y[i] * scale;
+        double t = (double)y[i] * scale;
+        if (take) y[i] = 0.0f;
         const int ok = fabs(t) < 0x1p62; /* false for NaN */
         bad |= !ok;
-#if defined(__SSE2__) && defined(__x86_64__)
-        const int64_t r = _mm_cvtsd_si64(_mm_set_sd(ok ? t : 0.0));
-#else
-        const int64_t r = llrint(ok ? t : 0.0);
-#endif
-        x[i] = (int64_t)((uint64_t)x[i] + (uint64_t)r);
+        t = ok ? t : 0.0;
+        const double hm = t * 0x1p-32 + M, hr = hm - M, lo = t - hr * 0x1p32, lm = lo + M;
+        int64_t hb, lb;
+        memcpy(&hb, &hm, sizeof hb);
+        memcpy(&lb, &lm, sizeof lb);
+        const uint64_t r = ((uint64_t)(hb - MB) << 32) + (uint64_t)(lb - MB);
+        x[i] = (int64_t)((uint64_t)x[i] + r);
     }
     return bad;
 }

@@ -26,7 +26,7 @@ enum {
     F_INPUT, F_OUTPUT, F_N, F_HEADS, F_DIM, F_BLOCK, F_LOCAL, F_RADIUS, F_GLOBALS, F_RANDOM,
     F_SEED, F_CAUSAL, F_SCALE, F_JSON, F_THREADS, F_TEMP, F_PROGRESS, F_WARMUP, F_REPS,
     F_RANKS, F_STATS, F_IMAGE, F_NO_OVERLAP, F_HELP, F_STRIDE, F_SUMMARY, F_DILATED, F_LAYOUT,
-    F_EXPORT_LAYOUT, F_SAVE_ATTENTION, F_FETCH_MIB, F_GRAD, F_BACKWARD, F_COUNT
+    F_EXPORT_LAYOUT, F_SAVE_ATTENTION, F_FETCH_MIB, F_GRAD, F_BACKWARD, F_EXACT, F_COUNT
 };
 
 #define C_RUN (1u << SPA_CLI_RUN)
@@ -76,6 +76,7 @@ static const struct flag_def {
     [F_FETCH_MIB] = {"fetch-mib", 1, C_PATTERN},
     [F_GRAD] = {"grad", 0, C_GEN},
     [F_BACKWARD] = {"backward", 0, C_BENCH},
+    [F_EXACT] = {"exact", 0, C_BENCH | C_GRAD},
 };
 
 /* The flags of spa_config_add_rule: repeatable, parsed by validate. */
@@ -292,6 +293,9 @@ static spa_err set_flag(spa_cli_opts *o, int id, const char *val)
     case F_BACKWARD:
         o->backward = 1;
         break;
+    case F_EXACT:
+        o->exact = 1;
+        break;
     default:
         CLI_FAIL(SPA_ERR_OTHER, "unhandled flag %d", id);
     }
@@ -365,6 +369,8 @@ spa_err spa_cli_parse(int argc, char **argv, spa_cli_opts *o)
         CLI_REQUIRE(!o->has_shape, SPA_ERR_USAGE,
                     "--n, --heads and --dim come from the --input file; do not give them");
     }
+    if (o->cmd == SPA_CLI_BENCH)
+        CLI_REQUIRE(!o->exact || o->backward, SPA_ERR_USAGE, "--exact is the backward pass's: add --backward");
     if (o->cmd == SPA_CLI_GEN) {
         CLI_REQUIRE(o->output, SPA_ERR_USAGE, "'spa gen' needs --output");
         CLI_REQUIRE(o->has_n, SPA_ERR_USAGE, "'spa gen' needs --n");
@@ -611,7 +617,7 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
         fprintf(f,
                 "usage: spa bench [pattern flags] [--n N --heads H --dim D] [--json]\n"
                 "                 [--threads T] [--temperature X] [--warmup W] [--reps R]\n"
-                "                 [--progress] [--no-overlap] [--backward]\n\n"
+                "                 [--progress] [--no-overlap] [--backward [--exact]]\n\n"
                 "Runs W warm-up passes (default 1) and R timed passes (default 5) on\n"
                 "synthetic inputs in memory, and reports the median timed pass (by\n"
                 "seconds_total of the slowest rank) in the format of 'spa run'.\n"
@@ -621,7 +627,8 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
                 "--backward times the backward pass instead: one untimed forward run\n"
                 "gives out and lse, then W + R backward passes on a synthetic dout;\n"
                 "flops = 10 * D * sum |S(i)|, and the JSON adds bytes_halo_bwd,\n"
-                "bytes_rma_bwd and bytes_global_bwd (gradient bytes sent back).\n\n%s",
+                "bytes_rma_bwd and bytes_global_bwd (gradient bytes sent back).\n"
+                "--exact times the backward pass in exact mode (see 'spa grad --help').\n\n%s",
                 pattern);
         break;
     case SPA_CLI_PLAN:
@@ -654,7 +661,7 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
     case SPA_CLI_GRAD:
         fprintf(f,
                 "usage: spa grad --input F [--output G] [pattern flags] [--json]\n"
-                "                [--threads T] [--no-overlap]\n\n"
+                "                [--threads T] [--no-overlap] [--exact]\n\n"
                 "The backward pass: for a loss L with dL/dout = dout, the gradients of q,\n"
                 "k and v of the sparse attention 'spa run' computes with the same flags:\n"
                 "  P_ij  = exp(s q_i.k_j - lse_i)             for j in S(i)\n"
@@ -675,7 +682,14 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
                 "  --json      the fields of 'spa run' plus bytes_halo_bwd, bytes_rma_bwd,\n"
                 "              bytes_global_bwd (gradient bytes sent back, largest rank),\n"
                 "              forward (\"stored\" or \"recomputed\"), seconds_forward;\n"
-                "              flops = 10 * D * sum |S(i)|, seconds_* of the backward pass\n\n"
+                "              flops = 10 * D * sum |S(i)|, seconds_* of the backward pass\n"
+                "  --exact     sum every key's dk, dv in 64-bit fixed point: bit-identical\n"
+                "              for every rank and thread count given the same out and lse\n"
+                "              (stored in F, or recomputed: then the global rows' lse\n"
+                "              may differ in the last bit across rank counts); gradient\n"
+                "              messages twice the bytes. Without it, dk and dv agree\n"
+                "              across rank counts to float rounding, dq outside the\n"
+                "              global rows bit for bit\n\n"
                 "Input errors (exit 3): dout missing or of another shape than q; out or\n"
                 "lse alone, misshapen, or from another pattern or seed.\n\n%s",
                 pattern);

@@ -109,9 +109,10 @@ static void print_report(const spa_cli_opts *o, const cli_report *rep, const cha
                 (long long)rep->bytes_total[0], (long long)rep->bytes_total[1],
                 (long long)rep->bytes_total[2]);
         if (rep->backward)
-            fprintf(f, ", \"bytes_halo_bwd\": %lld, \"bytes_rma_bwd\": %lld, \"bytes_global_bwd\": %lld",
+            fprintf(f, ", \"bytes_halo_bwd\": %lld, \"bytes_rma_bwd\": %lld, \"bytes_global_bwd\": %lld, "
+                       "\"exact\": %s",
                     (long long)s->bytes_halo_bwd, (long long)s->bytes_rma_bwd,
-                    (long long)s->bytes_global_bwd);
+                    (long long)s->bytes_global_bwd, o->exact ? "true" : "false");
         fprintf(f, ", \"random_transport\": \"%s\", \"flops\": %lld", transport, (long long)s->flops);
         json_num(f, "gflops", gflops);
         json_num(f, "checksum", s->checksum);
@@ -286,6 +287,7 @@ static spa_err open_ctx(MPI_Comm comm, spa_cli_opts *o, spa_ctx *ctx, shards *sh
     err = spa_agree(comm, spa_ctx_create(comm, &o->cfg, o->threads, ctx));
     if (err) return err;
     spa_ctx_set_overlap(*ctx, !o->no_overlap);
+    spa_ctx_set_exact_grad(*ctx, o->exact);
     spa_ctx_shard(*ctx, t0, t1);
     return spa_agree(comm, shards_alloc(*ctx, &o->cfg, *t1 - *t0, sh));
 }

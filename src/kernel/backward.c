@@ -130,6 +130,7 @@ spa_bscratch *spa_bscratch_create(const spa_config *cfg)
         return NULL;
     }
     for (int32_t d = 0; d < D; d++) s->nan_row[d] = NAN;
+    memset(s->dkc, 0, kd), memset(s->dvc, 0, kd); /* exact mode's term buffers start zeroed */
     return s;
 }
 
@@ -154,10 +155,11 @@ void spa_bscratch_set_exact(spa_bscratch *s, int on, double xk, double xv)
 
 int spa_bscratch_bad(const spa_bscratch *s) { return s->bad; }
 
-/* Exact mode: a term buffer y[len] rounded into the sink x (int64_t). */
-static inline void fix_into(spa_bscratch *s, float *x, const float *y, int64_t len, double scale)
+/* Exact mode: a term buffer y[len] rounded into the sink x (int64_t), and
+ * zeroed for the next tile. */
+static inline void fix_into(spa_bscratch *s, float *x, float *y, int64_t len, double scale)
 {
-    s->bad |= spa_fix_add((int64_t *)(void *)x, y, len, scale);
+    s->bad |= s->K->fixadd((int64_t *)(void *)x, y, len, scale);
 }
 
 void spa_backward_delta(int64_t rows, int32_t D, const float *out, const float *dout, float *Dl)
@@ -256,6 +258,20 @@ static inline void add_to(float *x, const float *y, int64_t len)
     for (int64_t i = 0; i < len; i++) x[i] += y[i];
 }
 
+/* o[r][c] = sc sum_d a[r][d] b[c][d], each in one fixed order.
+ *   a: [tr][D];  b: [nk][D];  o: [tr][nk] */
+static void dots(int32_t tr, int32_t nk, int32_t D, float sc, const float *a, const float *b, float *o)
+{
+    for (int32_t r = 0; r < tr; r++)
+        for (int32_t c = 0; c < nk; c++) {
+            const float *x = a + (int64_t)r * D, *y = b + (int64_t)c * D;
+            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (int32_t d = 0; d < D; d++) acc += x[d] * y[d];
+            o[(int64_t)r * nk + c] = sc * acc;
+        }
+}
+
 /* The backward of the tile's rows against the chunk's keys (s->pc[0 ..
  * npiece), s->nk keys), on OpenBLAS (any D).
  *   q, dout: [tr][D];  kc, vc: [nk][D] the pieces copied together
@@ -275,8 +291,10 @@ static void chunk_blas(const spa_config *cfg, spa_bscratch *s, mask_fn mask, con
         memcpy(s->vc + (int64_t)j * D, s->pc[p].v, (size_t)s->pc[p].cnt * D * sizeof(float));
     }
 
-    /* pass 1 */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tr, nk, D, sc, s->q, D, s->kc, D, 0.0f, P, nk);
+    /* pass 1 (exact: passes 1, 3 and 6 in loops whose results do not depend
+     * on a key's place in the chunk, as sgemm's edge blocks make them) */
+    if (s->exact) dots(tr, nk, D, sc, s->q, s->kc, P);
+    else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tr, nk, D, sc, s->q, D, s->kc, D, 0.0f, P, nk);
     mask(cfg, s, P, nk, 1, marg);
 
     /* pass 2 */
@@ -288,7 +306,8 @@ static void chunk_blas(const spa_config *cfg, spa_bscratch *s, mask_fn mask, con
     }
 
     /* pass 3 */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tr, nk, D, 1.0f, s->dout, D, s->vc, D, 0.0f, dP, nk);
+    if (s->exact) dots(tr, nk, D, 1.0f, s->dout, s->vc, dP);
+    else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tr, nk, D, 1.0f, s->dout, D, s->vc, D, 0.0f, dP, nk);
 
     /* pass 4 */
     for (int32_t r = 0; r < tr; r++) {
@@ -302,8 +321,21 @@ static void chunk_blas(const spa_config *cfg, spa_bscratch *s, mask_fn mask, con
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, tr, D, nk, sc, dP, nk, s->kc, D, 1.0f, s->dq, D);
 
     /* pass 6 */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, D, tr, sc, dP, nk, s->q, D, 0.0f, s->dkc, D);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, D, tr, 1.0f, P, nk, s->dout, D, 0.0f, s->dvc, D);
+    if (s->exact) {
+        for (int32_t c = 0; c < nk; c++) {
+            float *ok = s->dkc + (int64_t)c * D, *ov = s->dvc + (int64_t)c * D;
+            memset(ok, 0, (size_t)D * sizeof(float)), memset(ov, 0, (size_t)D * sizeof(float));
+            for (int32_t r = 0; r < tr; r++) {
+                const float a = sc * dP[(int64_t)r * nk + c], b = P[(int64_t)r * nk + c];
+                const float *qr = s->q + (int64_t)r * D, *dr = s->dout + (int64_t)r * D;
+#pragma omp simd
+                for (int32_t d = 0; d < D; d++) ok[d] += a * qr[d], ov[d] += b * dr[d];
+            }
+        }
+    } else {
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, D, tr, sc, dP, nk, s->q, D, 0.0f, s->dkc, D);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, D, tr, 1.0f, P, nk, s->dout, D, 0.0f, s->dvc, D);
+    }
     for (int p = 0, j = 0; p < s->npiece; j += s->pc[p].cnt, p++) {
         const bpiece *pc = &s->pc[p];
         const int64_t len = (int64_t)pc->cnt * D;
@@ -386,13 +418,11 @@ static void chunk_fast(const spa_config *cfg, spa_bscratch *s, mask_fn mask, con
         }
         const int64_t len = (int64_t)pc->cnt * D;
         float *tk = s->dkc + (int64_t)j * D, *tv = s->dvc + (int64_t)j * D;
-        if (pc->dk) {
-            memset(tk, 0, (size_t)len * sizeof(float));
+        if (pc->dk) { /* tk, tv are zero: fix_into leaves them so */
             s->K->pv(tr, D, SPA_TLD, pc->cnt, s->tds + j, s->q, tk);
             fix_into(s, pc->dk, tk, len, s->xk);
         }
         if (pc->dv) {
-            memset(tv, 0, (size_t)len * sizeof(float));
             s->K->pv(tr, D, SPA_TLD, pc->cnt, s->tp + j, s->dout, tv);
             fix_into(s, pc->dv, tv, len, s->xv);
         }

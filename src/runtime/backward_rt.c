@@ -212,15 +212,21 @@ static spa_err exact_scales(spa_ctx ctx, const float *q, const float *k, const f
     const int64_t rows = cfg->heads * ctx->n_own, D = cfg->dim;
     /* max |q|, |k|, |dout|, |Dl|, |dout_i|, |v_j| */
     double m[6] = {0, 0, 0, 0, 0, 0}, all[6];
+    float mq = 0.0f, mk = 0.0f, mo = 0.0f;
     for (int64_t r = 0; r < rows; r++) {
         double nd = 0.0, nv = 0.0;
+#pragma omp simd reduction(max : mq, mk, mo) reduction(+ : nd, nv)
         for (int64_t d = 0; d < D; d++) {
             const int64_t x = r * D + d;
-            m[0] = fmax(m[0], fabs(q[x])), m[1] = fmax(m[1], fabs(k[x])), m[2] = fmax(m[2], fabs(dout[x]));
+            const float a = fabsf(q[x]), b = fabsf(k[x]), c = fabsf(dout[x]);
+            mq = a > mq ? a : mq, mk = b > mk ? b : mk, mo = c > mo ? c : mo;
             nd += (double)dout[x] * dout[x], nv += (double)v[x] * v[x];
         }
         m[3] = fmax(m[3], fabs(Dl[r])), m[4] = fmax(m[4], sqrt(nd)), m[5] = fmax(m[5], sqrt(nv));
     }
+    m[0] = mq, m[1] = mk, m[2] = mo;
+    /* NaN inputs are left out of the maxima: their terms are NaN, which
+     * spa_fix_add flags */
     SPA_MPI_CHECK(MPI_Allreduce(m, all, 6, MPI_DOUBLE, MPI_MAX, ctx->cm->comm));
     const double n = (double)cfg->n, s = fabs(cfg->scale), c = all[4] * all[5] + all[3];
     *xk = fix_scale(s * 2.0 * n * c * all[0]);

@@ -462,7 +462,7 @@ spa_err spa_gcomm_return_gathered(spa_gcomm *g, spa_stats *st)
         }
         int64_t *x = (int64_t *)(void *)(g->part_stage + cm->spos[r] * ew);
         memset(x, 0, (size_t)D * sizeof *x);
-        g->bad |= spa_fix_add(x, g->sdq + r * D, D, g->xq);
+        g->bad |= spa_fix_add(x, g->sdq + r * D, D, g->xq, 0);
     }
     if (P > 1) {
         int *scount = g->a2a, *rcount = g->a2a + P, *rdispl = g->a2a + 2 * P;
