@@ -8,7 +8,7 @@
  * neighbour's load hits both alike; rates by wall time and, on a loaded
  * machine the better guide at one thread, by CPU time. In the same turns,
  * the runtime's backward (spa_ctx_backward) in float and in exact mode
- * (spa_ctx_set_exact_grad), for the cost of exact mode as a ratio of
+ * (spa_ctx_set_exact), for the cost of exact mode as a ratio of
  * their times. Prints one JSON object. Not a test. */
 #include "spa_impl.h"
 
@@ -64,7 +64,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "ctx: %s\n", spa_last_error());
         return 1;
     }
-    spa_ctx_set_exact_grad(cx[1], 1);
+    spa_ctx_set_exact(cx[1], 1);
     double fwd = 1e30, bwd = 1e30, fwd_compute = 1e30, fwd_cpu = 1e30, bwd_cpu = 1e30, rt[2] = {1e30, 1e30};
     for (int r = 0; r < reps; r++) {
         spa_stats st;

@@ -432,7 +432,7 @@ spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v,
  * the returns (collective). For a given rank count the result does not
  * depend on the thread count. Across rank counts, dq outside the spread
  * rows is bit-identical; dk and dv agree to float32 rounding, or are
- * bit-identical in exact mode (spa_ctx_set_exact_grad). st may be NULL;
+ * bit-identical in exact mode (spa_ctx_set_exact). st may be NULL;
  * st->flops counts 10 * D * sum |S(i)|, the checksum is the sum of dq, dk
  * and dv over all ranks. */
 spa_err spa_ctx_backward(spa_ctx ctx, const float *q, const float *k, const float *v, const float *out,
@@ -459,7 +459,7 @@ void spa_ctx_set_overlap(spa_ctx ctx, int on);
  * makes every dk and dv NaN. Must be set alike on every rank (the next
  * spa_ctx_backward rebuilds its returns, collectively, when it changed).
  * Not collective. */
-void spa_ctx_set_exact_grad(spa_ctx ctx, int on);
+void spa_ctx_set_exact(spa_ctx ctx, int on);
 
 /* This rank's K and V shards inside the MPI window ([H][t1 - t0][D] each),
  * or NULL when random links go two-sided. A caller that fills these and

@@ -222,6 +222,35 @@ void spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, int32_t h,
                                const int64_t *gidx, int64_t ng, const float *k, const float *v, int64_t j0,
                                int64_t len, double *part);
 
+/* Exact mode of the spread rows (spa_ctx_set_exact): the same attention,
+ * summed so that the split of the keys over ranks cannot change a bit.
+ * The keys are cut into units that depend on the block grid only (a key
+ * block, in pieces of at most the chunk size), which shards never cut.
+ * Pass 1 (mstar NULL): mloc[r] = max(mloc[r], the row's largest score over
+ * these keys). Pass 2, with mstar the maxima over every key: each unit's
+ * sum of exp(s - m_unit) and of those times v, rescaled by exp(m_unit -
+ * mstar) in double, rounded to 128-bit fixed point (units 2^-fl and 2^-fa)
+ * and added to acc[r] = (non-finite terms, sum, sum v[D]): integer sums in
+ * any order give the same bits. Arguments as spa_kernel_global_partial;
+ * acc: [ng][D + 2]. */
+typedef __int128 spa_i128;
+void spa_kernel_spread_exact(const spa_config *cfg, spa_scratch *s, int32_t h, int64_t c, const float *qg,
+                             const int64_t *gidx, int64_t ng, const float *k, const float *v, int64_t j0,
+                             int64_t len, const float *mstar, float *mloc, spa_i128 *acc, int fl, int fa);
+
+/* round(t 2^F) as a 128-bit integer (0 when t 2^F is below 1/2); |t 2^F|
+ * must be below 2^126. */
+static inline spa_i128 spa_fix128(double t, int F)
+{
+    if (t == 0.0) return 0;
+    int e;
+    const int64_t m = (int64_t)ldexp(frexp(t, &e), 53); /* t = m 2^(e - 53), exactly */
+    const int sh = e - 53 + F;
+    if (sh >= 0) return (spa_i128)((unsigned __int128)(spa_i128)m << sh);
+    if (sh < -60) return 0;
+    return (spa_i128)((m + ((int64_t)1 << (-sh - 1))) >> -sh); /* arithmetic shift: to nearest, ties up */
+}
+
 /* One class of a residue rule (SPEC 1.1): rule 0 is --stride, rule
  * 1 + p the p-th --dilated pair. Its keys are j = k0 + m * M, k0 <= j < k1;
  * every selected row attends all of them (up to causality). */
@@ -273,7 +302,7 @@ typedef struct spa_bscratch spa_bscratch;
 spa_bscratch *spa_bscratch_create(const spa_config *cfg);
 void spa_bscratch_destroy(spa_bscratch *s);
 
-/* Exact mode (spa_ctx_set_exact_grad): every sink holds int64_t fixed
+/* Exact mode (spa_ctx_set_exact): every sink holds int64_t fixed
  * point instead of float (the sink's float pointers then address int64_t
  * storage, element e at float offset 2 e), dk in units of 1 / xk and dv in
  * units of 1 / xv, powers of two that depend on the inputs' maxima and n

@@ -6,7 +6,8 @@
  * fallback; with --quick (the TCP and RMA-fallback variants) only they
  * run. They include fetched strided, dilated and layout blocks, summary
  * columns, spread rows and empty rows. Without --quick every shared case
- * runs too. */
+ * runs too. With --exact (spa_ctx_set_exact) the spread rows must be
+ * bit-identical to one rank's too. */
 #include "dist_check.h"
 
 static const test_case dist_cases[] = {
@@ -39,6 +40,7 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         quick |= strcmp(argv[i], "--quick") == 0;
         dist_expect_fallback |= strcmp(argv[i], "--expect-fallback") == 0;
+        dist_exact |= strcmp(argv[i], "--exact") == 0;
     }
     int total = 0, fails = 0;
     int nd = (int)(sizeof dist_cases / sizeof *dist_cases);

@@ -10,13 +10,14 @@
  *   - the wanted transport of the fetched runs;
  *   - a second pass on the same context gives the same bits (no stale
  *     state), and at 2 ranks a 2-thread context the same bits as 1 thread;
- *   - against a one-rank context given the same out and lse (gathered):
- *     dq outside the spread rows bit-identical; with --exact, dk and dv
- *     bit-identical too (without, their max difference is printed).
+ *   - against a one-rank context: given the same out and lse (gathered),
+ *     dq outside the spread rows bit-identical (dk, dv: the max difference
+ *     printed); with --exact, from the one-rank context's own forward run,
+ *     out, lse, dk, dv and dq outside the spread rows all bit-identical.
  * Options: --expect-fallback (one-sided MPI is known to fail: want p2p),
  * --p2p (SPA_RANDOM_TRANSPORT=p2p), --no-overlap (spa_ctx_set_overlap(ctx,
  * 0): each transfer completes before the blocks that need it), --exact
- * (spa_ctx_set_exact_grad: int64_t sinks, every backward byte count
+ * (spa_ctx_set_exact: int64_t sinks, every backward byte count
  * doubles), --bytes NAME (print each rank's bytes, plan and measured, for
  * case NAME). */
 #include "cases.h"
@@ -121,7 +122,7 @@ static int run_ctx(MPI_Comm comm, const spa_config *cfg, int threads, const floa
     }
     /* --no-overlap: every transfer completes before the blocks that need it */
     if (no_overlap) spa_ctx_set_overlap(ctx, 0);
-    spa_ctx_set_exact_grad(ctx, exact);
+    spa_ctx_set_exact(ctx, exact);
     spa_err e = forward ? spa_ctx_run(ctx, sq, sk, sv, out, lse, NULL) : SPA_OK;
     if (e == SPA_OK) e = spa_ctx_backward(ctx, sq, sk, sv, out, lse, sdo, g[0], g[1], g[2], st);
     if (e != SPA_OK) printf("FAIL rank %d: %s\n", rank, spa_last_error());
@@ -204,9 +205,21 @@ static int check_case(const test_case *tc)
         double floor = 0.0;
         for (int x = 0; x < 3; x++) floor = fmax(floor, 1e-3 * maxabs(ref[x], T));
         for (int x = 0; x < 3 && ok; x++) ok &= compare(tc->name, names[x], &cfg, w[x], ref[x], floor, 1e-4, &rel[x]);
-        /* one rank, from this run's out and lse */
+        /* one rank, from this run's out and lse, or (exact) from its own */
         spa_ctx c1 = NULL;
-        if (run_ctx(MPI_COMM_SELF, &cfg, 1, q, k, v, dout, o1, l1, 0, one, NULL, &c1)) {
+        float *o2 = falloc(T), *l2 = falloc(H * n);
+        if (!exact) memcpy(o2, o1, (size_t)T * sizeof(float)), memcpy(l2, l1, (size_t)(H * n) * sizeof(float));
+        if (run_ctx(MPI_COMM_SELF, &cfg, 1, q, k, v, dout, o2, l2, exact, one, NULL, &c1)) {
+            if (exact && (memcmp(o1, o2, (size_t)T * sizeof(float)) || memcmp(l1, l2, (size_t)(H * n) * sizeof(float)))) {
+                int64_t first = -1;
+                for (int64_t i = 0; i < H * n && first < 0; i++)
+                    if (memcmp(o1 + i * D, o2 + i * D, (size_t)D * sizeof(float)) || memcmp(l1 + i, l2 + i, sizeof(float)))
+                        first = i;
+                printf("FAIL %s P=%d: exact forward's out or lse differs from one rank's (first: head %lld row %lld, "
+                       "lse %.9g / %.9g)\n",
+                       tc->name, nranks, (long long)(first / n), (long long)(first % n), l1[first], l2[first]);
+                ok = 0;
+            }
             for (int x = 0; x < 3; x++)
                 for (int64_t i = 0; i < T; i++) cross[x] = fmax(cross[x], fabs((double)w[x][i] - one[x][i]));
             /* dq outside the spread rows: the same bits */
@@ -234,6 +247,7 @@ static int check_case(const test_case *tc)
         } else {
             ok = 0;
         }
+        spa_free(o2), spa_free(l2);
         for (int x = 0; x < 3; x++) crel[x] = cross[x] / fmax(maxabs(ref[x], T), 1e-30);
     }
 

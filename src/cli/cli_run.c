@@ -287,7 +287,7 @@ static spa_err open_ctx(MPI_Comm comm, spa_cli_opts *o, spa_ctx *ctx, shards *sh
     err = spa_agree(comm, spa_ctx_create(comm, &o->cfg, o->threads, ctx));
     if (err) return err;
     spa_ctx_set_overlap(*ctx, !o->no_overlap);
-    spa_ctx_set_exact_grad(*ctx, o->exact);
+    spa_ctx_set_exact(*ctx, o->exact);
     spa_ctx_shard(*ctx, t0, t1);
     return spa_agree(comm, shards_alloc(*ctx, &o->cfg, *t1 - *t0, sh));
 }

@@ -839,6 +839,103 @@ void spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, int32_t h,
     }
 }
 
+/* Adds one unit's (mc, lc, cacc) of row r to its fixed-point sums. */
+static void unit_add(spa_i128 *acc, int32_t D, float mc, double lc, const double *ca, float mstar, int fl, int fa)
+{
+    if (mc == -INFINITY) return; /* no key of the row here */
+    const double w = exp((double)mc - (double)mstar);
+    int bad = !isfinite(lc) || !isfinite(w) || !(w <= 1.0);
+    for (int32_t d = 0; d < D && !bad; d++) bad = !isfinite(ca[d]);
+    if (bad) {
+        acc[0] += 1;
+        return;
+    }
+    acc[1] += spa_fix128(lc * w, fl);
+    for (int32_t d = 0; d < D; d++) acc[2 + d] += spa_fix128(ca[d] * w, fa);
+}
+
+void spa_kernel_spread_exact(const spa_config *cfg, spa_scratch *s, int32_t h, int64_t c, const float *qg,
+                             const int64_t *gidx, int64_t ng, const float *k, const float *v, int64_t j0,
+                             int64_t len, const float *mstar, float *mloc, spa_i128 *acc, int fl, int fa)
+{
+    /* qg: [ng][D];  k, v: [len][D];  mstar, mloc: [ng];  acc: [ng][D + 2]
+     * per tile of QT rows, per unit [a, e) of the block grid:
+     * pass 1: scores (the register-blocked qk when fast, else one dot per
+     *         pair), masked; unit maxima mc
+     * pass 2: mloc, or P = exp(S - mc) and the unit's lc, cacc, then
+     *         unit_add */
+    const spa_rowctx *x = NULL;
+    if (c >= 0) {
+        spa_rowctx_init(&s->x, cfg, h, c, s->w);
+        x = &s->x;
+    }
+    const int32_t D = cfg->dim;
+    const int64_t B = cfg->block;
+    double *ca = s->cd; /* [QT][D] */
+    for (int64_t g0 = 0; g0 < ng; g0 += SPA_QT) {
+        const int32_t rows = (int32_t)(ng - g0 < SPA_QT ? ng - g0 : SPA_QT), ldq = (rows + 15) / 16 * 16;
+        const int64_t *gi = gidx + g0;
+        if (s->fast)
+            for (int32_t d = 0; d < D; d++)
+                for (int32_t r = 0; r < ldq; r++) s->qt[(int64_t)d * ldq + r] = r < rows ? qg[(g0 + r) * D + d] : 0.0f;
+        int64_t jend = j0 + len;
+        if (cfg->causal && gi[rows - 1] + 1 < jend) jend = gi[rows - 1] + 1;
+        for (int64_t a = j0, e; a < jend; a = e) {
+            const int64_t bend = (a / B + 1) * B; /* the unit: the rest of a's block, at most KC keys */
+            e = bend < a + SPA_KC ? bend : a + SPA_KC;
+            if (e > jend) e = jend;
+            const int32_t nk = (int32_t)(e - a);
+            const float *kc = k + (a - j0) * D, *vc = v + (a - j0) * D;
+            float *S = s->s, *mc = s->mc, *lc = s->lc;
+            /* pass 1: S^T [nk][ldq] (fast) or S [rows][nk] */
+            const int64_t rs = s->fast ? 1 : nk, cs = s->fast ? ldq : 1;
+            if (s->fast) {
+                s->K->qk(nk, D, ldq, cfg->scale, kc, s->qt, S, NULL);
+            } else {
+                for (int32_t r = 0; r < rows; r++)
+                    for (int32_t j = 0; j < nk; j++) {
+                        const float *qa = qg + (g0 + r) * D, *kb = kc + (int64_t)j * D;
+                        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+                        for (int32_t d = 0; d < D; d++) dot += qa[d] * kb[d];
+                        S[(int64_t)r * nk + j] = cfg->scale * dot;
+                    }
+            }
+            mask_rows(cfg, x, gi, rows, a, nk, S, rs, cs);
+            for (int32_t r = 0; r < rows; r++) {
+                float m = -INFINITY;
+                for (int32_t j = 0; j < nk; j++) m = S[r * rs + j * cs] > m ? S[r * rs + j * cs] : m;
+                mc[r] = m;
+            }
+            /* pass 2 */
+            if (!mstar) {
+                for (int32_t r = 0; r < rows; r++) mloc[g0 + r] = mc[r] > mloc[g0 + r] ? mc[r] : mloc[g0 + r];
+                continue;
+            }
+            if (s->fast) {
+                s->K->expsum_lo(S, nk, ldq, mc, lc);
+                memset(s->cacc, 0, (size_t)rows * D * sizeof(float));
+                s->K->pv(nk, D, ldq, rows, S, vc, s->cacc);
+                for (int64_t i = 0; i < (int64_t)rows * D; i++) ca[i] = s->cacc[i];
+                for (int32_t r = 0; r < rows; r++)
+                    unit_add(acc + (g0 + r) * (D + 2), D, mc[r], lc[r], ca + (int64_t)r * D, mstar[g0 + r], fl, fa);
+                continue;
+            }
+            for (int32_t r = 0; r < rows; r++) {
+                double l = 0.0, *cr = ca + (int64_t)r * D;
+                memset(cr, 0, (size_t)D * sizeof(double));
+                if (mc[r] != -INFINITY)
+                    for (int32_t j = 0; j < nk; j++) {
+                        const double p = exp((double)S[(int64_t)r * nk + j] - (double)mc[r]);
+                        l += p;
+                        for (int32_t d = 0; d < D; d++) cr[d] += p * vc[(int64_t)j * D + d];
+                    }
+                unit_add(acc + (g0 + r) * (D + 2), D, mc[r], l, cr, mstar[g0 + r], fl, fa);
+            }
+        }
+    }
+}
+
 void spa_partial_init(double *part, int64_t count, int32_t D)
 {
     for (int64_t i = 0; i < count; i++) {

@@ -26,7 +26,7 @@
  * all its blocks, and per-thread sinks would cost O(threads) times the
  * fetched and halo memory.
  *
- * Exact mode (spa_ctx_set_exact_grad): the sinks are int64_t fixed point,
+ * Exact mode (spa_ctx_set_exact): the sinks are int64_t fixed point,
  * this rank's own keys' too (xdk, xdv, converted into dk, dv at the end),
  * with scales that one Allreduce of the inputs' maxima fixes for every
  * rank count alike (exact_scales).
@@ -78,7 +78,7 @@ static spa_err bwd_create(spa_ctx ctx)
         b->scr = calloc((size_t)ctx->threads, sizeof *b->scr);
         b->Dl = spa_alloc((size_t)(cfg->heads * ctx->n_own) * sizeof(float));
         b->served = malloc((size_t)(cfg->heads * nq + 1));
-        b->exact = ctx->exact_grad;
+        b->exact = ctx->exact;
         if (b->exact) {
             b->xdk = spa_alloc((size_t)(cfg->heads * ctx->n_own * cfg->dim + 1) * sizeof(int64_t));
             b->xdv = spa_alloc((size_t)(cfg->heads * ctx->n_own * cfg->dim + 1) * sizeof(int64_t));
@@ -241,7 +241,7 @@ spa_err spa_ctx_backward(spa_ctx ctx, const float *q, const float *k, const floa
     const spa_config *cfg = &ctx->cfg;
     const spa_commplan *pl = &ctx->plan;
     const int64_t H = cfg->heads, D = cfg->dim, B = cfg->block, n_own = ctx->n_own, nq = pl->b1 - pl->b0;
-    if (ctx->bwd && ctx->bwd->exact != ctx->exact_grad) spa_ctx_backward_free(ctx); /* every rank alike */
+    if (ctx->bwd && ctx->bwd->exact != ctx->exact) spa_ctx_backward_free(ctx); /* every rank alike */
     if (!ctx->bwd) SPA_CHECK(bwd_create(ctx));
     struct spa_bwd *bw = ctx->bwd;
     spa_gcomm *g = bw->g;

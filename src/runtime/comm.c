@@ -24,6 +24,15 @@ static void merge_op(void *in, void *inout, int *len, MPI_Datatype *dt)
         spa_partial_merge((double *)inout + (int64_t)i * (D + 2), (const double *)in + (int64_t)i * (D + 2), D);
 }
 
+/* Sums of 128-bit integers (exact mode's spread rows), with wrap-around. */
+static void sum128_op(void *in, void *inout, int *len, MPI_Datatype *dt)
+{
+    (void)dt;
+    const unsigned __int128 *a = in;
+    unsigned __int128 *b = inout;
+    for (int i = 0; i < *len; i++) b[i] += a[i];
+}
+
 /* tokens of the run's blocks (the last block may be partial) */
 static int64_t run_tokens(const spa_config *cfg, const spa_run_blk *r)
 {
@@ -118,6 +127,9 @@ static spa_err setup_gather(spa_comm *c)
     SPA_MPI_CHECK(MPI_Type_contiguous((int)(D + 2), MPI_DOUBLE, &c->part_type));
     SPA_MPI_CHECK(MPI_Type_commit(&c->part_type));
     SPA_MPI_CHECK(MPI_Op_create(merge_op, 1, &c->part_op));
+    SPA_MPI_CHECK(MPI_Type_contiguous(2, MPI_UINT64_T, &c->i128_type));
+    SPA_MPI_CHECK(MPI_Type_commit(&c->i128_type));
+    SPA_MPI_CHECK(MPI_Op_create(sum128_op, 1, &c->i128_op));
     return SPA_OK;
 }
 
@@ -187,6 +199,8 @@ spa_err spa_comm_create(MPI_Comm dup, const spa_config *cfg, const spa_commplan 
     c->win = MPI_WIN_NULL;
     c->part_type = MPI_DATATYPE_NULL;
     c->part_op = MPI_OP_NULL;
+    c->i128_type = MPI_DATATYPE_NULL;
+    c->i128_op = MPI_OP_NULL;
     SPA_CHECK(setup_halo(c));
     SPA_CHECK(setup_gather(c));
     return setup_fetch(c);
@@ -279,6 +293,8 @@ void spa_comm_destroy(spa_comm **pc)
     }
     if (c->part_type != MPI_DATATYPE_NULL) MPI_Type_free(&c->part_type);
     if (c->part_op != MPI_OP_NULL) MPI_Op_free(&c->part_op);
+    if (c->i128_type != MPI_DATATYPE_NULL) MPI_Type_free(&c->i128_type);
+    if (c->i128_op != MPI_OP_NULL) MPI_Op_free(&c->i128_op);
     for (int i = 0; c->rtype && i < c->plan->nrecv; i++)
         if (c->rtype[i] != MPI_DATATYPE_NULL) MPI_Type_free(&c->rtype[i]);
     for (int i = 0; c->stype && i < c->plan->nsend; i++)
@@ -481,6 +497,23 @@ spa_err spa_comm_merge(spa_comm *c, double *part, spa_stats *st)
     st->bytes_global += NS * (D + 2) * (int64_t)sizeof(double);
     /* not counted in seconds_wait: this is the one synchronising step, and
      * its time is mostly waiting for the slowest rank's compute */
+    st->seconds_global += spa_now() - t;
+    return SPA_OK;
+}
+
+spa_err spa_comm_merge_exact(spa_comm *c, float *mx, spa_i128 *acc, spa_stats *st)
+{
+    const int64_t NS = c->plan->nspread, D = c->cfg->dim;
+    if (c->P == 1 || NS == 0) return SPA_OK;
+    double t = spa_now();
+    SPA_REQUIRE(NS * (D + 2) < INT32_MAX, SPA_ERR_USAGE, "too many spread rows for one reduction");
+    if (mx) {
+        SPA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, mx, (int)(NS + 1), MPI_FLOAT, MPI_MAX, c->comm));
+        st->bytes_global += (NS + 1) * (int64_t)sizeof(float);
+    } else {
+        SPA_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, acc, (int)(NS * (D + 2)), c->i128_type, c->i128_op, c->comm));
+        st->bytes_global += NS * (D + 2) * (int64_t)sizeof(spa_i128);
+    }
     st->seconds_global += spa_now() - t;
     return SPA_OK;
 }

@@ -34,6 +34,8 @@ typedef struct spa_comm {
     int64_t *spos;               /* [nspread] offset of each spread row in stage */
     MPI_Datatype part_type;
     MPI_Op part_op;
+    MPI_Datatype i128_type;      /* exact mode: 128-bit integers, summed by i128_op */
+    MPI_Op i128_op;
 
     /* fetched blocks: a window over K then V ([H][n_own][D] each), or the
      * two-sided fallback. Batch k lands in buffer k % nbuf, in slots in
@@ -98,6 +100,11 @@ spa_err spa_comm_finish(spa_comm *c, spa_stats *st);
 /* Collective: merges the spread rows' partials, [nspread][D + 2], by
  * log-sum-exp over the ranks, in place. */
 spa_err spa_comm_merge(spa_comm *c, double *part, spa_stats *st);
+
+/* Collective, exact mode's two steps instead (spa_kernel_spread_exact):
+ * with mx, the maxima mx[nspread + 1] (MPI_MAX); else the fixed-point sums
+ * acc[nspread][D + 2] (integer sums). In place. */
+spa_err spa_comm_merge_exact(spa_comm *c, float *mx, spa_i128 *acc, spa_stats *st);
 
 /* Collective sums over the context's ranks. */
 spa_err spa_comm_sum_i64(spa_comm *c, int64_t local, int64_t *total);

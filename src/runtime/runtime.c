@@ -46,7 +46,10 @@ static spa_err setup_spread(spa_ctx ctx)
     ctx->stok = malloc((size_t)(pl->nspread + 1) * sizeof *ctx->stok);
     ctx->tile_row = malloc((size_t)(pl->nspread_tiles + 1) * sizeof *ctx->tile_row);
     ctx->part = spa_alloc((size_t)(pl->nspread * (ctx->cfg.dim + 2)) * sizeof(double));
-    SPA_REQUIRE(ctx->stok && ctx->tile_row && ctx->part, SPA_ERR_OTHER, "out of memory for the spread rows");
+    ctx->xmax = spa_alloc((size_t)(pl->nspread + 1) * sizeof(float));
+    ctx->xacc = spa_alloc((size_t)(pl->nspread * (ctx->cfg.dim + 2) + 1) * sizeof(spa_i128));
+    SPA_REQUIRE(ctx->stok && ctx->tile_row && ctx->part && ctx->xmax && ctx->xacc, SPA_ERR_OTHER,
+                "out of memory for the spread rows");
     for (int64_t r = 0; r < pl->nspread; r++) {
         ctx->stok[r] = pl->spread[r].tok;
         if (r == 0 || pl->spread[r].tile != pl->spread[r - 1].tile) ctx->tile_row[pl->spread[r].tile] = r;
@@ -251,7 +254,7 @@ void spa_ctx_set_progress(spa_ctx ctx, void (*fn)(double, void *), void *arg)
 
 void spa_ctx_set_overlap(spa_ctx ctx, int on) { ctx->overlap = on; }
 
-void spa_ctx_set_exact_grad(spa_ctx ctx, int on) { ctx->exact_grad = on != 0; }
+void spa_ctx_set_exact(spa_ctx ctx, int on) { ctx->exact = on != 0; }
 
 void spa_ctx_kv_buffers(spa_ctx ctx, float **k, float **v)
 {
@@ -283,7 +286,7 @@ void spa_ctx_destroy(spa_ctx *pctx)
     free(ctx->rrow_off);
     free(ctx->rrows);
     spa_free(ctx->rm), spa_free(ctx->rl), spa_free(ctx->racc);
-    spa_free(ctx->part);
+    spa_free(ctx->part), spa_free(ctx->xmax), spa_free(ctx->xacc);
     spa_commplan_free(&ctx->plan);
     spa_config_free(&ctx->cfg);
     free(ctx);
@@ -391,6 +394,78 @@ static void spread_partials(spa_ctx ctx, const float *k, const float *v)
     }
 }
 
+/* Exact mode's spread rows (spa_kernel_spread_exact), in place of the
+ * partials and their merge: maxima over this shard, their MPI_MAX (with
+ * max |v|), the fixed-point sums over this shard, their integer sum, then
+ * out and lse of the rows this rank owns. Collective. */
+static spa_err exact_spread(spa_ctx ctx, const float *k, const float *v, float *out, float *lse, spa_stats *z)
+{
+    const spa_config *cfg = &ctx->cfg;
+    const spa_commplan *pl = &ctx->plan;
+    const int64_t D = cfg->dim, n_own = ctx->n_own, NS = pl->nspread, tiles = pl->nspread_tiles;
+    const int64_t p0 = pl->t0;
+    if (NS == 0) return SPA_OK;
+    double t = spa_now();
+    for (int64_t r = 0; r < NS; r++) ctx->xmax[r] = -INFINITY;
+    float vmax = 0.0f;
+#pragma omp parallel for reduction(max : vmax) num_threads(ctx->threads)
+    for (int64_t i = 0; i < cfg->heads * n_own * D; i++) vmax = fabsf(v[i]) > vmax ? fabsf(v[i]) : vmax;
+    ctx->xmax[NS] = vmax;
+    memset(ctx->xacc, 0, (size_t)(NS * (D + 2)) * sizeof(spa_i128));
+    /* fixed point: every unit's sum is at most its key count, so n in all;
+     * |sum p v| <= n max |v| (2^-2 headroom below 2^126) */
+    for (int pass = 0; pass < 2; pass++) {
+        int fl = 0, fa = 0;
+        if (pass == 1) {
+            int e;
+            frexp((double)cfg->n, &e);
+            fl = 124 - e;
+            frexp((double)cfg->n * (ctx->xmax[NS] > 0.0f ? ctx->xmax[NS] : 1.0f), &e);
+            fa = 124 - e;
+            if (!isfinite(ctx->xmax[NS])) fa = 0; /* every term with v is not finite: flagged */
+        }
+        if (n_own > 0) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads)
+            for (int64_t tl = 0; tl < tiles; tl++) {
+                const int64_t r0 = ctx->tile_row[tl], ng = ctx->tile_row[tl + 1] - r0;
+                const int32_t h = pl->spread[r0].h;
+                const int64_t tok = pl->spread[r0].tok;
+                const int64_t c = spa_pattern_is_global(cfg, tok) ? -1 : tok / cfg->block;
+                const int64_t off = (int64_t)h * n_own * D;
+                spa_kernel_spread_exact(cfg, ctx->scr[omp_get_thread_num()], h, c, ctx->cm->sq + r0 * D, ctx->stok + r0,
+                                        ng, k + off, v + off, p0, n_own, pass ? ctx->xmax + r0 : NULL,
+                                        ctx->xmax + r0, ctx->xacc + r0 * (D + 2), fl, fa);
+                if (omp_get_thread_num() == 0) spa_comm_poke(ctx->cm);
+            }
+        }
+        z->seconds_compute += spa_now() - t;
+        SPA_CHECK(spa_comm_merge_exact(ctx->cm, pass ? NULL : ctx->xmax, ctx->xacc, z));
+        t = spa_now();
+        if (pass == 0) continue;
+        const double il = ldexp(1.0, -fl), ia = ldexp(1.0, -fa);
+        for (int64_t r = 0; r < NS; r++) {
+            const spa_spread_row *w = &pl->spread[r];
+            if (w->tok < pl->t0 || w->tok >= pl->t1) continue;
+            const int64_t row = (int64_t)w->h * n_own + (w->tok - pl->t0);
+            const spa_i128 *a = ctx->xacc + r * (D + 2);
+            float *o = out + row * D;
+            const double l = (double)a[1] * il;
+            if (a[0] != 0) { /* a term was not finite */
+                for (int64_t d = 0; d < D; d++) o[d] = NAN;
+                lse[row] = NAN;
+            } else if (ctx->xmax[r] == -INFINITY || !(l > 0.0)) { /* S(i) is empty */
+                memset(o, 0, (size_t)D * sizeof(float));
+                lse[row] = -INFINITY;
+            } else {
+                for (int64_t d = 0; d < D; d++) o[d] = (float)((double)a[2 + d] * ia / l);
+                lse[row] = (float)((double)ctx->xmax[r] + log(l));
+            }
+        }
+        z->seconds_compute += spa_now() - t;
+    }
+    return SPA_OK;
+}
+
 spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v, float *out, float *lse,
                     spa_stats *st)
 {
@@ -415,7 +490,7 @@ spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v,
 
     t = spa_now(); /* 3 */
     compute_tasks(ctx, 0, ctx->nready, q, out, lse);
-    spread_partials(ctx, k, v);
+    if (!ctx->exact) spread_partials(ctx, k, v);
     z.seconds_compute += spa_now() - t;
 
     /* 4: batch b computes while batch b + 1's fetches are in flight */
@@ -436,12 +511,16 @@ spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v,
     z.seconds_compute += spa_now() - t;
     SPA_CHECK(spa_comm_finish(ctx->cm, &z));
 
-    SPA_CHECK(spa_comm_merge(ctx->cm, ctx->part, &z)); /* 5 */
-    for (int64_t r = 0; r < pl->nspread; r++) {
-        const spa_spread_row *w = &pl->spread[r];
-        if (w->tok < pl->t0 || w->tok >= pl->t1) continue;
-        int64_t row = (int64_t)w->h * n_own + (w->tok - pl->t0);
-        spa_partial_finish(ctx->part + r * (D + 2), (int32_t)D, out + row * D, lse + row);
+    if (ctx->exact) { /* 5 */
+        SPA_CHECK(exact_spread(ctx, k, v, out, lse, &z));
+    } else {
+        SPA_CHECK(spa_comm_merge(ctx->cm, ctx->part, &z));
+        for (int64_t r = 0; r < pl->nspread; r++) {
+            const spa_spread_row *w = &pl->spread[r];
+            if (w->tok < pl->t0 || w->tok >= pl->t1) continue;
+            int64_t row = (int64_t)w->h * n_own + (w->tok - pl->t0);
+            spa_partial_finish(ctx->part + r * (D + 2), (int32_t)D, out + row * D, lse + row);
+        }
     }
 
     double sum = 0.0;

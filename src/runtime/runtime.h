@@ -15,7 +15,7 @@ typedef struct spa_task {
 struct spa_ctx_s {
     spa_comm *cm;
     int P, rank, threads, overlap;
-    int exact_grad;         /* spa_ctx_set_exact_grad */
+    int exact;         /* spa_ctx_set_exact */
     spa_config cfg;
     spa_commplan plan;
     int64_t n_own;          /* t1 - t0 */
@@ -36,6 +36,8 @@ struct spa_ctx_s {
     int64_t *stok;
     int64_t *tile_row;      /* [ntiles + 1] */
     double *part;
+    float *xmax;            /* exact mode: the spread rows' maxima [nspread], then max |v| */
+    spa_i128 *xacc;         /* exact mode: their fixed-point sums [nspread][D + 2] */
 
     /* residue pass (strided and dilated rules): tasks in phases, one phase
      * per rule so that each row merges its rules in a fixed order; every
