@@ -93,6 +93,7 @@ class _Lib:
                 ("spa_partition", V, [P, I, I] + [ctypes.POINTER(I64)] * 4),
                 ("spa_ctx_create", I, [C, P, I, ctypes.POINTER(P)]),
                 ("spa_ctx_shard", V, [P, ctypes.POINTER(I64), ctypes.POINTER(I64)]),
+                ("spa_ctx_set_exact", V, [P, I]),
                 ("spa_ctx_run", I, [P] * 7),
                 ("spa_ctx_backward", I, [P] * 11),
                 ("spa_ctx_destroy", V, [ctypes.POINTER(P)]),
@@ -331,7 +332,7 @@ def _attention_arrays(mcomm, names, arrays, lse=None):
 
 def attention(q, k, v, *, block=64, local_blocks=3, radius=None, globals=None, random=3, seed=0,
               causal=False, scale=None, stride=None, summary=None, dilated=None, threads=None,
-              comm=None):
+              exact=False, comm=None):
     """Sparse attention of q, k, v ([H, n, D] or [n, D], float32) -> (out, lse).
 
     out has q's shape and lse its shape without the last dimension. The
@@ -340,6 +341,8 @@ def attention(q, k, v, *, block=64, local_blocks=3, radius=None, globals=None, r
     "0,250,7:12" or a list of indices), random, seed, causal, scale (None =
     1/sqrt(D)), stride, summary ("L:C"), dilated ("w:r,..."). A rule value
     may be a string with a head range ("3@0:4") or a list of them.
+    exact: global rows summed in fixed point (spa_ctx_set_exact), so that
+    out and lse do not depend on the number of ranks at all.
     With comm (mpi4py), q, k, v are this rank's rows, spa.shard(n, comm=comm).
     """
     c, size, rank, mcomm = _comm(comm)
@@ -350,13 +353,14 @@ def attention(q, k, v, *, block=64, local_blocks=3, radius=None, globals=None, r
     out = np.zeros_like(q)
     lse = np.zeros((H, rows), np.float32)
     _run_ctx(c, mcomm, cfg, rows, threads,
-             lambda ctx: _L().dll.spa_ctx_run(ctx, _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), None))
+             lambda ctx: _L().dll.spa_ctx_set_exact(ctx, int(bool(exact))) or
+             _L().dll.spa_ctx_run(ctx, _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), None))
     return (out[0], lse[0]) if squeeze else (out, lse)
 
 
 def attention_backward(q, k, v, out, lse, dout, *, block=64, local_blocks=3, radius=None,
                        globals=None, random=3, seed=0, causal=False, scale=None, stride=None,
-                       summary=None, dilated=None, threads=None, comm=None):
+                       summary=None, dilated=None, threads=None, exact=False, comm=None):
     """Gradients of spa.attention -> (dq, dk, dv), float32 arrays of q's shape.
 
     For a loss L with dL/dout = dout: q, k, v as given to spa.attention, out
@@ -365,7 +369,10 @@ def attention_backward(q, k, v, out, lse, dout, *, block=64, local_blocks=3, rad
     [t0, t1) = spa.shard(n, comm=comm), as in the forward, and so are the
     results: dk and dv of this rank's keys hold the contributions of every
     rank's queries (libspa sends the gradients of borrowed keys back to
-    their owners). Collective: every rank calls it.
+    their owners). Collective: every rank calls it. exact: every key's dk,
+    dv summed in fixed point (spa_ctx_set_exact), bit-identical for any
+    number of ranks given the same out and lse (spa.attention(...,
+    exact=True) gives those).
     """
     c, size, rank, mcomm = _comm(comm)
     (q, k, v, out, dout), lse, squeeze, n = _attention_arrays(
@@ -375,7 +382,7 @@ def attention_backward(q, k, v, out, lse, dout, *, block=64, local_blocks=3, rad
                   summary, dilated)
     dq, dk, dv = np.zeros_like(q), np.zeros_like(q), np.zeros_like(q)
     _run_ctx(c, mcomm, cfg, rows, threads,
-             lambda ctx: _L().dll.spa_ctx_backward(ctx, _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse),
+             lambda ctx: _L().dll.spa_ctx_set_exact(ctx, int(bool(exact))) or _L().dll.spa_ctx_backward(ctx, _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse),
                                                    _ptr(dout), _ptr(dq), _ptr(dk), _ptr(dv), None))
     return (dq[0], dk[0], dv[0]) if squeeze else (dq, dk, dv)
 

@@ -44,7 +44,7 @@ typedef struct spa_cli_opts {
     const char *layout;    /* --layout file, read by spa_cli_pattern */
     const char *export_layout; /* plan --export-layout */
     int json, progress, stats, help, version, no_overlap;
-    int exact;             /* grad, bench --backward: spa_ctx_set_exact */
+    int exact;             /* run, bench, grad: spa_ctx_set_exact */
     int threads;           /* 0 = OpenMP default */
     double temperature;    /* scale of the synthetic q and k */
     int warmup, reps;      /* bench */

@@ -76,7 +76,7 @@ static const struct flag_def {
     [F_FETCH_MIB] = {"fetch-mib", 1, C_PATTERN},
     [F_GRAD] = {"grad", 0, C_GEN},
     [F_BACKWARD] = {"backward", 0, C_BENCH},
-    [F_EXACT] = {"exact", 0, C_BENCH | C_GRAD},
+    [F_EXACT] = {"exact", 0, C_RUN | C_BENCH | C_GRAD},
 };
 
 /* The flags of spa_config_add_rule: repeatable, parsed by validate. */
@@ -369,8 +369,6 @@ spa_err spa_cli_parse(int argc, char **argv, spa_cli_opts *o)
         CLI_REQUIRE(!o->has_shape, SPA_ERR_USAGE,
                     "--n, --heads and --dim come from the --input file; do not give them");
     }
-    if (o->cmd == SPA_CLI_BENCH)
-        CLI_REQUIRE(!o->exact || o->backward, SPA_ERR_USAGE, "--exact is the backward pass's: add --backward");
     if (o->cmd == SPA_CLI_GEN) {
         CLI_REQUIRE(o->output, SPA_ERR_USAGE, "'spa gen' needs --output");
         CLI_REQUIRE(o->has_n, SPA_ERR_USAGE, "'spa gen' needs --n");
@@ -590,7 +588,7 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
         fprintf(f,
                 "usage: spa run [--input F] [--output F] [pattern flags]\n"
                 "               [--n N --heads H --dim D] [--json] [--threads T]\n"
-                "               [--temperature X] [--progress] [--no-overlap]\n\n"
+                "               [--temperature X] [--progress] [--no-overlap] [--exact]\n\n"
                 "Computes sparse attention over MPI ranks. Without --input the inputs are\n"
                 "synthetic and seeded (--seed, --temperature); n, heads and dim default to\n"
                 "131072, 4 and 64. With --input they come from the HDF5 file.\n\n"
@@ -601,7 +599,11 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
                 "  --threads T        OpenMP threads per rank (>= 1)\n"
                 "  --temperature X    scale of synthetic q and k (default 1)\n"
                 "  --progress         progress line on stderr even when it is not a terminal\n"
-                "  --no-overlap       complete every transfer before computing (for timing)\n\n"
+                "  --no-overlap       complete every transfer before computing (for timing)\n"
+                "  --exact            global rows (and rows of blocks that attend most of the\n"
+                "                     sequence) summed in 128-bit fixed point after a first\n"
+                "                     pass for their maxima: out and lse bit-identical for\n"
+                "                     every rank count (other rows always are)\n\n"
                 "%s",
                 pattern);
         break;
@@ -617,7 +619,7 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
         fprintf(f,
                 "usage: spa bench [pattern flags] [--n N --heads H --dim D] [--json]\n"
                 "                 [--threads T] [--temperature X] [--warmup W] [--reps R]\n"
-                "                 [--progress] [--no-overlap] [--backward [--exact]]\n\n"
+                "                 [--progress] [--no-overlap] [--backward] [--exact]\n\n"
                 "Runs W warm-up passes (default 1) and R timed passes (default 5) on\n"
                 "synthetic inputs in memory, and reports the median timed pass (by\n"
                 "seconds_total of the slowest rank) in the format of 'spa run'.\n"
@@ -628,7 +630,7 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
                 "gives out and lse, then W + R backward passes on a synthetic dout;\n"
                 "flops = 10 * D * sum |S(i)|, and the JSON adds bytes_halo_bwd,\n"
                 "bytes_rma_bwd and bytes_global_bwd (gradient bytes sent back).\n"
-                "--exact times the backward pass in exact mode (see 'spa grad --help').\n\n%s",
+                "--exact times exact mode (see 'spa run --help' and 'spa grad --help').\n\n%s",
                 pattern);
         break;
     case SPA_CLI_PLAN:
@@ -683,13 +685,12 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
                 "              bytes_global_bwd (gradient bytes sent back, largest rank),\n"
                 "              forward (\"stored\" or \"recomputed\"), seconds_forward;\n"
                 "              flops = 10 * D * sum |S(i)|, seconds_* of the backward pass\n"
-                "  --exact     sum every key's dk, dv in 64-bit fixed point: bit-identical\n"
-                "              for every rank and thread count given the same out and lse\n"
-                "              (stored in F, or recomputed: then the global rows' lse\n"
-                "              may differ in the last bit across rank counts); gradient\n"
-                "              messages twice the bytes. Without it, dk and dv agree\n"
-                "              across rank counts to float rounding, dq outside the\n"
-                "              global rows bit for bit\n\n"
+                "  --exact     sum every key's dk, dv in 64-bit fixed point (and a recomputed\n"
+                "              forward as 'spa run --exact'): dk and dv bit-identical for\n"
+                "              every rank and thread count, given out and lse from an\n"
+                "              exact forward; gradient messages twice the bytes. Without\n"
+                "              it, dk and dv agree across rank counts to float rounding,\n"
+                "              dq outside the global rows bit for bit\n\n"
                 "Input errors (exit 3): dout missing or of another shape than q; out or\n"
                 "lse alone, misshapen, or from another pattern or seed.\n\n%s",
                 pattern);

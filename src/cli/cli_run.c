@@ -109,10 +109,10 @@ static void print_report(const spa_cli_opts *o, const cli_report *rep, const cha
                 (long long)rep->bytes_total[0], (long long)rep->bytes_total[1],
                 (long long)rep->bytes_total[2]);
         if (rep->backward)
-            fprintf(f, ", \"bytes_halo_bwd\": %lld, \"bytes_rma_bwd\": %lld, \"bytes_global_bwd\": %lld, "
-                       "\"exact\": %s",
+            fprintf(f, ", \"bytes_halo_bwd\": %lld, \"bytes_rma_bwd\": %lld, \"bytes_global_bwd\": %lld",
                     (long long)s->bytes_halo_bwd, (long long)s->bytes_rma_bwd,
-                    (long long)s->bytes_global_bwd, o->exact ? "true" : "false");
+                    (long long)s->bytes_global_bwd);
+        fprintf(f, ", \"exact\": %s", o->exact ? "true" : "false");
         fprintf(f, ", \"random_transport\": \"%s\", \"flops\": %lld", transport, (long long)s->flops);
         json_num(f, "gflops", gflops);
         json_num(f, "checksum", s->checksum);
