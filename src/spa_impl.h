@@ -203,6 +203,11 @@ typedef struct spa_keysrc {
 typedef struct spa_scratch spa_scratch;
 spa_scratch *spa_scratch_create(const spa_config *cfg);
 void spa_scratch_destroy(spa_scratch *s);
+/* Exact mode (spa_ctx_set_exact) on the OpenBLAS path: the residue tiles,
+ * whose rows depend on the split over ranks, take their products in loops
+ * whose result for a row does not depend on the tile (sgemm's edge blocks
+ * do). The register-blocked path is like that already. */
+void spa_scratch_set_exact(spa_scratch *s, int on);
 
 /* Attention of the non-global rows of query block c, head h.
  *   q: [rows][D] rows of block c;  out: [rows][D];  lse: [rows]
@@ -238,17 +243,18 @@ void spa_kernel_spread_exact(const spa_config *cfg, spa_scratch *s, int32_t h, i
                              const int64_t *gidx, int64_t ng, const float *k, const float *v, int64_t j0,
                              int64_t len, const float *mstar, float *mloc, spa_i128 *acc, int fl, int fa);
 
-/* round(t 2^F) as a 128-bit integer (0 when t 2^F is below 1/2); |t 2^F|
- * must be below 2^126. */
+/* round(t 2^F) as a 128-bit integer, ties away from zero (0 when t 2^F
+ * is below 1/2 or t is subnormal); t finite, |t 2^F| below 2^126. From the
+ * bits of t: t = +-m 2^(x - 1075) with the 53-bit integer m. */
 static inline spa_i128 spa_fix128(double t, int F)
 {
-    if (t == 0.0) return 0;
-    int e;
-    const int64_t m = (int64_t)ldexp(frexp(t, &e), 53); /* t = m 2^(e - 53), exactly */
-    const int sh = e - 53 + F;
-    if (sh >= 0) return (spa_i128)((unsigned __int128)(spa_i128)m << sh);
-    if (sh < -60) return 0;
-    return (spa_i128)((m + ((int64_t)1 << (-sh - 1))) >> -sh); /* arithmetic shift: to nearest, ties up */
+    uint64_t b;
+    memcpy(&b, &t, sizeof b);
+    const int x = (int)((b >> 52) & 0x7ff), sh = x - 1075 + F;
+    if (x == 0 || sh < -60) return 0;
+    const uint64_t m = (b & ((UINT64_C(1) << 52) - 1)) | (UINT64_C(1) << 52);
+    const unsigned __int128 u = sh >= 0 ? (unsigned __int128)m << sh : (m + (UINT64_C(1) << (-sh - 1))) >> -sh;
+    return (b >> 63) ? -(spa_i128)u : (spa_i128)u;
 }
 
 /* One class of a residue rule (SPEC 1.1): rule 0 is --stride, rule
@@ -305,13 +311,13 @@ void spa_bscratch_destroy(spa_bscratch *s);
 /* Exact mode (spa_ctx_set_exact): every sink holds int64_t fixed
  * point instead of float (the sink's float pointers then address int64_t
  * storage, element e at float offset 2 e), dk in units of 1 / xk and dv in
- * units of 1 / xv, powers of two that depend on the inputs' maxima and n
+ * units of 1 / xv (and spa_backward_spread's dqg, in units of 1 / xq), powers of two that depend on the inputs' maxima and n
  * only, never on P. Each tile's contribution is computed in float into a
  * zeroed buffer, rounded once to fixed point and added; integer sums do
  * not depend on their order, so dk and dv do not depend on how the rows
  * were split between ranks, threads and batches. on = 0 goes back to
  * float sinks. Clears the flag spa_bscratch_bad reads. */
-void spa_bscratch_set_exact(spa_bscratch *s, int on, double xk, double xv);
+void spa_bscratch_set_exact(spa_bscratch *s, int on, double xk, double xv, double xq);
 /* Nonzero when some term since spa_bscratch_set_exact was not finite or
  * too large for the fixed point (the term was left out). */
 int spa_bscratch_bad(const spa_bscratch *s);

@@ -82,7 +82,8 @@ struct spa_bscratch {
     unsigned char *skip;   /* [rows] global row or empty S(i): no block-pass key */
     float *nan_row;        /* [D] NaN: stands for a key the plan failed to bring */
     int exact, ew, bad;    /* int64_t sinks (ew = 2 floats an element); a term left out */
-    double xk, xv;         /* exact: the fixed-point scales of dk, dv */
+    double xk, xv, xq;     /* exact: the fixed-point scales of dk, dv and the spread rows' dq */
+    float *xtile;          /* [rows][D] exact: a spread tile's dq terms of one unit, zeroed */
     float *rk, *rv;        /* [D] one residue pair's dk, dv terms (exact) */
     spa_patws *w;
     spa_rowctx x;
@@ -118,19 +119,21 @@ spa_bscratch *spa_bscratch_create(const spa_config *cfg)
     s->skip = spa_alloc((size_t)s->rows);
     s->nan_row = spa_alloc((size_t)D * sizeof(float));
     s->rk = spa_alloc((size_t)D * sizeof(float)), s->rv = spa_alloc((size_t)D * sizeof(float));
+    s->xtile = spa_alloc(rd);
     s->ew = 1;
     s->w = spa_patws_create(cfg);
     s->sq = spa_alloc(rd), s->sdo = spa_alloc(rd), s->sdq = spa_alloc(rd);
     s->slse = spa_alloc(r1), s->sdl = spa_alloc(r1);
     s->sidx = spa_alloc((size_t)s->rows * sizeof(int64_t));
     if (!s->kc || !s->vc || !s->dkc || !s->dvc || !s->p || !s->dp || !s->tp || !s->tds || !s->qt || !s->dot ||
-        !s->lsx || !s->dlx || !s->kj || !s->kcls || !s->pc || !s->skip || !s->nan_row || !s->rk || !s->rv || !s->w || !s->sq || !s->sdo ||
+        !s->lsx || !s->dlx || !s->kj || !s->kcls || !s->pc || !s->skip || !s->nan_row || !s->rk || !s->rv || !s->xtile || !s->w || !s->sq || !s->sdo ||
         !s->sdq || !s->slse || !s->sdl || !s->sidx) {
         spa_bscratch_destroy(s);
         return NULL;
     }
     for (int32_t d = 0; d < D; d++) s->nan_row[d] = NAN;
     memset(s->dkc, 0, kd), memset(s->dvc, 0, kd); /* exact mode's term buffers start zeroed */
+    memset(s->xtile, 0, rd);
     return s;
 }
 
@@ -141,16 +144,16 @@ void spa_bscratch_destroy(spa_bscratch *s)
     spa_free(s->p), spa_free(s->dp), spa_free(s->tp), spa_free(s->tds);
     spa_free(s->qt), spa_free(s->dot), spa_free(s->lsx), spa_free(s->dlx);
     spa_free(s->kj), spa_free(s->kcls), spa_free(s->pc), spa_free(s->skip), spa_free(s->nan_row);
-    spa_free(s->rk), spa_free(s->rv);
+    spa_free(s->rk), spa_free(s->rv), spa_free(s->xtile);
     spa_patws_destroy(s->w);
     spa_free(s->sq), spa_free(s->sdo), spa_free(s->sdq), spa_free(s->slse), spa_free(s->sdl), spa_free(s->sidx);
     free(s);
 }
 
-void spa_bscratch_set_exact(spa_bscratch *s, int on, double xk, double xv)
+void spa_bscratch_set_exact(spa_bscratch *s, int on, double xk, double xv, double xq)
 {
     s->exact = on != 0, s->ew = on ? 2 : 1, s->bad = 0;
-    s->xk = xk, s->xv = xv;
+    s->xk = xk, s->xv = xv, s->xq = xq;
 }
 
 int spa_bscratch_bad(const spa_bscratch *s) { return s->bad; }
@@ -708,7 +711,10 @@ void spa_backward_spread(const spa_config *cfg, spa_bscratch *s, int32_t h, int6
 {
     /* qg, dog, dqg: [ng][D];  lseg, Dlg, gidx: [ng];  k, v, dk, dv: [len][D]
      * tiles of QT rows; keys in chunks aligned to absolute multiples of KC,
-     * each chunk one piece of memory with its sinks */
+     * each chunk one piece of memory with its sinks. Exact: dqg is int64_t
+     * fixed point, and the chunks are units of the block grid (a key block,
+     * in pieces of at most KC), which no shard boundary cuts, each unit's
+     * dq terms rounded into dqg */
     const int32_t D = cfg->dim;
     spread_mask m = {NULL, NULL, 0};
     if (c >= 0) {
@@ -720,15 +726,23 @@ void spa_backward_spread(const spa_config *cfg, spa_bscratch *s, int32_t h, int6
         m.gi = gidx + g0;
         int64_t jend = j0 + len; /* causal: no key past the tile's last row */
         if (cfg->causal && m.gi[tr - 1] + 1 < jend) jend = m.gi[tr - 1] + 1;
-        tile_begin(s, tr, qg + g0 * D, dog + g0 * D, lseg + g0, Dlg + g0, NULL, dqg + g0 * D);
+        tile_begin(s, tr, qg + g0 * D, dog + g0 * D, lseg + g0, Dlg + g0, NULL,
+                   s->exact ? s->xtile : dqg + g0 * D);
         for (int64_t a = j0, e; a < jend; a = e) {
-            e = (a / SPA_BKC + 1) * SPA_BKC < jend ? (a / SPA_BKC + 1) * SPA_BKC : jend;
+            if (s->exact) {
+                const int64_t bend = (a / cfg->block + 1) * cfg->block;
+                e = bend < a + SPA_BKC ? bend : a + SPA_BKC;
+                if (e > jend) e = jend;
+            } else {
+                e = (a / SPA_BKC + 1) * SPA_BKC < jend ? (a / SPA_BKC + 1) * SPA_BKC : jend;
+            }
             const int64_t off = (a - j0) * D;
             m.a = a;
             s->nk = (int32_t)(e - a);
             s->npiece = 1;
             s->pc[0] = (bpiece){k + off, v + off, dk ? dk + off * s->ew : NULL, dv ? dv + off * s->ew : NULL, s->nk};
             run_chunk(cfg, s, mask_spread, &m);
+            if (s->exact) fix_into(s, dqg + g0 * D * 2, s->xtile, (int64_t)tr * D, s->xq);
         }
     }
 }

@@ -58,6 +58,7 @@ struct spa_scratch {
     int npiece;
     float *nan_row;  /* [D] NaN: stands for a key the plan failed to bring */
     int fast;        /* register-blocked products (D % 8 == 0, not SPA_KERNEL=blas) */
+    int exact;       /* spa_scratch_set_exact: no sgemm where a tile's rows depend on P */
     const spa_kernels *K; /* their instruction set (microkernel.c) */
     int nk;          /* keys in the current chunk */
     /* residue pass, per row of the tile: its local range, and its block's
@@ -221,6 +222,22 @@ static void chunk_update(const spa_config *cfg, spa_scratch *s, const float *q, 
     softmax_tail(s, rows);
 }
 
+void spa_scratch_set_exact(spa_scratch *s, int on) { s->exact = on != 0; }
+
+/* o[r][c] = sc sum_d a[r][d] b[c][d] (ldb = D), each in one fixed order
+ * whatever r's place in the tile.  a: [tr][D];  b: [nk][D];  o: [tr][nk] */
+static void dots_rows(int32_t tr, int32_t nk, int32_t D, float sc, const float *a, const float *b, float *o)
+{
+    for (int32_t r = 0; r < tr; r++)
+        for (int32_t c = 0; c < nk; c++) {
+            const float *x = a + (int64_t)r * D, *y = b + (int64_t)c * D;
+            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (int32_t d = 0; d < D; d++) acc += x[d] * y[d];
+            o[(int64_t)r * nk + c] = sc * acc;
+        }
+}
+
 /* Passes 2-4 of chunk_update on masked row-major scores s->s [rows][nk]. */
 static void softmax_tail(spa_scratch *s, int32_t rows)
 {
@@ -240,16 +257,33 @@ static void softmax_tail(spa_scratch *s, int32_t rows)
         }
         for (int32_t c = 0; c < nk; c++) row[c] -= mx;
         spa_vexp(row, nk);
-        /* a fixed vector order: the same on every rank count */
+        /* a fixed vector order: the same on every rank count (exact: one
+         * key after another, as a residue row's nk depends on its tile) */
         float sum = 0.0f;
+        if (s->exact) {
+            for (int32_t c = 0; c < nk; c++) sum += row[c];
+        } else {
 #pragma omp simd reduction(+ : sum)
-        for (int32_t c = 0; c < nk; c++) sum += row[c];
+            for (int32_t c = 0; c < nk; c++) sum += row[c];
+        }
         lc[r] = sum;
     }
 
-    /* pass 3 */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, nk, 1.0f, S, nk, s->vc, D, 0.0f,
-                s->cacc, D);
+    /* pass 3 (exact: per row, keys in order, as the tile's rows may depend
+     * on P in the residue pass) */
+    if (s->exact) {
+        memset(s->cacc, 0, (size_t)rows * D * sizeof(float));
+        for (int32_t r = 0; r < rows; r++)
+            for (int32_t c = 0; c < nk; c++) {
+                const float p = S[(int64_t)r * nk + c], *vr = s->vc + (int64_t)c * D;
+                float *o = s->cacc + (int64_t)r * D;
+#pragma omp simd
+                for (int32_t d = 0; d < D; d++) o[d] += p * vr[d];
+            }
+    } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, nk, 1.0f, S, nk, s->vc, D, 0.0f,
+                    s->cacc, D);
+    }
 
     /* pass 4 */
     merge_chunk(s, rows);
@@ -653,8 +687,10 @@ void spa_kernel_residue(const spa_config *cfg, const spa_keysrc *src, spa_scratc
                 s->K->qk(nk, D, ldq, cfg->scale, s->kc, s->qt, s->s, NULL);
                 rs = 1, cs = ldq;
             } else {
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tr, nk, D, cfg->scale, s->qt, D, s->kc, D,
-                            0.0f, s->s, nk);
+                if (s->exact) dots_rows(tr, nk, D, cfg->scale, s->qt, s->kc, s->s);
+                else
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tr, nk, D, cfg->scale, s->qt, D, s->kc, D,
+                                0.0f, s->s, nk);
                 rs = nk, cs = 1;
             }
             /* pass 4: mask what the block pass or an earlier rule took, and causality */

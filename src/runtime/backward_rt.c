@@ -149,7 +149,7 @@ static void head_spread(const bpass *p, spa_bscratch *s, int32_t h)
         if (ng == 0 || pl->spread[r0].h != h) continue;
         const int64_t tok = pl->spread[r0].tok, c = spa_pattern_is_global(cfg, tok) ? -1 : tok / cfg->block;
         spa_backward_spread(cfg, s, h, c, ctx->cm->sq + r0 * D, g->sdo + r0 * D, g->slse + r0, g->sdl + r0,
-                            ctx->stok + r0, ng, p->k + off, p->v + off, pl->t0, n_own, g->sdq + r0 * D,
+                            ctx->stok + r0, ng, p->k + off, p->v + off, pl->t0, n_own, g->sdq + r0 * D * ew,
                             p->dk + off * ew, p->dv + off * ew);
         if (omp_get_thread_num() == 0) spa_comm_poke(ctx->cm), spa_gcomm_poke(ctx->bwd->g);
     }
@@ -272,7 +272,7 @@ spa_err spa_ctx_backward(spa_ctx ctx, const float *q, const float *k, const floa
     memset(g->hr_dv, 0, (size_t)(H * ctx->cm->nright * D * ew) * sizeof(float));
     memset(g->gdk, 0, (size_t)(H * cfg->nkv_tokens * D * ew) * sizeof(float));
     memset(g->gdv, 0, (size_t)(H * cfg->nkv_tokens * D * ew) * sizeof(float));
-    memset(g->sdq, 0, (size_t)(pl->nspread * D) * sizeof(float));
+    memset(g->sdq, 0, (size_t)(pl->nspread * D * ew) * sizeof(float));
     /* rows the spread path computes whole: their dq is its alone */
     for (int32_t h = 0; h < H; h++)
         for (int64_t c = pl->b0; c < pl->b1; c++)
@@ -287,8 +287,8 @@ spa_err spa_ctx_backward(spa_ctx ctx, const float *q, const float *k, const floa
         SPA_CHECK(exact_scales(ctx, q, k, v, dout, bw->Dl, &xq, &xk, &xv));
         z.seconds_global += spa_now() - t;
     }
-    for (int x = 0; x < ctx->threads; x++) spa_bscratch_set_exact(bw->scr[x], bw->exact, xk, xv);
-    g->xq = xq, g->bad = 0;
+    for (int x = 0; x < ctx->threads; x++) spa_bscratch_set_exact(bw->scr[x], bw->exact, xk, xv, xq);
+    g->xq = xq;
     SPA_CHECK(spa_gcomm_begin(g, &z));
     SPA_CHECK(spa_comm_gather(ctx->cm, q, k, v, &z));
     SPA_CHECK(spa_gcomm_gather_rows(g, dout, lse, bw->Dl, &z));
@@ -329,7 +329,7 @@ spa_err spa_ctx_backward(spa_ctx ctx, const float *q, const float *k, const floa
     SPA_CHECK(spa_comm_finish(ctx->cm, &z));
     SPA_CHECK(spa_gcomm_finish(g, dq, sdk, sdv, &z));
     if (bw->exact) { /* the fixed point into dk, dv; NaN everywhere if a term was left out */
-        int bad = g->bad, any = 0;
+        int bad = 0, any = 0;
         for (int x = 0; x < ctx->threads; x++) bad |= spa_bscratch_bad(bw->scr[x]);
         SPA_MPI_CHECK(MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, ctx->cm->comm));
         const double ik = 1.0 / xk, iv = 1.0 / xv;

@@ -72,7 +72,7 @@ static spa_err setup_gathered(spa_gcomm *g)
     const int64_t H = cfg->heads, D = cfg->dim, NK = cfg->nkv_tokens, NS = pl->nspread, P = g->P;
     g->gdk = spa_alloc((size_t)(H * NK * D * g->ew) * sizeof(float));
     g->gdv = spa_alloc((size_t)(H * NK * D * g->ew) * sizeof(float));
-    g->sdq = spa_alloc((size_t)(NS * D) * sizeof(float));
+    g->sdq = spa_alloc((size_t)(NS * D * g->ew) * sizeof(float));
     g->sdo = spa_alloc((size_t)(NS * D) * sizeof(float));
     g->slse = spa_alloc((size_t)NS * sizeof(float));
     g->sdl = spa_alloc((size_t)NS * sizeof(float));
@@ -455,15 +455,8 @@ spa_err spa_gcomm_return_gathered(spa_gcomm *g, spa_stats *st)
                 for (int64_t h = 0; h < H; h++)
                     memcpy(g->part_stage + (cm->gdispl[s] + (((k - cm->kv_first[s]) * 2 + x) * H + h) * D) * ew,
                            sink[x] + (h * NK + k) * D * ew, (size_t)(D * ew) * sizeof(float));
-    for (int64_t r = 0; r < NS; r++) {
-        if (!g->exact) {
-            memcpy(g->part_stage + cm->spos[r], g->sdq + r * D, (size_t)D * sizeof(float));
-            continue;
-        }
-        int64_t *x = (int64_t *)(void *)(g->part_stage + cm->spos[r] * ew);
-        memset(x, 0, (size_t)D * sizeof *x);
-        g->bad |= spa_fix_add(x, g->sdq + r * D, D, g->xq, 0);
-    }
+    for (int64_t r = 0; r < NS; r++)
+        memcpy(g->part_stage + cm->spos[r] * ew, g->sdq + r * D * ew, (size_t)(D * ew) * sizeof(float));
     if (P > 1) {
         int *scount = g->a2a, *rcount = g->a2a + P, *rdispl = g->a2a + 2 * P;
         for (int s = 0; s < P; s++) {

@@ -40,7 +40,6 @@ typedef struct spa_gcomm {
     MPI_Datatype et;             /* MPI_INT64_T or MPI_FLOAT: a sink element */
     MPI_Datatype *htype;         /* exact: comm.c's rtype[] of int64_t, [nrecv] */
     double xq;                   /* exact: the fixed-point scale of the spread rows' dq (set per pass) */
-    int bad;                     /* exact: a term was not finite or out of range (spa_fix_add) */
 
     /* halo sinks, laid out as comm.c's halo buffers: [H][nleft][D], [H][nright][D] */
     float *hl_dk, *hl_dv, *hr_dk, *hr_dv;
@@ -49,8 +48,8 @@ typedef struct spa_gcomm {
     int64_t *hland_off;          /* [nsend + 1] */
     MPI_Request *hreq;           /* [2 nsend] receives, then [2 nrecv] sends */
 
-    /* gathered sinks [H][NK][D]; dq of the spread rows [NS][D] (tile order,
-     * float in both modes: exact mode converts it when it goes home) */
+    /* gathered sinks [H][NK][D]; dq of the spread rows [NS][D] (tile order;
+     * exact: int64_t fixed point at scale xq, as the sinks) */
     float *gdk, *gdv, *sdq;
     /* dout, lse, Dl of the spread rows, gathered: [NS][D], [NS], [NS] */
     float *sdo, *slse, *sdl;

@@ -254,7 +254,11 @@ void spa_ctx_set_progress(spa_ctx ctx, void (*fn)(double, void *), void *arg)
 
 void spa_ctx_set_overlap(spa_ctx ctx, int on) { ctx->overlap = on; }
 
-void spa_ctx_set_exact(spa_ctx ctx, int on) { ctx->exact = on != 0; }
+void spa_ctx_set_exact(spa_ctx ctx, int on)
+{
+    ctx->exact = on != 0;
+    for (int t = 0; t < ctx->threads; t++) spa_scratch_set_exact(ctx->scr[t], ctx->exact);
+}
 
 void spa_ctx_kv_buffers(spa_ctx ctx, float **k, float **v)
 {
