@@ -414,7 +414,10 @@ void spa_ctx_shard(spa_ctx ctx, int64_t *t0, int64_t *t1);
 
 /* Collective. Computes attention for this rank's rows.
  *   q, k, v: [H][t1 - t0][D] shard;  out: [H][t1 - t0][D];  lse: [H][t1 - t0]
- * st may be NULL. Same result for every rank count. */
+ * st may be NULL. Rows outside the spread rows (plan->spread: global rows,
+ * rows of blocks that attend most keys) are bit-identical for every rank
+ * count; the spread rows agree to float32 rounding, or bit for bit in
+ * exact mode (spa_ctx_set_exact). */
 spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v, float *out,
                     float *lse, spa_stats *st);
 
@@ -431,8 +434,9 @@ spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v,
  * are one-sided, two-sided otherwise (st->rma). The first call sets up
  * the returns (collective). For a given rank count the result does not
  * depend on the thread count. Across rank counts, dq outside the spread
- * rows is bit-identical; dk and dv agree to float32 rounding, or are
- * bit-identical in exact mode (spa_ctx_set_exact). st may be NULL;
+ * rows is bit-identical; dk, dv and the spread rows' dq agree to float32
+ * rounding, or are bit-identical in exact mode (spa_ctx_set_exact). st
+ * may be NULL;
  * st->flops counts 10 * D * sum |S(i)|, the checksum is the sum of dq, dk
  * and dv over all ranks. */
 spa_err spa_ctx_backward(spa_ctx ctx, const float *q, const float *k, const float *v, const float *out,
@@ -448,17 +452,24 @@ void spa_ctx_set_progress(spa_ctx ctx, void (*fn)(double frac, void *arg), void 
  * to measure how much communication the overlap hides. Not collective. */
 void spa_ctx_set_overlap(spa_ctx ctx, int on);
 
-/* Exact mode of spa_ctx_backward, off by default. On, every key's dk, dv
- * are summed in int64_t fixed point (units of 2^-F, F from n and the
- * maxima of |q|, |k|, |dout|, |Dl| and the norms of dout and v rows, one
- * Allreduce), so they are bit-identical for every rank count, thread
- * count and batching, given the same q, k, v, out, lse and dout; so is dq
- * outside the spread rows. Costs: the sinks and every gradient message
- * twice their float size (bytes_*_bwd double), one rounding per tile
- * element. A term that is not finite or too large for the fixed point
- * makes every dk and dv NaN. Must be set alike on every rank (the next
- * spa_ctx_backward rebuilds its returns, collectively, when it changed).
- * Not collective. */
+/* Exact mode, off by default: results that do not depend on the rank
+ * count, thread count or batching at all.
+ * - spa_ctx_run: the spread rows take a pass for the maxima of their
+ *   scores (MPI_MAX), then each key block's sums, rescaled to those maxima
+ *   and rounded to 128-bit fixed point, are summed as integers (st's
+ *   bytes_global counts the maxima and the 16-byte sums instead of the
+ *   double partials). out and lse bit-identical for every P.
+ * - spa_ctx_backward: every tile's contribution to a key's dk, dv, and a
+ *   spread row's dq over one key block, is rounded once to int64_t fixed
+ *   point (units of 2^-F, F from n and the maxima of |q|, |k|, |dout|,
+ *   |Dl| and of the norms of dout and v rows, one Allreduce) and summed as
+ *   integers, also when returned to the owner. dq, dk, dv bit-identical
+ *   for every P given the same inputs (out and lse from an exact forward
+ *   run for a P-independent pipeline). The sinks and every gradient
+ *   message take twice their float bytes (bytes_*_bwd double). A term
+ *   that is not finite makes every dk and dv (or that spread row) NaN.
+ * Must be set alike on every rank (the next spa_ctx_backward rebuilds its
+ * returns, collectively, when it changed). Not collective. */
 void spa_ctx_set_exact(spa_ctx ctx, int on);
 
 /* This rank's K and V shards inside the MPI window ([H][t1 - t0][D] each),
