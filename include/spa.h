@@ -468,8 +468,10 @@ void spa_ctx_set_overlap(spa_ctx ctx, int on);
  *   run for a P-independent pipeline). The sinks and every gradient
  *   message take twice their float bytes (bytes_*_bwd double). A term
  *   that is not finite makes every dk and dv (or that spread row) NaN.
- * Must be set alike on every rank (the next spa_ctx_backward rebuilds its
- * returns, collectively, when it changed). Not collective. */
+ * Must be set alike on every rank: spa_ctx_run and spa_ctx_backward check
+ * it (one small Allreduce) and fail with SPA_ERR_USAGE on every rank
+ * otherwise; the next spa_ctx_backward rebuilds its returns when it
+ * changed. Not collective. */
 void spa_ctx_set_exact(spa_ctx ctx, int on);
 
 /* This rank's K and V shards inside the MPI window ([H][t1 - t0][D] each),

@@ -269,6 +269,38 @@ static int check_case(const test_case *tc)
     return all;
 }
 
+/* Exact mode on rank 0 only: spa_ctx_run and spa_ctx_backward fail with a
+ * usage error on every rank (their collectives differ by mode: no hang). */
+static int check_mixed_exact(void)
+{
+    spa_config cfg;
+    int ok = case_config(&spa_cases[0], 7, &cfg) == SPA_OK;
+    spa_ctx ctx = NULL;
+    ok = ok && spa_ctx_create(MPI_COMM_WORLD, &cfg, 1, &ctx) == SPA_OK;
+    if (ok) {
+        spa_ctx_set_exact(ctx, rank == 0);
+        int64_t t0, t1;
+        spa_ctx_shard(ctx, &t0, &t1);
+        const int64_t S = cfg.heads * (t1 - t0) * cfg.dim;
+        float *b = falloc(8 * S);
+        spa_err e1 = spa_ctx_run(ctx, b, b + S, b + 2 * S, b + 3 * S, b + 4 * S, NULL);
+        spa_err e2 = spa_ctx_backward(ctx, b, b + S, b + 2 * S, b + 3 * S, b + 4 * S, b + 5 * S, b + 5 * S,
+                                      b + 6 * S, b + 7 * S, NULL);
+        if (e1 != SPA_ERR_USAGE || e2 != SPA_ERR_USAGE || !strstr(spa_last_error(), "exact mode")) {
+            printf("FAIL rank %d: exact on rank 0 only: run %d, backward %d (want %d), '%s'\n", rank, e1, e2,
+                   SPA_ERR_USAGE, spa_last_error());
+            ok = 0;
+        }
+        spa_free(b);
+    }
+    spa_ctx_destroy(&ctx);
+    spa_config_free(&cfg);
+    int all;
+    MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (rank == 0) printf("%s exact mode on rank 0 only: a usage error on every rank\n", all ? "ok  " : "FAIL");
+    return all;
+}
+
 int main(int argc, char **argv)
 {
     int provided;
@@ -284,6 +316,7 @@ int main(int argc, char **argv)
     }
     if (want_p2p) setenv("SPA_RANDOM_TRANSPORT", "p2p", 1);
     int fails = 0;
+    if (exact && nranks > 1) fails += !check_mixed_exact();
     for (int i = 0; i < spa_ncases; i++) fails += !check_case(&spa_cases[i]);
     if (rank == 0) printf("%d passed, %d failed\n", spa_ncases - fails, fails);
     MPI_Finalize();

@@ -241,6 +241,7 @@ spa_err spa_ctx_backward(spa_ctx ctx, const float *q, const float *k, const floa
     const spa_config *cfg = &ctx->cfg;
     const spa_commplan *pl = &ctx->plan;
     const int64_t H = cfg->heads, D = cfg->dim, B = cfg->block, n_own = ctx->n_own, nq = pl->b1 - pl->b0;
+    SPA_CHECK(spa_ctx_agree_exact(ctx));
     if (ctx->bwd && ctx->bwd->exact != ctx->exact) spa_ctx_backward_free(ctx); /* every rank alike */
     if (!ctx->bwd) SPA_CHECK(bwd_create(ctx));
     struct spa_bwd *bw = ctx->bwd;

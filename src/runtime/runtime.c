@@ -254,6 +254,16 @@ void spa_ctx_set_progress(spa_ctx ctx, void (*fn)(double, void *), void *arg)
 
 void spa_ctx_set_overlap(spa_ctx ctx, int on) { ctx->overlap = on; }
 
+spa_err spa_ctx_agree_exact(spa_ctx ctx)
+{
+    if (ctx->P == 1) return SPA_OK;
+    int f[2] = {ctx->exact, -ctx->exact}, all[2];
+    SPA_MPI_CHECK(MPI_Allreduce(f, all, 2, MPI_INT, MPI_MAX, ctx->cm->comm));
+    SPA_REQUIRE(all[0] == -all[1], SPA_ERR_USAGE,
+                "exact mode (spa_ctx_set_exact) is on for some ranks and off for others: set it alike on every rank");
+    return SPA_OK;
+}
+
 void spa_ctx_set_exact(spa_ctx ctx, int on)
 {
     ctx->exact = on != 0;
@@ -482,6 +492,7 @@ spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v,
     ctx->progress_last = 0.0;
     ctx->seg[1].k = k;
     ctx->seg[1].v = v;
+    SPA_CHECK(spa_ctx_agree_exact(ctx)); /* the spread rows' collectives differ by mode */
     double t_start = spa_now(), t;
 
     SPA_CHECK(spa_comm_gather(ctx->cm, q, k, v, &z)); /* 1 */

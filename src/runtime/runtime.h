@@ -58,6 +58,11 @@ struct spa_ctx_s {
     struct spa_bwd *bwd;
 };
 
+/* Collective: a usage error on every rank when ranks differ in exact
+ * mode, whose collectives differ (never a hang). One Allreduce of 2 ints
+ * when P > 1. */
+spa_err spa_ctx_agree_exact(spa_ctx ctx);
+
 /* Collective (when the backward was set up). Frees ctx->bwd. */
 void spa_ctx_backward_free(spa_ctx ctx);
 
