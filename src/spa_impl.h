@@ -308,15 +308,16 @@ typedef struct spa_bscratch spa_bscratch;
 spa_bscratch *spa_bscratch_create(const spa_config *cfg);
 void spa_bscratch_destroy(spa_bscratch *s);
 
-/* Exact mode (spa_ctx_set_exact): every sink holds int64_t fixed
- * point instead of float (the sink's float pointers then address int64_t
- * storage, element e at float offset 2 e), dk in units of 1 / xk and dv in
- * units of 1 / xv (and spa_backward_spread's dqg, in units of 1 / xq), powers of two that depend on the inputs' maxima and n
- * only, never on P. Each tile's contribution is computed in float into a
- * zeroed buffer, rounded once to fixed point and added; integer sums do
- * not depend on their order, so dk and dv do not depend on how the rows
- * were split between ranks, threads and batches. on = 0 goes back to
- * float sinks. Clears the flag spa_bscratch_bad reads. */
+/* Exact mode (spa_ctx_set_exact): every sink holds int64_t fixed point
+ * instead of float (the sink's float pointers then address int64_t
+ * storage, element e at float offset 2 e): dk in units of 1 / xk, dv of
+ * 1 / xv, spa_backward_spread's dqg of 1 / xq, powers of two that depend
+ * on the inputs' maxima and n only, never on P. Each tile's contribution
+ * is computed in float into a zeroed buffer, rounded once to fixed point
+ * and added; integer sums do not depend on their order, so the results do
+ * not depend on how the rows were split between ranks, threads and
+ * batches. on = 0 goes back to float sinks. Clears the flag
+ * spa_bscratch_bad reads. */
 void spa_bscratch_set_exact(spa_bscratch *s, int on, double xk, double xv, double xq);
 /* Nonzero when some term since spa_bscratch_set_exact was not finite or
  * too large for the fixed point (the term was left out). */

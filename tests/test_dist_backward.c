@@ -210,10 +210,12 @@ static int check_case(const test_case *tc)
         float *o2 = falloc(T), *l2 = falloc(H * n);
         if (!exact) memcpy(o2, o1, (size_t)T * sizeof(float)), memcpy(l2, l1, (size_t)(H * n) * sizeof(float));
         if (run_ctx(MPI_COMM_SELF, &cfg, 1, q, k, v, dout, o2, l2, exact, one, NULL, &c1)) {
-            if (exact && (memcmp(o1, o2, (size_t)T * sizeof(float)) || memcmp(l1, l2, (size_t)(H * n) * sizeof(float)))) {
+            if (exact &&
+                (memcmp(o1, o2, (size_t)T * sizeof(float)) || memcmp(l1, l2, (size_t)(H * n) * sizeof(float)))) {
                 int64_t first = -1;
                 for (int64_t i = 0; i < H * n && first < 0; i++)
-                    if (memcmp(o1 + i * D, o2 + i * D, (size_t)D * sizeof(float)) || memcmp(l1 + i, l2 + i, sizeof(float)))
+                    if (memcmp(o1 + i * D, o2 + i * D, (size_t)D * sizeof(float)) ||
+                        memcmp(l1 + i, l2 + i, sizeof(float)))
                         first = i;
                 printf("FAIL %s P=%d: exact forward's out or lse differs from one rank's (first: head %lld row %lld, "
                        "lse %.9g / %.9g)\n",

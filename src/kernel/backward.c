@@ -126,7 +126,8 @@ spa_bscratch *spa_bscratch_create(const spa_config *cfg)
     s->slse = spa_alloc(r1), s->sdl = spa_alloc(r1);
     s->sidx = spa_alloc((size_t)s->rows * sizeof(int64_t));
     if (!s->kc || !s->vc || !s->dkc || !s->dvc || !s->p || !s->dp || !s->tp || !s->tds || !s->qt || !s->dot ||
-        !s->lsx || !s->dlx || !s->kj || !s->kcls || !s->pc || !s->skip || !s->nan_row || !s->rk || !s->rv || !s->xtile || !s->w || !s->sq || !s->sdo ||
+        !s->lsx || !s->dlx || !s->kj || !s->kcls || !s->pc || !s->skip || !s->nan_row || !s->rk || !s->rv ||
+        !s->xtile || !s->w || !s->sq || !s->sdo ||
         !s->sdq || !s->slse || !s->sdl || !s->sidx) {
         spa_bscratch_destroy(s);
         return NULL;
@@ -657,7 +658,8 @@ void spa_backward_residue(const spa_config *cfg, const spa_keysrc *src, const sp
         if (hr->stride)
             for (int64_t j = i % hr->stride; j < lim; j += hr->stride) {
                 if (!residue_new(cfg, x, i, j)) continue;
-                if (find_key(cfg, src, sink, s->ew, h, j, 1, &kr)) residue_pair(s, sc, qi, doi, lse[r], Dl[r], dqi, &kr);
+                if (find_key(cfg, src, sink, s->ew, h, j, 1, &kr))
+                    residue_pair(s, sc, qi, doi, lse[r], Dl[r], dqi, &kr);
                 else lost = 1;
             }
         for (int p = 0; p < hr->ndilated; p++) {
@@ -668,7 +670,8 @@ void spa_backward_residue(const spa_config *cfg, const spa_keysrc *src, const sp
                 int dup = 0;
                 for (int e = 0; e < p && !dup; e++) dup = spa_dil_pair(hr, e, h, i, j);
                 if (dup) continue;
-                if (find_key(cfg, src, sink, s->ew, h, j, 1, &kr)) residue_pair(s, sc, qi, doi, lse[r], Dl[r], dqi, &kr);
+                if (find_key(cfg, src, sink, s->ew, h, j, 1, &kr))
+                    residue_pair(s, sc, qi, doi, lse[r], Dl[r], dqi, &kr);
                 else lost = 1;
             }
         }
