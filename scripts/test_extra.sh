@@ -46,7 +46,7 @@ for s in $suites; do
     # the usage-error checks at 4 ranks add only rank agreement to their
     # 1-rank twins: under the sanitizers, the 1-rank ones suffice
     # and the dist cases with test_dist --quick (tests/sanitize)
-    (cd build-asan && ctest --output-on-failure -j "$jobs" -R '^(san_dist_p[1-4]|san_dist_exact_|san_backward_|cli_|io_)' \
+    (cd build-asan && ctest --output-on-failure -j "$jobs" -R '^(san_dist_p[1-4]|san_backward_|cli_|io_)' \
       -E '^cli_exit_.*_p4$')
     ;;
   fuzz)
