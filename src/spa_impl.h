@@ -209,6 +209,12 @@ void spa_scratch_destroy(spa_scratch *s);
  * do). The register-blocked path is like that already. */
 void spa_scratch_set_exact(spa_scratch *s, int on);
 
+/* o[r][c] = sc sum_d a[r][d] b[c][d], each in one fixed order whatever
+ * r's and c's places in the call (sgemm's edge blocks are not): exact
+ * mode's products on the OpenBLAS path.  a: [tr][D];  b: [nk][D];
+ * o: [tr][nk] row-major */
+void spa_dots(int32_t tr, int32_t nk, int32_t D, float sc, const float *a, const float *b, float *o);
+
 /* Attention of the non-global rows of query block c, head h.
  *   q: [rows][D] rows of block c;  out: [rows][D];  lse: [rows]
  * Keys come from src. Rows that are global tokens are written too but are
@@ -331,9 +337,9 @@ int spa_bscratch_bad(const spa_bscratch *s);
  * spa_kernels.fixadd): with M = 1.5 * 2^52, the bits of h + M less those
  * of M are round(h) for |h| < 2^51; t is split as hr 2^32 + lo with hr =
  * round(t / 2^32) and lo = t - hr 2^32, which is exact and below 2^31.
- * With take, y[i] is set to 0 once read (the kernels' term buffers start
- * the next tile zeroed, without a pass of their own). */
-static inline int spa_fix_add(int64_t *x, float *y, int64_t len, double scale, int take)
+ * y[i] is set to 0 once read (the kernels' term buffers start the next
+ * tile zeroed, without a pass of their own). */
+static inline int spa_fix_add(int64_t *x, float *y, int64_t len, double scale)
 {
     const double M = 0x1.8p52;
     const int64_t MB = 0x4338000000000000; /* the bits of M */
@@ -341,7 +347,7 @@ static inline int spa_fix_add(int64_t *x, float *y, int64_t len, double scale, i
 #pragma omp simd reduction(| : bad)
     for (int64_t i = 0; i < len; i++) {
         double t = (double)y[i] * scale;
-        if (take) y[i] = 0.0f;
+        y[i] = 0.0f;
         const int ok = fabs(t) < 0x1p62; /* false for NaN */
         bad |= !ok;
         t = ok ? t : 0.0;

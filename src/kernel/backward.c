@@ -262,20 +262,6 @@ static inline void add_to(float *x, const float *y, int64_t len)
     for (int64_t i = 0; i < len; i++) x[i] += y[i];
 }
 
-/* o[r][c] = sc sum_d a[r][d] b[c][d], each in one fixed order.
- *   a: [tr][D];  b: [nk][D];  o: [tr][nk] */
-static void dots(int32_t tr, int32_t nk, int32_t D, float sc, const float *a, const float *b, float *o)
-{
-    for (int32_t r = 0; r < tr; r++)
-        for (int32_t c = 0; c < nk; c++) {
-            const float *x = a + (int64_t)r * D, *y = b + (int64_t)c * D;
-            float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-            for (int32_t d = 0; d < D; d++) acc += x[d] * y[d];
-            o[(int64_t)r * nk + c] = sc * acc;
-        }
-}
-
 /* The backward of the tile's rows against the chunk's keys (s->pc[0 ..
  * npiece), s->nk keys), on OpenBLAS (any D).
  *   q, dout: [tr][D];  kc, vc: [nk][D] the pieces copied together
@@ -297,7 +283,7 @@ static void chunk_blas(const spa_config *cfg, spa_bscratch *s, mask_fn mask, con
 
     /* pass 1 (exact: passes 1, 3 and 6 in loops whose results do not depend
      * on a key's place in the chunk, as sgemm's edge blocks make them) */
-    if (s->exact) dots(tr, nk, D, sc, s->q, s->kc, P);
+    if (s->exact) spa_dots(tr, nk, D, sc, s->q, s->kc, P);
     else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tr, nk, D, sc, s->q, D, s->kc, D, 0.0f, P, nk);
     mask(cfg, s, P, nk, 1, marg);
 
@@ -310,7 +296,7 @@ static void chunk_blas(const spa_config *cfg, spa_bscratch *s, mask_fn mask, con
     }
 
     /* pass 3 */
-    if (s->exact) dots(tr, nk, D, 1.0f, s->dout, s->vc, dP);
+    if (s->exact) spa_dots(tr, nk, D, 1.0f, s->dout, s->vc, dP);
     else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tr, nk, D, 1.0f, s->dout, D, s->vc, D, 0.0f, dP, nk);
 
     /* pass 4 */

@@ -224,9 +224,7 @@ static void chunk_update(const spa_config *cfg, spa_scratch *s, const float *q, 
 
 void spa_scratch_set_exact(spa_scratch *s, int on) { s->exact = on != 0; }
 
-/* o[r][c] = sc sum_d a[r][d] b[c][d] (ldb = D), each in one fixed order
- * whatever r's place in the tile.  a: [tr][D];  b: [nk][D];  o: [tr][nk] */
-static void dots_rows(int32_t tr, int32_t nk, int32_t D, float sc, const float *a, const float *b, float *o)
+void spa_dots(int32_t tr, int32_t nk, int32_t D, float sc, const float *a, const float *b, float *o)
 {
     for (int32_t r = 0; r < tr; r++)
         for (int32_t c = 0; c < nk; c++) {
@@ -687,7 +685,7 @@ void spa_kernel_residue(const spa_config *cfg, const spa_keysrc *src, spa_scratc
                 s->K->qk(nk, D, ldq, cfg->scale, s->kc, s->qt, s->s, NULL);
                 rs = 1, cs = ldq;
             } else {
-                if (s->exact) dots_rows(tr, nk, D, cfg->scale, s->qt, s->kc, s->s);
+                if (s->exact) spa_dots(tr, nk, D, cfg->scale, s->qt, s->kc, s->s);
                 else
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tr, nk, D, cfg->scale, s->qt, D, s->kc, D,
                                 0.0f, s->s, nk);
@@ -928,14 +926,7 @@ void spa_kernel_spread_exact(const spa_config *cfg, spa_scratch *s, int32_t h, i
             if (s->fast) {
                 s->K->qk(nk, D, ldq, cfg->scale, kc, s->qt, S, NULL);
             } else {
-                for (int32_t r = 0; r < rows; r++)
-                    for (int32_t j = 0; j < nk; j++) {
-                        const float *qa = qg + (g0 + r) * D, *kb = kc + (int64_t)j * D;
-                        float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-                        for (int32_t d = 0; d < D; d++) dot += qa[d] * kb[d];
-                        S[(int64_t)r * nk + j] = cfg->scale * dot;
-                    }
+                spa_dots(rows, nk, D, cfg->scale, qg + g0 * D, kc, S);
             }
             mask_rows(cfg, x, gi, rows, a, nk, S, rs, cs);
             for (int32_t r = 0; r < rows; r++) {

@@ -147,8 +147,7 @@ static void head_spread(const bpass *p, spa_bscratch *s, int32_t h)
     for (int32_t t = 0; t < pl->nspread_tiles; t++) {
         const int64_t r0 = ctx->tile_row[t], ng = ctx->tile_row[t + 1] - r0;
         if (ng == 0 || pl->spread[r0].h != h) continue;
-        const int64_t tok = pl->spread[r0].tok, c = spa_pattern_is_global(cfg, tok) ? -1 : tok / cfg->block;
-        spa_backward_spread(cfg, s, h, c, ctx->cm->sq + r0 * D, g->sdo + r0 * D, g->slse + r0, g->sdl + r0,
+        spa_backward_spread(cfg, s, h, spa_ctx_tile_block(ctx, r0), ctx->cm->sq + r0 * D, g->sdo + r0 * D, g->slse + r0, g->sdl + r0,
                             ctx->stok + r0, ng, p->k + off, p->v + off, pl->t0, n_own, g->sdq + r0 * D * ew,
                             p->dk + off * ew, p->dv + off * ew);
         if (omp_get_thread_num() == 0) spa_comm_poke(ctx->cm), spa_gcomm_poke(ctx->bwd->g);

@@ -395,8 +395,7 @@ static void spread_partials(spa_ctx ctx, const float *k, const float *v)
     for (int64_t t = 0; t < tiles; t++) {
         const int64_t r0 = ctx->tile_row[t], ng = ctx->tile_row[t + 1] - r0;
         const int32_t h = pl->spread[r0].h;
-        const int64_t tok = pl->spread[r0].tok;
-        const int64_t c = spa_pattern_is_global(cfg, tok) ? -1 : tok / cfg->block;
+        const int64_t c = spa_ctx_tile_block(ctx, r0);
         spa_scratch *s = ctx->scr[omp_get_thread_num()];
         for (int64_t a = p0, e; a < p1; a = e) {
             e = (a / SPAN + 1) * SPAN < p1 ? (a / SPAN + 1) * SPAN : p1;
@@ -443,9 +442,7 @@ static spa_err exact_spread(spa_ctx ctx, const float *k, const float *v, float *
             for (int64_t tl = 0; tl < tiles; tl++) {
                 const int64_t r0 = ctx->tile_row[tl], ng = ctx->tile_row[tl + 1] - r0;
                 const int32_t h = pl->spread[r0].h;
-                const int64_t tok = pl->spread[r0].tok;
-                const int64_t c = spa_pattern_is_global(cfg, tok) ? -1 : tok / cfg->block;
-                const int64_t off = (int64_t)h * n_own * D;
+                const int64_t c = spa_ctx_tile_block(ctx, r0), off = (int64_t)h * n_own * D;
                 spa_kernel_spread_exact(cfg, ctx->scr[omp_get_thread_num()], h, c, ctx->cm->sq + r0 * D, ctx->stok + r0,
                                         ng, k + off, v + off, p0, n_own, pass ? ctx->xmax + r0 : NULL,
                                         ctx->xmax + r0, ctx->xacc + r0 * (D + 2), fl, fa);

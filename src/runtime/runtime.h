@@ -58,6 +58,15 @@ struct spa_ctx_s {
     struct spa_bwd *bwd;
 };
 
+/* The c of the kernels' spread path for the tile whose first row is
+ * plan->spread[r0]: -1 for global rows, else the spread block whose rule
+ * its rows follow. */
+static inline int64_t spa_ctx_tile_block(const struct spa_ctx_s *ctx, int64_t r0)
+{
+    const int64_t tok = ctx->plan.spread[r0].tok;
+    return spa_pattern_is_global(&ctx->cfg, tok) ? -1 : tok / ctx->cfg.block;
+}
+
 /* Collective: a usage error on every rank when ranks differ in exact
  * mode, whose collectives differ (never a hang). One Allreduce of 2 ints
  * when P > 1. */
