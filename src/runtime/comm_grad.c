@@ -83,8 +83,9 @@ static spa_err setup_gathered(spa_gcomm *g)
     g->part_stage = spa_alloc((size_t)((NK * 2 * H * D + NS * D) * g->ew) * sizeof(float));
     g->part_land = spa_alloc((size_t)(P * cm->gcount[g->rank] * g->ew) * sizeof(float));
     g->a2a = malloc((size_t)(4 * P) * sizeof(int));
+    g->xsum = malloc((size_t)(D + 1) * sizeof *g->xsum);
     SPA_REQUIRE(g->gdk && g->gdv && g->sdq && g->sdo && g->slse && g->sdl && g->rows_stage && g->rows_count &&
-                    g->rows_displ && g->rows_pos && g->part_stage && g->part_land && g->a2a,
+                    g->rows_displ && g->rows_pos && g->part_stage && g->part_land && g->a2a && g->xsum,
                 SPA_ERR_OTHER, "out of memory for the gathered tokens' gradients");
     SPA_REQUIRE(NS * (D + 2) < INT32_MAX && P * (int64_t)cm->gcount[g->rank] < INT32_MAX, SPA_ERR_USAGE,
                 "too many gathered tokens and spread rows for one collective");
@@ -281,6 +282,7 @@ void spa_gcomm_destroy(spa_gcomm **pg)
         if (g->htype[i] != MPI_DATATYPE_NULL) MPI_Type_free(&g->htype[i]);
     free(g->htype);
     free(g->hland_off), free(g->hreq), free(g->rows_count), free(g->rows_displ), free(g->rows_pos), free(g->a2a);
+    free(g->xsum);
     free(g->run_land), free(g->btarget), free(g->btarget_first), free(g->serve), free(g->serve_land), free(g->freq);
     if (g->comm != MPI_COMM_NULL) MPI_Comm_free(&g->comm);
     free(g);
@@ -559,8 +561,7 @@ spa_err spa_gcomm_finish(spa_gcomm *g, float *dq, float *dk, float *dv, spa_stat
     /* exact: each spread row's partials summed in fixed point, then added
      * to its dq once (the block pass left 0 there, or nothing for a spread
      * block's rows) */
-    int64_t *sum = malloc((size_t)(D + 1) * sizeof *sum);
-    SPA_REQUIRE(sum, SPA_ERR_OTHER, "out of memory");
+    int64_t *sum = g->xsum;
     const double inv = 1.0 / g->xq;
     for (int64_t r = 0; r < NS; r++) {
         const spa_spread_row *w = &pl->spread[r];
@@ -574,6 +575,5 @@ spa_err spa_gcomm_finish(spa_gcomm *g, float *dq, float *dk, float *dv, spa_stat
         float *o = dq + ((int64_t)w->h * n_own + w->tok - t0) * D;
         for (int64_t d = 0; d < D; d++) o[d] += (float)((double)sum[d] * inv);
     }
-    free(sum);
     return SPA_OK;
 }

@@ -60,6 +60,7 @@ typedef struct spa_gcomm {
      * kv_first, spos), and what each rank returns to this one, [P][gcount[rank]] */
     float *part_stage, *part_land;
     int *a2a;                    /* [4 P] the Alltoallv's counts and displacements */
+    int64_t *xsum;               /* [D + 1] exact: one spread row's dq summed over the sources */
 
     /* fetched sinks, parallel to comm.c's fetched buffers: [nbuf][buf_slots][B][D] */
     float *fdk, *fdv;
