@@ -170,6 +170,9 @@ typedef struct spa_kernels {
     /* spa_fix_add with take on this instruction set (the same bits on
      * every one): x += round(y * scale), y = 0 */
     int (*fixadd)(int64_t *x, float *y, int64_t len, double scale);
+    /* at [D][ldq] = a [rows][lda] transposed, rows..ldq - 1 zero
+     * (D % 8 == 0, ldq % 8 == 0) */
+    void (*tpose)(const float *a, int64_t lda, int32_t rows, int32_t D, int32_t ldq, float *at);
 } spa_kernels;
 extern const spa_kernels spa_kernels_generic, spa_kernels_avx2, spa_kernels_avx512;
 

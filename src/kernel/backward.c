@@ -247,12 +247,10 @@ static void tile_begin(spa_bscratch *s, int32_t tr, const float *q, const float 
         s->lsx[r] = off ? INFINITY : lse[r];
         s->dlx[r] = r < tr ? Dl[r] : 0.0f;
     }
-    if (s->fast)
-        for (int32_t d = 0; d < D; d++)
-            for (int32_t r = 0; r < ldq; r++) {
-                s->qt[(int64_t)d * ldq + r] = r < tr ? q[(int64_t)r * D + d] : 0.0f;
-                s->dot[(int64_t)d * ldq + r] = r < tr ? dout[(int64_t)r * D + d] : 0.0f;
-            }
+    if (s->fast) {
+        s->K->tpose(q, D, tr, D, ldq, s->qt);
+        s->K->tpose(dout, D, tr, D, ldq, s->dot);
+    }
 }
 
 /* The chunk's sink adds: x[len] += y[len] */

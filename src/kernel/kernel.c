@@ -478,8 +478,7 @@ void spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch 
     s->any_cls = 0;
     s->ldq = (rows + 15) / 16 * 16;
     if (s->fast)
-        for (int32_t d = 0; d < D; d++)
-            for (int32_t r = 0; r < s->ldq; r++) s->qt[(int64_t)d * s->ldq + r] = r < rows ? q[(int64_t)r * D + d] : 0.0f;
+        s->K->tpose(q, D, rows, D, s->ldq, s->qt);
 
     /* 1. local range: the whole window for every row in block mode; the
      *    token rule decides in radius mode */
@@ -775,8 +774,7 @@ static void global_partial_t(const spa_config *cfg, spa_scratch *s, const spa_ro
     for (int64_t g0 = 0; g0 < ng; g0 += SPA_QT) {
         const int32_t rows = (int32_t)(ng - g0 < SPA_QT ? ng - g0 : SPA_QT), ldq = (rows + 15) / 16 * 16;
         const int64_t *gi = gidx + g0;
-        for (int32_t d = 0; d < D; d++)
-            for (int32_t r = 0; r < ldq; r++) s->qt[(int64_t)d * ldq + r] = r < rows ? qg[(g0 + r) * D + d] : 0.0f;
+        s->K->tpose(qg + g0 * D, D, rows, D, ldq, s->qt);
         int64_t jend = j0 + len;
         if (cfg->causal && gi[rows - 1] + 1 < jend) jend = gi[rows - 1] + 1;
         for (int64_t a = j0, e; a < jend; a = e) {
@@ -910,8 +908,7 @@ void spa_kernel_spread_exact(const spa_config *cfg, spa_scratch *s, int32_t h, i
         const int32_t rows = (int32_t)(ng - g0 < SPA_QT ? ng - g0 : SPA_QT), ldq = (rows + 15) / 16 * 16;
         const int64_t *gi = gidx + g0;
         if (s->fast)
-            for (int32_t d = 0; d < D; d++)
-                for (int32_t r = 0; r < ldq; r++) s->qt[(int64_t)d * ldq + r] = r < rows ? qg[(g0 + r) * D + d] : 0.0f;
+            s->K->tpose(qg + g0 * D, D, rows, D, ldq, s->qt);
         int64_t jend = j0 + len;
         if (cfg->causal && gi[rows - 1] + 1 < jend) jend = gi[rows - 1] + 1;
         for (int64_t a = j0, e; a < jend; a = e) {
