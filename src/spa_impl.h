@@ -125,6 +125,40 @@ static inline int spa_rowctx_local(const spa_rowctx *x, int64_t i, int64_t j)
     return 0;
 }
 
+/* The rows i for which spa_rowctx_local(x, i, j) holds, as one interval
+ * [*lo, *hi] (empty when *lo > *hi): a radius and a block window are both
+ * contiguous in i for a fixed key j. */
+static inline void spa_rowctx_local_span(const spa_rowctx *x, int64_t j, int64_t *lo, int64_t *hi)
+{
+    const spa_head_rules *hr = x->hr;
+    if (hr->radius >= 0) {
+        *lo = j - hr->radius, *hi = j + hr->radius;
+    } else if (x->wh >= 0) {
+        int64_t B = x->cfg->block, bj = j / B;
+        *lo = (bj - x->wh) * B, *hi = (bj + x->wh + 1) * B - 1;
+    } else {
+        *lo = 1, *hi = 0;
+    }
+}
+
+/* Masks key j's scores (col[r * rs], r < rows; row i = ti0 + r) to -inf
+ * for the rows that do not attend it: class 1 (the local rule decides per
+ * row) outside the rule's span, and under causality the rows i < j. */
+static inline void spa_mask_key(const spa_rowctx *x, int causal, int64_t j, int cls, int64_t ti0, int32_t rows,
+                                float *col, int64_t rs)
+{
+    int64_t lo = causal ? j : INT64_MIN / 2, hi = INT64_MAX / 2;
+    if (cls) {
+        int64_t a, b;
+        spa_rowctx_local_span(x, j, &a, &b);
+        lo = a > lo ? a : lo, hi = b;
+    }
+    const int32_t r0 = lo - ti0 <= 0 ? 0 : lo - ti0 < rows ? (int32_t)(lo - ti0) : rows;
+    const int32_t r1 = hi - ti0 + 1 <= r0 ? r0 : hi - ti0 + 1 < rows ? (int32_t)(hi - ti0 + 1) : rows;
+    for (int32_t r = 0; r < r0; r++) col[r * rs] = -INFINITY;
+    for (int32_t r = r1; r < rows; r++) col[r * rs] = -INFINITY;
+}
+
 /* The token-level rules of a non-global row i for a key j that is neither
  * gathered nor in a full key block: local, strided, dilated. Causality is
  * the caller's. */

@@ -220,17 +220,7 @@ static void mask_block(const spa_config *cfg, const spa_bscratch *s, float *S, i
     const int32_t nk = s->nk, tr = s->tr;
     const int64_t ti0 = s->ti0;
     if (!cfg->causal && !s->any_cls) return;
-    for (int32_t c = 0; c < nk; c++) {
-        const int64_t j = s->kj[c];
-        float *col = S + c * cs;
-        if (s->kcls[c]) {
-            for (int32_t r = 0; r < tr; r++)
-                if ((cfg->causal && j > ti0 + r) || !spa_rowctx_local(&s->x, ti0 + r, j)) col[r * rs] = -INFINITY;
-        } else if (cfg->causal && j > ti0) { /* rows i < j */
-            const int32_t lim = j - ti0 < tr ? (int32_t)(j - ti0) : tr;
-            for (int32_t r = 0; r < lim; r++) col[r * rs] = -INFINITY;
-        }
-    }
+    for (int32_t c = 0; c < nk; c++) spa_mask_key(&s->x, cfg->causal, s->kj[c], s->kcls[c], ti0, tr, S + c * cs, rs);
 }
 
 /* Sets up the tile: rows [tr] of q, dout, lse, Dl (row-major [tr][D]),

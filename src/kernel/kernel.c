@@ -183,19 +183,8 @@ static void mask_scores(const spa_config *cfg, const spa_scratch *s, int64_t ti0
                         int64_t rs, int64_t cs)
 {
     if (!cfg->causal && !s->any_cls) return;
-    for (int32_t c = 0; c < s->nk; c++) {
-        int64_t j = s->kj[c];
-        float *col = S + c * cs;
-        if (s->kcls[c]) {
-            for (int32_t r = 0; r < rows; r++) {
-                int64_t i = ti0 + r;
-                if ((cfg->causal && j > i) || !spa_rowctx_local(&s->x, i, j)) col[r * rs] = -INFINITY;
-            }
-        } else if (cfg->causal && j > ti0) { /* rows i < j */
-            int32_t lim = j - ti0 < rows ? (int32_t)(j - ti0) : rows;
-            for (int32_t r = 0; r < lim; r++) col[r * rs] = -INFINITY;
-        }
-    }
+    for (int32_t c = 0; c < s->nk; c++)
+        spa_mask_key(&s->x, cfg->causal, s->kj[c], s->kcls[c], ti0, rows, S + c * cs, rs);
 }
 
 /* One chunk of the online softmax for the query rows [ti0, ti0 + rows) of
