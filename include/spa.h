@@ -127,7 +127,9 @@ typedef struct spa_config {
     int64_t nkv_tokens;
 } spa_config;
 
-#define SPA_FETCH_BYTES_DEFAULT ((int64_t)1024 << 20)
+/* 512 MiB per rank: at n = 2^24, H = 1 on 2 ranks the machine's memory in
+ * use peaks at 1.07x q + k + v + out (1024 MiB: 1.16x); bench/memory.sh */
+#define SPA_FETCH_BYTES_DEFAULT ((int64_t)512 << 20)
 
 /* Defaults of SPEC section 1: n = 131072, H = 4, D = 64, B = 64, W = 3,
  * random 3, seed 0, default globals. Not collective. */

@@ -571,7 +571,7 @@ void spa_cli_help(FILE *f, spa_cli_cmd cmd)
         "  --causal           keep only keys j <= i, in every rule\n"
         "  --scale X          softmax scale (default 1/sqrt(dim))\n"
         "  --fetch-mib M      memory for fetched remote blocks per rank, MiB (default\n"
-        "                     1024; 0 = no limit). Beyond it a rank works in batches\n"
+        "                     512; 0 = no limit). Beyond it a rank works in batches\n"
         "                     of query blocks whose blocks fit half of it, fetching\n"
         "                     each batch while the previous one computes; a block\n"
         "                     two batches need is fetched twice. Results do not change\n"
