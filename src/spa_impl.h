@@ -207,6 +207,10 @@ typedef struct spa_kernels {
     /* at [D][ldq] = a [rows][lda] transposed, rows..ldq - 1 zero
      * (D % 8 == 0, ldq % 8 == 0) */
     void (*tpose)(const float *a, int64_t lda, int32_t rows, int32_t D, int32_t ldq, float *at);
+    /* pv over np pieces of keys: values v[p] ([n[p]][D] rows), keys in
+     * piece order down S^T */
+    void (*pvp)(int np, const float *const *v, const int32_t *n, int32_t D, int32_t ldq, int32_t rows,
+                const float *pt, float *o);
 } spa_kernels;
 extern const spa_kernels spa_kernels_generic, spa_kernels_avx2, spa_kernels_avx512;
 

@@ -313,8 +313,7 @@ static void softmax_tail_t(spa_scratch *s, int32_t rows, int have_max)
 
     /* pass 3: cacc = P V */
     memset(s->cacc, 0, (size_t)rows * D * sizeof(float));
-    for (int p = 0, j = 0; p < s->npiece; j += s->pn[p], p++) /* j order kept: same sums */
-        s->K->pv(s->pn[p], D, ldq, rows, St + (int64_t)j * ldq, s->pv[p], s->cacc);
+    s->K->pvp(s->npiece, s->pv, s->pn, D, ldq, rows, St, s->cacc); /* keys in order: same sums */
 
     /* pass 4 */
     merge_chunk(s, rows);
