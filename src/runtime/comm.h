@@ -25,13 +25,14 @@ typedef struct spa_comm {
     int nreqs;
 
     /* gathered: K and V of cfg->kv_tokens, [H][nkv][D]; q of the spread
-     * rows in tile order, [nspread][D]. One Allgatherv through stage:
+     * rows in tile order, [nspread][D]. One all-gather through stage:
      * rank s's part is its gathered tokens [tok][2][H][D], then its
      * spread rows [row][D]. */
     float *gk, *gv, *sq, *stage;
     int *gcount, *gdispl;        /* [P], in floats */
     int64_t *kv_first;           /* [P + 1] first gathered token of each rank */
     int64_t *spos;               /* [nspread] offset of each spread row in stage */
+    int gather_mpi;              /* 1: MPI_Allgatherv (SPA_GATHER=mpi); 0: spa's own Bruck */
     MPI_Datatype part_type;
     MPI_Op part_op;
     MPI_Datatype i128_type;      /* exact mode: 128-bit integers, summed by i128_op */
