@@ -2,14 +2,16 @@
 """sweep.py - spa's scaling study on simulated clusters (SimGrid SMPI).
 
     sweep.py --smpi SPA_SMPI --real SPA_REAL --out DIR [--quick]
-             [--nodes 16,32,...] [--strong-n N] [--weak-n-per-node N]
+             [--steps calib,strong,weak,compare] [--nodes 16,32,...]
+             [--strong-n N] [--tokens-per-node N] [--node-gflops G]
              [--heads H] [--compare-n N] [--compare-ranks 1,2,4,8]
 
 SPA_SMPI is the smpicc build (scripts/smpi/build.sh), SPA_REAL the normal
 build. Steps, each writing a CSV in DIR:
   calib.csv     the kernel's GFLOP/s here, 1 rank, 1 and 2 threads (real)
   strong.csv    fixed n on 16..1024 simulated 2-core nodes, one rank each
-  weak.csv      fixed n per node on the same clusters
+  weak.csv      fixed n per node (--tokens-per-node, 65536) on the same
+                clusters
   compare.csv   P = 1..8 real runs (mpirun, 1 thread per rank, this
                 machine) against the same runs simulated on a one-host,
                 2-core platform like this machine, and on P cluster nodes
@@ -17,7 +19,14 @@ build. Steps, each writing a CSV in DIR:
                 (P - 1) / P * 2 * n * D * 4 * H
 and plots (PNG) when matplotlib is importable. The simulated runs use the
 model mode (SPA_SMPI_MODEL=1, see docs/smpi.md): kernel time is the useful
-FLOPs divided by the calibrated speed; messages are simulated.
+FLOPs divided by the calibrated speed; messages are simulated. Every
+simulated row also records what the simulation cost here: wall_seconds,
+and the simulator's peak resident memory (sim_peak_rss_mb, all mappings,
+as ps counts it; sim_peak_anon_mb, its private part), sampled every 0.2 s.
+
+--steps runs a subset (e.g. --steps weak): the speeds then come from
+calib.csv in DIR, or from --node-gflops (one simulated 2-core node's
+useful GFLOP/s; its cores get half each). bytes.csv needs the strong step.
 """
 import argparse
 import csv
@@ -25,6 +34,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -64,13 +74,51 @@ def last_json(text, what):
     sys.exit(f"sweep.py: no JSON from {what}:\n{text[-2000:]}")
 
 
+def proc_tree(pid):
+    out = [pid]
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                out += [q for c in f.read().split() for q in proc_tree(int(c))]
+    except OSError:
+        pass
+    return out
+
+
+def tree_memory(pid):
+    """kB of VmRSS and RssAnon summed over pid and its descendants."""
+    rss = anon = 0
+    for q in proc_tree(pid):
+        try:
+            with open(f"/proc/{q}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("RssAnon:"):
+                        anon += int(line.split()[1])
+        except OSError:
+            pass
+    return rss, anon
+
+
 def run(cmd, env, what):
+    """Runs cmd; its last JSON line, with the wall time and peak memory."""
     t = time.time()
-    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with tempfile.TemporaryFile(mode="w+") as log:
+        p = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        peak_rss = peak_anon = 0
+        while p.poll() is None:
+            rss, anon = tree_memory(p.pid)
+            peak_rss, peak_anon = max(peak_rss, rss), max(peak_anon, anon)
+            time.sleep(0.2)
+        log.seek(0)
+        text = log.read()
     if p.returncode != 0:
-        sys.exit(f"sweep.py: {what} failed ({p.returncode}): {' '.join(cmd)}\n{p.stdout[-3000:]}")
-    d = last_json(p.stdout, what)
+        sys.exit(f"sweep.py: {what} failed ({p.returncode}): {' '.join(cmd)}\n{text[-3000:]}")
+    d = last_json(text, what)
     d["wall_seconds"] = time.time() - t
+    d["sim_peak_rss_mb"] = peak_rss // 1024
+    d["sim_peak_anon_mb"] = peak_anon // 1024
     return d
 
 
@@ -114,6 +162,8 @@ def row(base, d):
     for f in FIELDS:
         r[f] = d.get(f)
     r["wall_seconds"] = round(d["wall_seconds"], 3)
+    r["sim_peak_rss_mb"] = d["sim_peak_rss_mb"]
+    r["sim_peak_anon_mb"] = d["sim_peak_anon_mb"]
     return r
 
 
@@ -168,11 +218,14 @@ def main():
     ap.add_argument("--real", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true", help="16..128 nodes, smaller n")
+    ap.add_argument("--steps", default="calib,strong,weak,compare",
+                    help="which of calib, strong, weak, compare to run (bytes.csv comes with strong)")
     ap.add_argument("--nodes", default="16,32,64,128,256,512,1024")
     ap.add_argument("--strong-n", type=int, default=1 << 20)
-    ap.add_argument("--weak-n-per-node", type=int, default=2048,
-                    help="tokens per node; SimGrid holds each in-flight transfer's bytes, "
-                         "so memory grows with nodes x fetched bytes per rank")
+    ap.add_argument("--tokens-per-node", "--weak-n-per-node", dest="weak_n_per_node", type=int,
+                    default=65536, help="weak scaling's tokens per node")
+    ap.add_argument("--node-gflops", type=float, default=0.0,
+                    help="a simulated node's useful GFLOP/s (2 threads), instead of calib.csv")
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--compare-n", type=int, default=1 << 17)
     ap.add_argument("--compare-ranks", default="1,2,4,8")
@@ -185,20 +238,33 @@ def main():
     if a.quick:
         a.nodes, a.strong_n, a.weak_n_per_node, a.compare_ranks = "16,32,64,128", 1 << 18, 4096, "1,2,4"
         a.compare_n, a.calib_n = 1 << 15, 1 << 15
+    steps = set(a.steps.split(","))
+    unknown = steps - {"calib", "strong", "weak", "compare"}
+    if unknown:
+        sys.exit(f"sweep.py: unknown --steps {','.join(sorted(unknown))}")
+    if a.reuse:  # the old meaning: keep calib.csv and strong.csv
+        steps -= {"calib", "strong"}
+        steps |= {"weak", "compare"}
     os.makedirs(a.out, exist_ok=True)
     nodes = [int(x) for x in a.nodes.split(",")]
     H, D = a.heads, 64
 
     # 1. calibration: useful FLOP/s of the kernel, one rank, 1 and 2 threads
     calib = []
-    if a.reuse and os.path.exists(os.path.join(a.out, "calib.csv")):
-        calib = read_csv(os.path.join(a.out, "calib.csv"))
+    calib_csv = os.path.join(a.out, "calib.csv")
+    if "calib" not in steps and a.node_gflops > 0:
+        calib = [dict(threads=1, gflops_compute=a.node_gflops / 2),
+                 dict(threads=2, gflops_compute=a.node_gflops)]
+    elif "calib" not in steps:
+        if not os.path.exists(calib_csv):
+            sys.exit(f"sweep.py: no {calib_csv}; run the calib step or give --node-gflops")
+        calib = read_csv(calib_csv)
     for t in (1, 2) if not calib else ():
         d = real_run(a.real, 1, t, a.calib_n, H)
         calib.append(dict(threads=t, n=a.calib_n, heads=H, seconds_compute=d["seconds_compute"],
                           flops=d["flops"], gflops_compute=d["flops"] / d["seconds_compute"] / 1e9))
-    if not a.reuse:
-        write_csv(os.path.join(a.out, "calib.csv"), calib)
+    if "calib" in steps:
+        write_csv(calib_csv, calib)
     core1 = calib[0]["gflops_compute"] * 1e9     # one thread alone
     node2 = calib[1]["gflops_compute"] * 1e9     # the 2-core node, 2 threads
     # a simulated node: 2 cores of node2 / 2 each; a rank charges FLOPs / 2
@@ -207,10 +273,16 @@ def main():
     def cluster(tag, P, n):
         return sim_run(a.smpi, a.out, tag, P, 1, 2, core_cluster, 2, n, H, a.bw, a.lat)
 
-    # 2. strong and 3. weak scaling
+    # 2. strong and 3. weak scaling; a step not run keeps its CSV, if any
+    strong = weak = []
     for kind in ("strong", "weak"):
-        if kind == "strong" and a.reuse and os.path.exists(os.path.join(a.out, "strong.csv")):
-            strong = read_csv(os.path.join(a.out, "strong.csv"))
+        if kind not in steps:
+            path = os.path.join(a.out, f"{kind}.csv")
+            rows = read_csv(path) if os.path.exists(path) else []
+            if kind == "strong":
+                strong = rows
+            else:
+                weak = rows
             continue
         rows = []
         for P in nodes:
@@ -219,7 +291,8 @@ def main():
             rows.append(row(dict(kind=kind, nodes=P, ranks=P, threads_modelled=2, n=n, heads=H,
                                  dim=D), d))
             print(f"{kind} P={P} n={n}: {d['seconds_total']:.4g} s simulated, "
-                  f"{d['wall_seconds']:.1f} s to simulate", flush=True)
+                  f"{d['wall_seconds']:.1f} s and {d['sim_peak_rss_mb']} MB "
+                  f"({d['sim_peak_anon_mb']} MB private) to simulate", flush=True)
         t0, p0 = rows[0]["seconds_total"], rows[0]["nodes"]
         for r in rows:
             if kind == "strong":
@@ -234,7 +307,7 @@ def main():
 
     # 4. model error at small P against real runs on this machine
     cmp_rows = []
-    for P in [int(x) for x in a.compare_ranks.split(",")]:
+    for P in [int(x) for x in a.compare_ranks.split(",")] if "compare" in steps else []:
         real = real_run(a.real, P, 1, a.compare_n, H)
         here = sim_run(a.smpi, a.out, f"here-{P}", 1, P, 2, core1, 1, a.compare_n, H, a.bw, a.lat)
         clus = sim_run(a.smpi, a.out, f"nodes-{P}", P, 1, 2, core1, 1, a.compare_n, H, a.bw, a.lat)
@@ -249,7 +322,8 @@ def main():
         cmp_rows.append(r)
         print(f"compare P={P}: real {r['real_total']:.4g} s, simulated here {r['sim_here_total']:.4g} s "
               f"({100 * r['error_here']:+.1f}%), on {P} nodes {r['sim_nodes_total']:.4g} s", flush=True)
-    write_csv(os.path.join(a.out, "compare.csv"), cmp_rows)
+    if cmp_rows:
+        write_csv(os.path.join(a.out, "compare.csv"), cmp_rows)
 
     # 5. bytes per rank against ring attention
     brows = []
@@ -261,9 +335,11 @@ def main():
                           halo_mean=r["bytes_halo_total"] / P, global_mean=r["bytes_global_total"] / P,
                           rma_mean=r["bytes_rma_total"] / P, ring_bytes=ring_bytes(P, n, D, H),
                           ratio_ring_over_spa=ring_bytes(P, n, D, H) / (tot / P)))
-    write_csv(os.path.join(a.out, "bytes.csv"), brows)
+    if "strong" in steps:
+        write_csv(os.path.join(a.out, "bytes.csv"), brows)
 
-    write_spa_csv(os.path.join(a.out, "spa_smpi.csv"), strong + weak)
+    if strong or weak:
+        write_spa_csv(os.path.join(a.out, "spa_smpi.csv"), strong + weak)
     subprocess.run([sys.executable, os.path.join(HERE, "plot.py"), a.out], check=False)
     collect = os.path.join(HERE, "..", "collect.py")
     if os.path.exists(collect):  # the measured study's summary and plots
