@@ -15,7 +15,9 @@
  *   - no message carries a payload: every point-to-point message spa posts
  *     goes from and into shared scratch, and the MPI_Gets of one batch
  *     become one two-sided message of the same bytes from the rank half
- *     the ring away (details at model_scratch below).
+ *     the ring away (details at model_scratch below);
+ *   - the plan's spread-block test answers from a memo all ranks share
+ *     (spread_memo below).
  * Halo, global and collective messages keep their real sizes, senders and
  * receivers; every byte count spa reports is the real one. The trade-off:
  * values, and so the checksum, are meaningless in model mode, in exchange
@@ -425,7 +427,7 @@ spa_err __wrap_spa_comm_connect(spa_comm *c)
     return SPA_OK;
 }
 
-/* n messages of bytes in chunks, sent (to >= 0) or received (from) */
+/* bytes as messages of at most MODEL_CHUNK, sent to or received from peer */
 static spa_err model_xfer(int64_t bytes, int peer, int send, MPI_Comm comm, MPI_Request *req)
 {
     for (int64_t left = bytes; left > 0; left -= MODEL_CHUNK) {
