@@ -16,6 +16,7 @@ PS="${SPA_BENCH_RANKS:-1 2 3 4}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 T="$(mktemp -d)"
 trap 'rm -rf "$T"' EXIT
+trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM # so that EXIT's removal runs
 export OMP_NUM_THREADS=1
 run() { sh "$HERE/../scripts/mpirun.sh" -q "$@"; }
 "$B/spa" gen --grad --output "$T/in.h5" --n "$N" --heads 4 --dim 64 --seed 1 > /dev/null

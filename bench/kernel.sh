@@ -15,6 +15,7 @@ ROUNDS="${ROUNDS:-2}"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 T="$(mktemp -d)"
 trap 'rm -rf "$T"' EXIT
+trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM # so that EXIT's removal runs
 bench() { # name threads kernel [flags...]
     name=$1 thr=$2 kern=$3
     shift 3

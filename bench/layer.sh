@@ -12,6 +12,7 @@ DM="${SPA_LAYER_DMODEL:-256}"
 here="$(cd "$(dirname "$0")" && pwd)"
 T="$(mktemp -d)"
 trap 'rm -rf "$T"' EXIT
+trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM # so that EXIT's removal runs
 /usr/bin/python3 - "$T/layer.h5" "$N" "$DM" <<'PY'
 import sys, h5py, numpy as np
 path, n, dm = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

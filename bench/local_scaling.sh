@@ -10,6 +10,7 @@ B="${1:-build}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 T="$(mktemp -d)"
 trap 'rm -rf "$T"' EXIT
+trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM # so that EXIT's removal runs
 export OMP_NUM_THREADS=1
 for p in 1 2 4 8; do
   for kind in strong weak; do

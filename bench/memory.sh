@@ -22,7 +22,11 @@ H="${SPA_BENCH_HEADS:-1}"
 D=64
 HERE="$(cd "$(dirname "$0")" && pwd)"
 T="$(mktemp -d)"
-trap 'kill "$sampler" 2>/dev/null; rm -rf "$T"' EXIT
+sampler=""
+# set -e holds inside the trap too: a kill that fails (the sampler already
+# stopped, or never started) must not skip the removal of the 20 GB
+trap '[ -z "$sampler" ] || kill "$sampler" 2>/dev/null || :; rm -rf "$T"' EXIT
+trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM # so that EXIT's removal runs
 export OMP_NUM_THREADS=1
 inuse() { awk '/^MemTotal:/ {t = $2} /^MemAvailable:/ {a = $2} END {printf "%.0f\n", (t - a) * 1024}' /proc/meminfo; }
 "$B/spa" gen --output "$T/in.h5" --n "$N" --heads "$H" --dim "$D" --seed 1 > /dev/null
@@ -36,6 +40,7 @@ sh "$HERE/../scripts/mpirun.sh" -q -n "$P" "$B/spa" run --input "$T/in.h5" --out
     --seed 1 --json ${FETCH_MIB:+--fetch-mib "$FETCH_MIB"} > "$T/run.json"
 end=$(date +%s.%N)
 kill "$sampler"
+sampler=""
 /usr/bin/python3 - "$T" "$base" "$N" "$H" "$D" "$P" "$start" "$end" <<'PY'
 import json, sys
 T, base, n, h, d, p, t0, t1 = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:7]), *map(float, sys.argv[7:9])

@@ -18,6 +18,7 @@ B="${1:-build}"
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 T="$(mktemp -d)"
 trap 'rm -rf "$T"' EXIT
+trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM # so that EXIT's removal runs
 N="${SPA_BENCH_N:-131072}"
 REPS="${SPA_BENCH_REPS:-2}"
 ROUNDS="${SPA_BENCH_ROUNDS:-3}"

@@ -40,5 +40,6 @@ fi
 
 T="$(mktemp -d "${TMPDIR:-/tmp}/spa-peers.XXXXXX")"
 trap 'rm -rf "$T"' EXIT
+trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM # so that EXIT's removal runs
 export OMP_NUM_THREADS=2
 "$PY" "$HERE/bench/peers.py" --spa "$B/spa" --workdir "$T" "$@"

@@ -26,4 +26,5 @@ if ! [ -x "$B/spa" ]; then
 fi
 T="$(mktemp -d "${TMPDIR:-/tmp}/spa-peers-grad.XXXXXX")"
 trap 'rm -rf "$T"' EXIT
+trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM # so that EXIT's removal runs
 "$PY" "$HERE/bench/peers_grad.py" --spa "$B/spa" --workdir "$T" "$@"

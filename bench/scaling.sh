@@ -24,6 +24,7 @@ PS="${SPA_BENCH_RANKS:-1 2 4}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 T="$(mktemp -d)"
 trap 'rm -rf "$T"' EXIT
+trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM # so that EXIT's removal runs
 export OMP_NUM_THREADS=1
 tcp() { OMPI_MCA_pml=ob1 OMPI_MCA_btl=tcp,self OMPI_MCA_osc=pt2pt "$@"; }
 for n in $NS; do
