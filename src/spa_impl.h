@@ -113,18 +113,6 @@ int64_t spa_rowctx_find(const spa_rowctx *x, int64_t b);
 /* j in S(i) for a row i of the block (global rows included). */
 int spa_rowctx_attends(const spa_rowctx *x, int64_t i, int64_t j);
 
-/* The local rule alone (radius or block window) for a row i of the block. */
-static inline int spa_rowctx_local(const spa_rowctx *x, int64_t i, int64_t j)
-{
-    const spa_head_rules *hr = x->hr;
-    if (hr->radius >= 0) return (i > j ? i - j : j - i) <= hr->radius;
-    if (x->wh >= 0) {
-        int64_t B = x->cfg->block, d = i / B - j / B;
-        return (d < 0 ? -d : d) <= x->wh;
-    }
-    return 0;
-}
-
 /* The rows i for which spa_rowctx_local(x, i, j) holds, as one interval
  * [*lo, *hi] (empty when *lo > *hi): a radius and a block window are both
  * contiguous in i for a fixed key j. */
@@ -139,6 +127,14 @@ static inline void spa_rowctx_local_span(const spa_rowctx *x, int64_t j, int64_t
     } else {
         *lo = 1, *hi = 0;
     }
+}
+
+/* The local rule alone (radius or block window) for a row i of the block. */
+static inline int spa_rowctx_local(const spa_rowctx *x, int64_t i, int64_t j)
+{
+    int64_t lo, hi;
+    spa_rowctx_local_span(x, j, &lo, &hi);
+    return lo <= i && i <= hi;
 }
 
 /* Masks key j's scores (col[r * rs], r < rows; row i = ti0 + r) to -inf
@@ -165,12 +161,7 @@ static inline void spa_mask_key(const spa_rowctx *x, int causal, int64_t j, int 
 static inline int spa_rowctx_residue(const spa_rowctx *x, int64_t i, int64_t j)
 {
     const spa_head_rules *hr = x->hr;
-    if (hr->radius >= 0) {
-        if ((i > j ? i - j : j - i) <= hr->radius) return 1;
-    } else if (x->wh >= 0) {
-        int64_t B = x->cfg->block, d = i / B - j / B;
-        if ((d < 0 ? -d : d) <= x->wh) return 1;
-    }
+    if (spa_rowctx_local(x, i, j)) return 1;
     if (hr->stride && (i - j) % hr->stride == 0) return 1;
     for (int p = 0; p < hr->ndilated; p++)
         if (spa_dil_pair(hr, p, x->h, i, j)) return 1;
