@@ -116,6 +116,13 @@ int spa_cli_stopped(void);
 const char *spa_cli_stop_where(void);
 const char *spa_cli_signal_name(int sig);
 
+/* Before MPI_Init_thread: a fault inside it exits 1 with one line saying
+ * so, and creates the file SPA_INIT_FAULT_FILE names (jobs/spa.sbatch then
+ * launches again). spa_cli_init_done after it: a later fault prints the
+ * rank, the signal and a backtrace, then takes the default action. */
+void spa_cli_guard_init(void);
+void spa_cli_init_done(int rank);
+
 /* While the file at path (what: "input" or "layout", for the message) is
  * read: a fault inside HDF5 (some damaged files crash it) exits 3 with one
  * line naming the file. Unguard after. */

@@ -11,6 +11,8 @@
  */
 #include "cli.h"
 
+#include <execinfo.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,6 +127,97 @@ void spa_cli_unguard_input(void)
     if (!fault_armed) return;
     for (int i = 0; i < FAULT_SIGNALS; i++) sigaction(fault_signals[i], &fault_old[i], NULL);
     fault_armed = 0;
+}
+
+/* The start-up guard. Open MPI 4.1 launched by srun (PMIx) over TCP can
+ * crash inside MPI_Init_thread: a rank still waiting in the start-up
+ * exchange receives a message from a peer that is further on, before its
+ * own message handlers exist, and calls a null handler (the core shows
+ * opal_progress inside ompi_mpi_init). Nothing of spa has run then: no file
+ * was opened, nothing was written. Installed before MPI_Init_thread, these
+ * handlers take precedence (Open MPI does not replace handlers that are
+ * already there): a fault there prints one line that says so, creates the
+ * file named by SPA_INIT_FAULT_FILE (jobs/spa.sbatch launches the step
+ * again when it finds it) and exits 1. After MPI_Init_thread, a fault
+ * prints which rank and signal and a backtrace, as Open MPI's handler
+ * would have, then takes the default action (a core dump where enabled). */
+static const int crash_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
+enum { CRASH_SIGNALS = sizeof crash_signals / sizeof *crash_signals };
+static volatile sig_atomic_t in_init, crash_rank = -1;
+static char init_fault_file[1024];
+
+static void put(const char *s) { ssize_t w = write(STDERR_FILENO, s, strlen(s)); (void)w; }
+
+static void put_int(long v)
+{
+    char b[24], *p = b + sizeof b;
+    *--p = 0;
+    int neg = v < 0;
+    unsigned long u = neg ? 0UL - (unsigned long)v : (unsigned long)v;
+    do *--p = (char)('0' + u % 10); while ((u /= 10) && p > b + 1);
+    if (neg) *--p = '-';
+    put(p);
+}
+
+static void on_crash(int sig)
+{
+    if (in_init) {
+        put("spa: error: the MPI library crashed inside MPI_Init_thread (signal ");
+        put_int(sig);
+        put("), before spa read or wrote anything: an MPI start-up fault, not one of the input or the run; "
+            "launching again usually succeeds (docs/slurm.md)\n");
+        if (init_fault_file[0]) {
+            int fd = open(init_fault_file, O_WRONLY | O_CREAT, 0644);
+            if (fd >= 0) close(fd);
+        }
+        _exit(SPA_ERR_OTHER);
+    }
+    put("spa: error: rank ");
+    put_int(crash_rank);
+    put(" crashed with signal ");
+    put_int(sig);
+    put(" (");
+    put(sig == SIGSEGV ? "SIGSEGV" : sig == SIGBUS ? "SIGBUS" : sig == SIGFPE ? "SIGFPE" : sig == SIGILL ? "SIGILL" : "SIGABRT");
+    put("); backtrace:\n");
+    void *frames[64];
+    backtrace_symbols_fd(frames, backtrace(frames, 64), STDERR_FILENO);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+void spa_cli_guard_init(void)
+{
+    const char *f = getenv("SPA_INIT_FAULT_FILE");
+    if (f && strlen(f) < sizeof init_fault_file) strcpy(init_fault_file, f);
+    void *frames[2];
+    (void)backtrace(frames, 2); /* loads what backtrace needs now, not in a handler */
+    static char altstack[64 * 1024];
+    stack_t ss = {.ss_sp = altstack, .ss_size = sizeof altstack, .ss_flags = 0};
+    sigaltstack(&ss, NULL);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_crash;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_ONSTACK;
+    for (int i = 0; i < CRASH_SIGNALS; i++) sigaction(crash_signals[i], &sa, NULL);
+    in_init = 1;
+    /* Test hook: the first process to create the file named by
+     * SPA_TEST_INIT_FAULT faults here, as if inside MPI_Init_thread. */
+    const char *t = getenv("SPA_TEST_INIT_FAULT");
+    if (t) {
+        int fd = open(t, O_WRONLY | O_CREAT | O_EXCL, 0644);
+        if (fd >= 0) {
+            close(fd);
+            raise(SIGSEGV);
+        }
+    }
+}
+
+void spa_cli_init_done(int rank)
+{
+    crash_rank = rank;
+    in_init = 0;
+    if (getenv("SPA_TEST_CRASH_AFTER_INIT")) raise(SIGSEGV); /* test hook */
 }
 
 /* Test hook: SPA_TEST_DELAY_COMPUTE=seconds holds the first progress report

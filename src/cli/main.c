@@ -19,12 +19,14 @@ int main(int argc, char **argv)
     int provided = 0, rank = 0;
     /* the input probe of cli_probe.c: a process of its own, without MPI */
     if (argc == 3 && strcmp(argv[1], "--probe-input") == 0) return spa_cli_probe_main(argv[2]);
+    spa_cli_guard_init();
     if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
         fprintf(stderr, "spa: error: MPI_Init_thread failed\n");
         return SPA_ERR_OTHER;
     }
     MPI_Comm comm = MPI_COMM_WORLD;
     MPI_Comm_rank(comm, &rank);
+    spa_cli_init_done(rank);
     /* after MPI_Init, so MPI's own set-up keeps the default actions */
     spa_cli_stop_install();
 

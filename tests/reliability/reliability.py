@@ -27,6 +27,9 @@ input files (issue 9). One check per invocation:
              count.) Then the files of damaged/, on which HDF5 itself
              faults, aborts, loops or allocates without bound: exit 3 and
              one line, at 1 and 2 ranks.
+  crashes    a fault inside MPI_Init_thread at 2 ranks: one line, exit 1,
+             the relaunch marker of jobs/spa.sbatch created; then a fault
+             after start-up: the rank, the signal and a backtrace.
 
 The run is held inside a phase with SPA_TEST_DELAY_<PHASE> (see io.c and
 cli_stop.c); SPA_TEST_DELAY_MARK tells this driver when it has begun.
@@ -45,7 +48,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from checks import check, finish  # noqa: E402
 
 ap = argparse.ArgumentParser()
-ap.add_argument("check", choices=["disk_full", "layer_disk_full", "signals", "corrupt"])
+ap.add_argument("check", choices=["disk_full", "layer_disk_full", "signals", "corrupt", "crashes"])
 ap.add_argument("--spa", required=True)
 ap.add_argument("--mpiexec", required=True)
 ap.add_argument("--npflag", default="-n")
@@ -427,6 +430,43 @@ def corrupt():
     print("damaged files: %d, each exit 3 with one line at 1 and 2 ranks" % len(names))
 
 
+# ------------------------------------------------------------- crashes
+
+def crashes():
+    """A fault inside MPI_Init_thread (the test hook SPA_TEST_INIT_FAULT
+    faults the first process to create its file, as Open MPI 4.1 does under
+    srun over TCP): one line saying so, exit 1, the file SPA_INIT_FAULT_FILE
+    names created, and a launch after it succeeds. A fault after start-up
+    (SPA_TEST_CRASH_AFTER_INIT): the rank, the signal and a backtrace, then
+    the default action."""
+    hook, marker = os.path.join(W, "init-hook"), os.path.join(W, "init-fault")
+    for f in (hook, marker):
+        if os.path.exists(f):
+            os.unlink(f)
+    env = {"SPA_TEST_INIT_FAULT": hook, "SPA_INIT_FAULT_FILE": marker}
+    rc, out, err = run(2, ["--version"], env=env)
+    lines = [l for l in error_lines(err) if "MPI_Init_thread" in l]
+    check(rc not in (0, None), "start-up fault: exit %s (want a failure)" % rc)
+    check(len(lines) == 1 and "crashed inside MPI_Init_thread (signal 11)" in lines[0],
+          "start-up fault: want one line about it, got %s" % error_lines(err)[:3])
+    check(os.path.exists(marker), "start-up fault: SPA_INIT_FAULT_FILE was not created")
+    check("Process received signal" not in err, "start-up fault: MPI's own handler ran: %s" % err[-300:])
+    os.unlink(marker)
+    rc, out, err = run(2, ["--version"], env=env)  # the hook's file exists: no fault
+    check(rc == 0 and "spa " in out, "launch after the fault: exit %s, %s" % (rc, err[-300:]))
+    check(not os.path.exists(marker), "launch after the fault created SPA_INIT_FAULT_FILE")
+    print("start-up fault: one line, exit 1, marker created; the next launch ran")
+
+    p = subprocess.run([args.spa, "--version"], env=dict(os.environ, SPA_TEST_CRASH_AFTER_INIT="1"),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60, universal_newlines=True)
+    check(p.returncode == -signal.SIGSEGV, "fault after start-up: exit %s (want SIGSEGV)" % p.returncode)
+    check("spa: error: rank 0 crashed with signal 11 (SIGSEGV); backtrace:" in p.stderr,
+          "fault after start-up: no rank and signal line: %s" % p.stderr[-300:])
+    frames = p.stderr.split("backtrace:", 1)[-1].count("[0x")
+    check(frames >= 3, "fault after start-up: %d backtrace frames: %s" % (frames, p.stderr[-300:]))
+    print("fault after start-up: rank, signal and backtrace, then SIGSEGV")
+
+
 {"disk_full": disk_full, "layer_disk_full": layer_disk_full, "signals": signals,
- "corrupt": corrupt}[args.check]()
+ "corrupt": corrupt, "crashes": crashes}[args.check]()
 finish()

@@ -227,12 +227,14 @@ W=$T/work
 
 # Three jobs, all at once, appending to one CSV:
 #   A  sbatch -N 4, one rank per node, srun --mpi=pmix   (the case that matters)
-#   B  sbatch -N 4, two ranks per node (8 ranks), srun --mpi=pmix
+#   B  sbatch -N 4, two ranks per node (8 ranks), srun --mpi=pmix, and one
+#      rank crashing inside MPI start-up on the first launch (the test hook
+#      SPA_TEST_INIT_FAULT): spa.sbatch must launch the step again
 #   C  sbatch -N 2, two ranks per node, the mpirun fallback
 # label|sbatch options|extra environment|launcher|nodes|ranks
 JOBS=(
   "A|-N $NODES --ntasks-per-node=1 -c 1||srun|$NODES|$NODES"
-  "B|-N $NODES --ntasks-per-node=2 -c 1||srun|$NODES|$((2 * NODES))"
+  "B|-N $NODES --ntasks-per-node=2 -c 1|SPA_TEST_INIT_FAULT=$W/init-fault-B|srun|$NODES|$((2 * NODES))"
   "C|-N 2 --ntasks-per-node=2 -c 1|SPA_LAUNCHER=mpirun SPA_MPIRUN_BIND=none|mpirun|2|4"
 )
 ids=()
@@ -276,6 +278,14 @@ for id in "${ids[@]}"; do
 done
 echo "-----"
 [[ -z $bad_jobs ]] || fail "jobs not COMPLETED within ${JOB_LIMIT}s:$bad_jobs"
+# B's first launch crashed inside MPI start-up (the hook): one line said so,
+# the step was launched again, and the marker spa.sbatch watches is gone
+out_b=$T/job-${ids[1]}.out
+[[ -e $W/init-fault-B ]] || fail "job B: the start-up fault hook did not fire"
+grep -q "crashed inside MPI_Init_thread" "$out_b" || fail "job B: no line about the crash in MPI start-up"
+grep -q "launching the step again (1 of 2)" "$out_b" || fail "job B: the step was not launched again"
+left=$(find "$W" -name '.spa-init-fault.*')
+[[ -z $left ]] || fail "spa.sbatch left its start-up marker behind: $left"
 
 # --- the reference: one rank, same input ------------------------------------------------
 mpirun -n 1 --bind-to none "$spa" run --input "$W/in.h5" --output "$W/ref.h5" --json \
