@@ -67,6 +67,11 @@ struct spa_scratch {
     int32_t *xrb, *xrn;   /* [rows][random_max], [rows] */
     int64_t *xl0, *xl1;   /* layout row idx[xl0 .. xl1) */
     int32_t rmax;
+    /* gathered[g]: cfg->kv_tokens[g] is gathered for head gathered_h (G,
+     * or one of the head's summary columns), asked once per head instead
+     * of once per token per block */
+    unsigned char *gathered;
+    int32_t gathered_h;
 };
 
 spa_scratch *spa_scratch_create(const spa_config *cfg)
@@ -110,11 +115,13 @@ spa_scratch *spa_scratch_create(const spa_config *cfg)
     s->pv = spa_alloc((size_t)SPA_KC * sizeof(float *));
     s->pn = spa_alloc((size_t)SPA_KC * sizeof(int32_t));
     s->nan_row = spa_alloc((size_t)D * sizeof(float));
+    s->gathered = spa_alloc((size_t)cfg->nkv_tokens + 1);
+    s->gathered_h = -1;
     if (s->nan_row)
         for (int32_t d = 0; d < D; d++) s->nan_row[d] = NAN;
     if (!s->kc || !s->vc || !s->s || !s->kj || !s->kcls || !s->xlo || !s->xhi || !s->xl0 || !s->xl1 || !s->xrn || !s->xrb || !s->m || !s->l || !s->acc || !s->w || !s->cacc ||
         !s->mc || !s->lc || !s->pd || !s->vd || !s->cd || !s->lcd || !s->lo || !s->qt ||
-        !s->sh || !s->pk || !s->pv || !s->pn || !s->nan_row) {
+        !s->sh || !s->pk || !s->pv || !s->pn || !s->nan_row || !s->gathered) {
         spa_scratch_destroy(s);
         return NULL;
     }
@@ -148,6 +155,7 @@ void spa_scratch_destroy(spa_scratch *s)
     spa_free(s->pv);
     spa_free(s->pn);
     spa_free(s->nan_row);
+    spa_free(s->gathered);
     free(s);
 }
 
@@ -426,8 +434,7 @@ static void append_keys(block_job *job, int64_t t0, int64_t t1, int cls, int kee
     const spa_rowctx *x = &job->s->x;
     int64_t g = spa_lower_bound(cfg->kv_tokens, cfg->nkv_tokens, t0);
     while (t0 < t1) {
-        while (g < cfg->nkv_tokens && cfg->kv_tokens[g] < t1 && !spa_pattern_is_gathered(cfg, job->h, cfg->kv_tokens[g]))
-            g++;
+        while (g < cfg->nkv_tokens && cfg->kv_tokens[g] < t1 && !job->s->gathered[g]) g++;
         int64_t e = g < cfg->nkv_tokens && cfg->kv_tokens[g] < t1 ? cfg->kv_tokens[g] : t1;
         int64_t bend = (t0 / cfg->block + 1) * cfg->block;
         if (e > bend) e = bend;
@@ -455,6 +462,10 @@ void spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch 
     block_job job = {cfg, src, s, h, rows, ti0, q};
     spa_rowctx_init(&s->x, cfg, h, c, s->w);
     const spa_rowctx *x = &s->x;
+    if (s->gathered_h != h) {
+        for (int64_t g = 0; g < cfg->nkv_tokens; g++) s->gathered[g] = (unsigned char)spa_pattern_is_gathered(cfg, h, cfg->kv_tokens[g]);
+        s->gathered_h = h;
+    }
 
     for (int32_t r = 0; r < rows; r++) {
         s->m[r] = -INFINITY;
@@ -478,7 +489,7 @@ void spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch 
     for (int64_t g = 0; g < cfg->nkv_tokens; g++) {
         int64_t t = cfg->kv_tokens[g];
         if (t >= jmax) break;
-        if ((t >= x->j0 && t < x->j1) || !spa_pattern_is_gathered(cfg, h, t)) continue;
+        if ((t >= x->j0 && t < x->j1) || !s->gathered[g]) continue;
         if (s->nk == SPA_KC) flush_chunk(&job);
         int64_t off = ((int64_t)h * cfg->nkv_tokens + g) * D;
         add_keys(&job, src->gk + off, src->gv + off, t, 1, 0);

@@ -307,17 +307,49 @@ void spa_ctx_destroy(spa_ctx *pctx)
     *pctx = NULL;
 }
 
-/* Computes tasks [t0, t1) with all threads. Thread 0 (the MPI thread under
- * MPI_THREAD_FUNNELED) also drives MPI progress and reports progress. */
-static void compute_tasks(spa_ctx ctx, int64_t t0, int64_t t1, const float *q, float *out, float *lse)
+/* The partials of spread tile t over this shard: part[row] = (max, sum,
+ * acc) of each of its rows. Key spans aligned to absolute multiples of
+ * SPAN (itself a multiple of the kernel's chunk) keep the chunks what they
+ * would be in one call, and let thread 0 drive MPI progress between spans. */
+static void spread_tile(spa_ctx ctx, spa_scratch *s, int64_t t, const float *k, const float *v, int master)
+{
+    const spa_config *cfg = &ctx->cfg;
+    const spa_commplan *pl = &ctx->plan;
+    const int64_t D = cfg->dim, n_own = ctx->n_own, ld = D + 2;
+    enum { SPAN = 8192 };
+    const int64_t p0 = pl->t0, p1 = pl->t1;
+    const int64_t r0 = ctx->tile_row[t], ng = ctx->tile_row[t + 1] - r0;
+    const int32_t h = pl->spread[r0].h;
+    const int64_t c = spa_ctx_tile_block(ctx, r0);
+    for (int64_t a = p0, e; a < p1; a = e) {
+        e = (a / SPAN + 1) * SPAN < p1 ? (a / SPAN + 1) * SPAN : p1;
+        const int64_t off = ((int64_t)h * n_own + (a - p0)) * D;
+        spa_kernel_global_partial(cfg, s, h, c, ctx->cm->sq + r0 * D, ctx->stok + r0, ng, k + off, v + off, a, e - a,
+                                  ctx->part + r0 * ld);
+        if (master) spa_comm_poke(ctx->cm);
+    }
+}
+
+/* Computes tasks [t0, t1) with all threads; with k, v, the spread tiles'
+ * partials over this shard first (spa_partial_init'ed by the caller): they
+ * are the largest tasks (a tile of rows against every key of the shard),
+ * so the threads take them first and the block tasks fill in after them,
+ * and the run does not end on one thread finishing a tile. Thread 0 (the
+ * MPI thread under MPI_THREAD_FUNNELED) also drives MPI progress and
+ * reports progress. */
+static void compute_tasks(spa_ctx ctx, int64_t t0, int64_t t1, const float *q, float *out, float *lse,
+                          const float *k, const float *v)
 {
     const spa_config *cfg = &ctx->cfg;
     const int64_t B = cfg->block, D = cfg->dim, n_own = ctx->n_own, p0 = ctx->plan.t0;
+    const int64_t tiles = k && n_own > 0 ? ctx->plan.nspread_tiles : 0;
     int64_t done = 0;
 #pragma omp parallel num_threads(ctx->threads)
     {
         spa_scratch *s = ctx->scr[omp_get_thread_num()];
         int master = omp_get_thread_num() == 0;
+#pragma omp for schedule(dynamic, 1) nowait
+        for (int64_t t = 0; t < tiles; t++) spread_tile(ctx, s, t, k, v, master);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = t0; t < t1; t++) {
             const spa_task *tk = &ctx->task[t];
@@ -373,37 +405,6 @@ static void residue_pass(spa_ctx ctx, const float *q, float *out, float *lse)
         float den = wb + ctx->rl[i] * wr, inv = 1.0f / den;
         for (int64_t d = 0; d < D; d++) o[d] = (o[d] * wb + ra[d] * wr) * inv;
         lse[i] = mx + logf(den);
-    }
-}
-
-/* Partials of every spread row over this shard, tile by tile:
- * part[row] = (max, sum, acc). */
-static void spread_partials(spa_ctx ctx, const float *k, const float *v)
-{
-    const spa_config *cfg = &ctx->cfg;
-    const spa_commplan *pl = &ctx->plan;
-    const int64_t D = cfg->dim, n_own = ctx->n_own, ld = D + 2;
-    const int64_t tiles = pl->nspread_tiles;
-    spa_partial_init(ctx->part, pl->nspread, (int32_t)D);
-    if (n_own == 0 || tiles == 0) return;
-    /* Key spans aligned to absolute multiples of SPAN (itself a multiple of
-     * the kernel's chunk) keep the chunks what they would be in one call,
-     * and let thread 0 drive MPI progress between spans. */
-    enum { SPAN = 8192 };
-    const int64_t p0 = pl->t0, p1 = pl->t1;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads)
-    for (int64_t t = 0; t < tiles; t++) {
-        const int64_t r0 = ctx->tile_row[t], ng = ctx->tile_row[t + 1] - r0;
-        const int32_t h = pl->spread[r0].h;
-        const int64_t c = spa_ctx_tile_block(ctx, r0);
-        spa_scratch *s = ctx->scr[omp_get_thread_num()];
-        for (int64_t a = p0, e; a < p1; a = e) {
-            e = (a / SPAN + 1) * SPAN < p1 ? (a / SPAN + 1) * SPAN : p1;
-            const int64_t off = ((int64_t)h * n_own + (a - p0)) * D;
-            spa_kernel_global_partial(cfg, s, h, c, ctx->cm->sq + r0 * D, ctx->stok + r0, ng, k + off, v + off, a,
-                                      e - a, ctx->part + r0 * ld);
-            if (omp_get_thread_num() == 0) spa_comm_poke(ctx->cm);
-        }
     }
 }
 
@@ -501,8 +502,8 @@ spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v,
     }
 
     t = spa_now(); /* 3 */
-    compute_tasks(ctx, 0, ctx->nready, q, out, lse);
-    if (!ctx->exact) spread_partials(ctx, k, v);
+    spa_partial_init(ctx->part, pl->nspread, (int32_t)D);
+    compute_tasks(ctx, 0, ctx->nready, q, out, lse, ctx->exact ? NULL : k, v);
     z.seconds_compute += spa_now() - t;
 
     /* 4: batch b computes while batch b + 1's fetches are in flight */
@@ -515,7 +516,7 @@ spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v,
         }
         spa_comm_batch_keys(ctx->cm, b, &ctx->src);
         t = spa_now();
-        compute_tasks(ctx, ctx->nready + pl->batch_task_off[b], ctx->nready + pl->batch_task_off[b + 1], q, out, lse);
+        compute_tasks(ctx, ctx->nready + pl->batch_task_off[b], ctx->nready + pl->batch_task_off[b + 1], q, out, lse, NULL, NULL);
         z.seconds_compute += spa_now() - t;
     }
     t = spa_now(); /* the residue pass's keys are in the last batch */
