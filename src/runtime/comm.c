@@ -313,44 +313,43 @@ void spa_comm_destroy(spa_comm **pc)
     *pc = NULL;
 }
 
-enum { TAG_GATHER = 99 };
-
-/* Blocks [a, a + m) of stage, rank order modulo P: one or two pieces. */
-static spa_err gather_xfer(spa_comm *c, int a, int m, int peer, int send, MPI_Request *req, int *nreq)
+/* Parts [a, a + m) of buf, rank order modulo P: one or two pieces. */
+static spa_err gather_xfer(float *buf, const int *count, const int *displ, int P, int a, int m, int peer, int send,
+                           int tag, MPI_Comm comm, MPI_Request *req, int *nreq)
 {
-    const int P = c->P;
     int piece[2][2] = {{a, a + m < P ? a + m : P}, {0, a + m > P ? a + m - P : 0}};
     for (int i = 0; i < 2; i++) {
         int s0 = piece[i][0], s1 = piece[i][1];
         if (s1 <= s0) continue;
-        int cnt = c->gdispl[s1 - 1] + c->gcount[s1 - 1] - c->gdispl[s0];
+        int cnt = displ[s1 - 1] + count[s1 - 1] - displ[s0];
         if (cnt == 0) continue; /* the peer skips the same piece */
-        float *buf = c->stage + c->gdispl[s0];
-        if (send) SPA_MPI_CHECK(MPI_Isend(buf, cnt, MPI_FLOAT, peer, TAG_GATHER, c->comm, &req[(*nreq)++]));
-        else SPA_MPI_CHECK(MPI_Irecv(buf, cnt, MPI_FLOAT, peer, TAG_GATHER, c->comm, &req[(*nreq)++]));
+        float *p = buf + displ[s0];
+        if (send) SPA_MPI_CHECK(MPI_Isend(p, cnt, MPI_FLOAT, peer, tag, comm, &req[(*nreq)++]));
+        else SPA_MPI_CHECK(MPI_Irecv(p, cnt, MPI_FLOAT, peer, tag, comm, &req[(*nreq)++]));
     }
     return SPA_OK;
 }
 
-/* The Allgatherv of stage by Bruck's algorithm: in step d = 1, 2, 4, ...
+/* MPI_Allgatherv in place by Bruck's algorithm: in step d = 1, 2, 4, ...
  * rank r, which holds the parts of ranks r .. r + d - 1, sends them to
  * r - d and receives those of r + d .. r + 2d - 1 from r + d (modulo P,
  * never more than P parts). ceil(log2 P) steps whatever the sizes.
- * Why not MPI_Allgatherv: the gathered tokens usually sit on one or a few
- * ranks (the default globals are the first blocks, all on rank 0), while
- * Open MPI's fixed decision rules choose by the average part size; from
- * 256 to 511 ranks (and for larger parts at other sizes) they pick the
- * ring or neighbour exchange, which pass rank 0's whole part from rank to
- * rank in P - 1 (or P / 2) steps. SPA_GATHER=mpi restores the library's
- * choice, for comparison. */
-static spa_err gather_bruck(spa_comm *c)
+ * Why not MPI_Allgatherv: the gathered tokens and the spread rows usually
+ * sit on one or a few ranks (the default globals are the first and last
+ * blocks), while Open MPI's fixed decision rules choose by the average
+ * part size; from 256 to 511 ranks (and for larger parts at other sizes)
+ * they pick the ring or neighbour exchange, which pass rank 0's whole part
+ * from rank to rank in P - 1 (or P / 2) steps. */
+spa_err spa_allgatherv_bruck(float *buf, const int *count, const int *displ, int tag, MPI_Comm comm)
 {
-    const int P = c->P, r = c->rank;
+    int P, r;
+    SPA_MPI_CHECK(MPI_Comm_size(comm, &P));
+    SPA_MPI_CHECK(MPI_Comm_rank(comm, &r));
     MPI_Request req[4];
     for (int d = 1; d < P; d *= 2) {
         int m = d < P - d ? d : P - d, nreq = 0;
-        SPA_CHECK(gather_xfer(c, (r + d) % P, m, (r + d) % P, 0, req, &nreq));
-        SPA_CHECK(gather_xfer(c, r, m, (r - d + P) % P, 1, req, &nreq));
+        SPA_CHECK(gather_xfer(buf, count, displ, P, (r + d) % P, m, (r + d) % P, 0, tag, comm, req, &nreq));
+        SPA_CHECK(gather_xfer(buf, count, displ, P, r, m, (r - d + P) % P, 1, tag, comm, req, &nreq));
         SPA_MPI_CHECK(MPI_Waitall(nreq, req, MPI_STATUSES_IGNORE));
     }
     return SPA_OK;
@@ -379,7 +378,7 @@ spa_err spa_comm_gather(spa_comm *c, const float *q, const float *k, const float
         if (c->gather_mpi)
             SPA_MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, c->stage, c->gcount, c->gdispl, MPI_FLOAT, c->comm));
         else
-            SPA_CHECK(gather_bruck(c));
+            SPA_CHECK(spa_allgatherv_bruck(c->stage, c->gcount, c->gdispl, SPA_TAG_GATHER, c->comm));
         st->bytes_global += (NK - pl->nkv_own) * 2 * H * D * (int64_t)sizeof(float) +
                             (NS - pl->nspread_own) * D * (int64_t)sizeof(float);
     }

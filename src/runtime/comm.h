@@ -111,4 +111,10 @@ spa_err spa_comm_merge_exact(spa_comm *c, float *mx, spa_i128 *acc, spa_stats *s
 spa_err spa_comm_sum_i64(spa_comm *c, int64_t local, int64_t *total);
 spa_err spa_comm_sum_f64(spa_comm *c, double local, double *total);
 
+/* MPI_Allgatherv of floats in place (buf: every rank's part at displ[s],
+ * count[s] long, the parts contiguous in rank order) in ceil(log2 P) steps
+ * of Isend/Irecv with tag, whatever the part sizes (comm.c says why). */
+enum { SPA_TAG_GATHER = 99, SPA_TAG_GATHER_ROWS = 98 };
+spa_err spa_allgatherv_bruck(float *buf, const int *count, const int *displ, int tag, MPI_Comm comm);
+
 #endif

@@ -342,8 +342,11 @@ spa_err spa_gcomm_gather_rows(spa_gcomm *g, const float *dout, const float *lse,
         p[D + 1] = Dl[li];
     }
     if (g->P > 1) {
-        SPA_MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, g->rows_stage, g->rows_count, g->rows_displ,
-                                     MPI_FLOAT, g->comm));
+        if (g->cm->gather_mpi)
+            SPA_MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, g->rows_stage, g->rows_count, g->rows_displ,
+                                         MPI_FLOAT, g->comm));
+        else /* as the forward's gather, and for the same reason */
+            SPA_CHECK(spa_allgatherv_bruck(g->rows_stage, g->rows_count, g->rows_displ, SPA_TAG_GATHER_ROWS, g->comm));
         st->bytes_global += (NS - pl->nspread_own) * (D + 2) * (int64_t)sizeof(float);
     }
     for (int64_t r = 0; r < NS; r++) {
