@@ -402,9 +402,9 @@ spa_err spa_config_validate(spa_config *cfg)
         int64_t cnt = (nb == 1) ? cfg->n : (int64_t)cfg->block + (cfg->n - last0);
         cfg->globals = malloc((size_t)cnt * sizeof *cfg->globals);
         SPA_REQUIRE(cfg->globals != NULL, SPA_ERR_OTHER, "out of memory");
-        int64_t k = 0;
-        for (int64_t j = 0; j < cfg->n; j++)
-            if (j < cfg->block || j >= last0) cfg->globals[k++] = j;
+        int64_t k = 0, first = cfg->block < cfg->n ? cfg->block : cfg->n;
+        for (int64_t j = 0; j < first; j++) cfg->globals[k++] = j; /* O(B), not O(n): every rank does this */
+        for (int64_t j = last0 > first ? last0 : first; j < cfg->n; j++) cfg->globals[k++] = j;
         cfg->nglobals = k;
     }
     cfg->global_blocks = malloc((size_t)(cfg->nglobals > 0 ? cfg->nglobals : 1) * sizeof(int64_t));
