@@ -79,6 +79,8 @@ struct spa_bscratch {
     unsigned char *kcls;   /* [KC] 1 = the local token rule decides per row */
     int any_cls, nk, npiece;
     bpiece *pc;            /* [KC] */
+    const float **pk;      /* [KC] the pieces' keys and counts, as pvp takes them */
+    int32_t *pn;
     unsigned char *skip;   /* [rows] global row or empty S(i): no block-pass key */
     float *nan_row;        /* [D] NaN: stands for a key the plan failed to bring */
     int exact, ew, bad;    /* int64_t sinks (ew = 2 floats an element); a term left out */
@@ -116,6 +118,8 @@ spa_bscratch *spa_bscratch_create(const spa_config *cfg)
     s->kj = spa_alloc((size_t)SPA_BKC * sizeof(int64_t));
     s->kcls = spa_alloc(SPA_BKC);
     s->pc = spa_alloc((size_t)SPA_BKC * sizeof(bpiece));
+    s->pk = spa_alloc((size_t)SPA_BKC * sizeof(float *));
+    s->pn = spa_alloc((size_t)SPA_BKC * sizeof(int32_t));
     s->skip = spa_alloc((size_t)s->rows);
     s->nan_row = spa_alloc((size_t)D * sizeof(float));
     s->rk = spa_alloc((size_t)D * sizeof(float)), s->rv = spa_alloc((size_t)D * sizeof(float));
@@ -126,7 +130,7 @@ spa_bscratch *spa_bscratch_create(const spa_config *cfg)
     s->slse = spa_alloc(r1), s->sdl = spa_alloc(r1);
     s->sidx = spa_alloc((size_t)s->rows * sizeof(int64_t));
     if (!s->kc || !s->vc || !s->dkc || !s->dvc || !s->p || !s->dp || !s->tp || !s->tds || !s->qt || !s->dot ||
-        !s->lsx || !s->dlx || !s->kj || !s->kcls || !s->pc || !s->skip || !s->nan_row || !s->rk || !s->rv ||
+        !s->lsx || !s->dlx || !s->kj || !s->kcls || !s->pc || !s->pk || !s->pn || !s->skip || !s->nan_row || !s->rk || !s->rv ||
         !s->xtile || !s->w || !s->sq || !s->sdo ||
         !s->sdq || !s->slse || !s->sdl || !s->sidx) {
         spa_bscratch_destroy(s);
@@ -144,7 +148,7 @@ void spa_bscratch_destroy(spa_bscratch *s)
     spa_free(s->kc), spa_free(s->vc), spa_free(s->dkc), spa_free(s->dvc);
     spa_free(s->p), spa_free(s->dp), spa_free(s->tp), spa_free(s->tds);
     spa_free(s->qt), spa_free(s->dot), spa_free(s->lsx), spa_free(s->dlx);
-    spa_free(s->kj), spa_free(s->kcls), spa_free(s->pc), spa_free(s->skip), spa_free(s->nan_row);
+    spa_free(s->kj), spa_free(s->kcls), spa_free(s->pc), spa_free(s->pk), spa_free(s->pn), spa_free(s->skip), spa_free(s->nan_row);
     spa_free(s->rk), spa_free(s->rv), spa_free(s->xtile);
     spa_patws_destroy(s->w);
     spa_free(s->sq), spa_free(s->sdo), spa_free(s->sdq), spa_free(s->slse), spa_free(s->sdl), spa_free(s->sidx);
@@ -369,9 +373,10 @@ static void chunk_fast(const spa_config *cfg, spa_bscratch *s, mask_fn mask, con
         for (int32_t r = 0; r < ldq; r++) dr[r] = sc * pr[r] * (dr[r] - s->dlx[r]);
     }
 
-    /* pass 5 */
-    for (int p = 0, j = 0; p < s->npiece; j += s->pc[p].cnt, p++)
-        s->K->pv(s->pc[p].cnt, D, ldq, tr, dPt + (int64_t)j * ldq, s->pc[p].k, s->dq);
+    /* pass 5: over all the pieces at once, the dq tile in registers (keys
+     * in order: the same sums as piece by piece) */
+    for (int p = 0; p < s->npiece; p++) s->pk[p] = s->pc[p].k, s->pn[p] = s->pc[p].cnt;
+    s->K->pvp(s->npiece, s->pk, s->pn, D, ldq, tr, dPt, s->dq);
 
     /* pass 6: transposes in tiles of 16 x 16 (stores contiguous, rows TLD
      * apart, not a power of two), then one product per piece with the
