@@ -76,14 +76,33 @@ const char *spa_cli_signal_name(int sig)
     }
 }
 
+/* The signals of a fault, for the input guard and the start-up guard
+ * below. */
+static const int fault_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
+enum { FAULT_SIGNALS = sizeof fault_signals / sizeof *fault_signals };
+
+/* Makes handler the action of every fault signal, run on an alternate
+ * stack (it runs even if the stack is what broke); the previous actions go
+ * to old[FAULT_SIGNALS] unless old is NULL. */
+static void install_fault_handler(void (*handler)(int), struct sigaction *old)
+{
+    static char altstack[64 * 1024];
+    stack_t ss = {.ss_sp = altstack, .ss_size = sizeof altstack, .ss_flags = 0};
+    sigaltstack(&ss, NULL);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = handler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_ONSTACK;
+    for (int i = 0; i < FAULT_SIGNALS; i++) sigaction(fault_signals[i], &sa, old ? &old[i] : NULL);
+}
+
 /* The input guard. HDF5 1.10 can fault on some damaged files (reading a
  * corrupt local heap or chunk address), and nothing in-process can recover
  * from that. While reading an input, a fault ends the process with exit 3,
  * an input error, and one line naming the file, instead of a core dump and
  * a stack trace. Ranks other than 0 wait a moment first: if rank 0 faults
  * too, mpirun then stops them before they print, so the line comes once. */
-static const int fault_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
-enum { FAULT_SIGNALS = sizeof fault_signals / sizeof *fault_signals };
 static struct sigaction fault_old[FAULT_SIGNALS];
 static char fault_msg[1200];
 static size_t fault_len;
@@ -110,15 +129,7 @@ void spa_cli_guard_input(MPI_Comm comm, const char *what, const char *path)
                      "spa: error: %s '%.1024s': the HDF5 library crashed reading it (a damaged "
                      "file)\n", what, path);
     fault_len = m > 0 && (size_t)m < sizeof fault_msg ? (size_t)m : strlen(fault_msg);
-    static char altstack[64 * 1024]; /* the handler runs even if the stack is what broke */
-    stack_t ss = {.ss_sp = altstack, .ss_size = sizeof altstack, .ss_flags = 0};
-    sigaltstack(&ss, NULL);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_fault;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_ONSTACK;
-    for (int i = 0; i < FAULT_SIGNALS; i++) sigaction(fault_signals[i], &sa, &fault_old[i]);
+    install_fault_handler(on_fault, fault_old);
     fault_armed = 1;
 }
 
@@ -141,8 +152,6 @@ void spa_cli_unguard_input(void)
  * again when it finds it) and exits 1. After MPI_Init_thread, a fault
  * prints which rank and signal and a backtrace, as Open MPI's handler
  * would have, then takes the default action (a core dump where enabled). */
-static const int crash_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
-enum { CRASH_SIGNALS = sizeof crash_signals / sizeof *crash_signals };
 static volatile sig_atomic_t in_init, crash_rank = -1;
 static char init_fault_file[1024];
 
@@ -191,15 +200,7 @@ void spa_cli_guard_init(void)
     if (f && strlen(f) < sizeof init_fault_file) strcpy(init_fault_file, f);
     void *frames[2];
     (void)backtrace(frames, 2); /* loads what backtrace needs now, not in a handler */
-    static char altstack[64 * 1024];
-    stack_t ss = {.ss_sp = altstack, .ss_size = sizeof altstack, .ss_flags = 0};
-    sigaltstack(&ss, NULL);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_crash;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_ONSTACK;
-    for (int i = 0; i < CRASH_SIGNALS; i++) sigaction(crash_signals[i], &sa, NULL);
+    install_fault_handler(on_crash, NULL);
     in_init = 1;
     /* Test hook: the first process to create the file named by
      * SPA_TEST_INIT_FAULT faults here, as if inside MPI_Init_thread. */
