@@ -502,7 +502,7 @@ spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v,
     }
 
     t = spa_now(); /* 3 */
-    spa_partial_init(ctx->part, pl->nspread, (int32_t)D);
+    if (!ctx->exact) spa_partial_init(ctx->part, pl->nspread, (int32_t)D); /* exact mode: exact_spread */
     compute_tasks(ctx, 0, ctx->nready, q, out, lse, ctx->exact ? NULL : k, v);
     z.seconds_compute += spa_now() - t;
 
