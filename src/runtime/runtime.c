@@ -343,7 +343,6 @@ static void compute_tasks(spa_ctx ctx, int64_t t0, int64_t t1, const float *q, f
     const spa_config *cfg = &ctx->cfg;
     const int64_t B = cfg->block, D = cfg->dim, n_own = ctx->n_own, p0 = ctx->plan.t0;
     const int64_t tiles = k && n_own > 0 ? ctx->plan.nspread_tiles : 0;
-    int64_t done = 0;
 #pragma omp parallel num_threads(ctx->threads)
     {
         spa_scratch *s = ctx->scr[omp_get_thread_num()];
@@ -355,18 +354,17 @@ static void compute_tasks(spa_ctx ctx, int64_t t0, int64_t t1, const float *q, f
             const spa_task *tk = &ctx->task[t];
             int64_t row = (int64_t)tk->h * n_own + (tk->c * B - p0);
             spa_kernel_block(cfg, &ctx->src, s, tk->h, tk->c, q + row * D, out + row * D, lse + row);
-#pragma omp atomic
-            done++;
             if (master) {
                 spa_comm_poke(ctx->cm);
+                /* the tasks are handed out in order, so the master's task
+                 * tells how far the loop is: no shared counter, whose
+                 * locked add per task would drain the store buffer (the
+                 * block's output rows) before the next block starts */
                 if (ctx->progress) {
                     double now = spa_now();
                     if (now - ctx->progress_last > 0.1) {
                         ctx->progress_last = now;
-                        int64_t d;
-#pragma omp atomic read
-                        d = done;
-                        ctx->progress((double)(ctx->tasks_done + d) / (double)(ctx->ntask + 1), ctx->progress_arg);
+                        ctx->progress((double)(ctx->tasks_done + t + 1 - t0) / (double)(ctx->ntask + 1), ctx->progress_arg);
                     }
                 }
             }
