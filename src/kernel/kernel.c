@@ -769,6 +769,7 @@ static void global_partial_t(const spa_config *cfg, spa_scratch *s, const spa_ro
                              double *part)
 {
     const int32_t D = cfg->dim, ld = D + 2;
+    const int nomask = !x && !cfg->causal; /* mask_rows would do nothing */
     float *St = s->s, *mc = s->mc, *lc = s->lc;
     for (int64_t g0 = 0; g0 < ng; g0 += SPA_QT) {
         const int32_t rows = (int32_t)(ng - g0 < SPA_QT ? ng - g0 : SPA_QT), ldq = (rows + 15) / 16 * 16;
@@ -779,11 +780,16 @@ static void global_partial_t(const spa_config *cfg, spa_scratch *s, const spa_ro
         for (int64_t a = j0, e; a < jend; a = e) {
             e = (a / SPA_KC + 1) * SPA_KC < jend ? (a / SPA_KC + 1) * SPA_KC : jend;
             const int32_t nk = (int32_t)(e - a);
-            /* pass 1: scores, causal mask */
-            s->K->qk(nk, D, ldq, cfg->scale, k + (a - j0) * D, s->qt, St, NULL);
-            mask_rows(cfg, x, gi, rows, a, nk, St, 1, ldq);
+            /* pass 1: scores, causal mask; without a mask (global rows,
+             * not causal) the column maxima come with the scores */
+            if (nomask)
+                for (int32_t r = 0; r < ldq; r++) mc[r] = -INFINITY;
+            s->K->qk(nk, D, ldq, cfg->scale, k + (a - j0) * D, s->qt, St, nomask ? mc : NULL);
             /* pass 2: column maxima; exp(s - m) = exp(d) * (1 + lo) */
-            s->K->colmax(St, nk, ldq, mc);
+            if (!nomask) {
+                mask_rows(cfg, x, gi, rows, a, nk, St, 1, ldq);
+                s->K->colmax(St, nk, ldq, mc);
+            }
             s->K->expsum_lo(St, nk, ldq, mc, lc);
             /* pass 3: chunk acc = P V */
             memset(s->cacc, 0, (size_t)rows * D * sizeof(float));
