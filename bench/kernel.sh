@@ -4,7 +4,9 @@
 # AVX2 + FMA), named; OpenBLAS sgemm on a large product and on the kernel's
 # shapes; and spa's useful GFLOP/s (SPEC flops) at n = 131072, H = 4, D = 64
 # with the default pattern: on 1 and 2 threads with the kernel spa chose, on
-# each other instruction set the CPU has, and on OpenBLAS; then B = 16,
+# each other instruction set the CPU has, and on OpenBLAS; the kernel's
+# chunk with every operand in cache (bench/chunk.c), the ceiling of its
+# inner loops apart from memory; then B = 16,
 # B = 32 and --radius 256 as ratios to B = 64. Every figure is the best of
 # ROUNDS rounds taken in turn (each round a median of 5 runs), so that a
 # neighbour's load hits every configuration alike.
@@ -34,6 +36,7 @@ while [ "$r" -lt "$ROUNDS" ]; do
     bench avx2 1 avx2
     bench generic 1 generic
     bench blas 1 blas
+    "$B/bench/spa_chunk" > "$T/chunk.$r.json"
 done
 # the ceilings again, after: the best of both is the machine's
 "$B/bench/spa_peak" > "$T/peak.1.json"
@@ -73,6 +76,15 @@ print(f"kernel/peak ({t1['kernel']} / {unit} FMA) on 1 thread: {t1['gflops'] / p
       f"2-thread speedup: {res['t2']['gflops'] / t1['gflops']:.2f}x (target 1.9)")
 if p["fma_peak_avx2_gflops"] > 0:
     print(f"AVX2 kernel / AVX2 FMA peak: {res['avx2']['gflops'] / p['fma_peak_avx2_gflops']:.3f}")
+chs = r("chunk")
+ch = {key: (max(c[key] for c in chs) if key.endswith("gflops") else chs[0][key]) for key in chs[0]}
+ch.update({f"b{b}_exp_share": max(chs, key=lambda c: c[f"b{b}_chunk_gflops"])[f"b{b}_exp_share"] for b in (64, 16)})
+print(f"one chunk with every operand in cache (bench/chunk.c, {ch['kernel']}), 1 thread, of the FMA peak:")
+for b in (64, 16):
+    print(f"  B = {b:2d}: qk {ch[f'b{b}_qk_gflops'] / peak:.3f}, P.V {ch[f'b{b}_pvp_gflops'] / peak:.3f}, "
+          f"whole chunk {ch[f'b{b}_chunk_gflops'] / peak:.3f}; exp and sums {100 * ch[f'b{b}_exp_share']:.1f}% of its time")
+print(f"  the run at B = 64 reaches {t1['gflops'] / ch['b64_chunk_gflops']:.3f} of its chunk in cache "
+      f"(the rest: loading keys and values, per-block work, the spread rows)")
 print("other block sizes and local modes, 1 thread, as ratios to B = 64 (target 0.80):")
 for key, name in [("b16", "--block 16"), ("b32", "--block 32"), ("rad", "--radius 256")]:
     g = res[key]["gflops"]
