@@ -45,7 +45,7 @@ static void run(const spa_kernels *K, int rows, int reps, double *gqk, double *g
         pk[p] = k + (int64_t)j * D, pv[p] = v + (int64_t)j * D, pn[p] = piece_blocks[p] * rows;
     const double flops = 2.0 * rows * nk * D * reps;
     *gqk = *gpv = *gall = 0.0;
-    for (int run = 0; run < 5; run++) {
+    for (int trial = 0; trial < 5; trial++) {
         double tq = 0.0, te = 0.0, tp = 0.0;
         for (int r = 0; r < reps; r++) {
             double t0 = now();
