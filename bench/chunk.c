@@ -37,8 +37,8 @@ static void run(const spa_kernels *K, int rows, int reps, double *gqk, double *g
     float *v = aligned_alloc(64, sizeof(float) * nk * D), *st = aligned_alloc(64, sizeof(float) * nk * ldq);
     float *o = aligned_alloc(64, sizeof(float) * ldq * D), mc[64], lc[64];
     srand(1);
-    for (int i = 0; i < D * ldq; i++) qt[i] = (float)rand() / RAND_MAX - 0.5f;
-    for (int i = 0; i < nk * D; i++) k[i] = (float)rand() / RAND_MAX - 0.5f, v[i] = (float)rand() / RAND_MAX;
+    for (int i = 0; i < D * ldq; i++) qt[i] = (float)(rand() % 1000) / 1000.0f - 0.5f;
+    for (int i = 0; i < nk * D; i++) k[i] = (float)(rand() % 1000) / 1000.0f - 0.5f, v[i] = (float)(rand() % 1000) / 1000.0f;
     const float *pk[PIECES], *pv[PIECES];
     int32_t pn[PIECES];
     for (int p = 0, j = 0; p < PIECES; j += pn[p], p++)

@@ -114,7 +114,9 @@ for a in "$work"/artifacts/crash-* "$work"/artifacts/leak-* "$work"/artifacts/ti
   "$work"/artifacts/oom-*; do
   [ -f "$a" ] || continue
   case "$a" in *.txt) continue ;; esac
-  timeout 60 "$exe" -timeout=10 -rss_limit_mb=2048 "$a" >"$a.txt" 2>&1
+  # -malloc_limit_mb: one huge allocation reports its own stack, not the
+  # largest live ones (an out-of-memory by RSS shows those)
+  timeout 60 "$exe" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=2048 "$a" >"$a.txt" 2>&1
   # first frame that is not the sanitizer runtime or libc copying memory
   top=$(grep -E '^ +#[0-9]+ ' "$a.txt" | grep -vE \
     '__interceptor_|__sanitizer|fuzzer::|__asan|__ubsan|__lsan|sanitizer_common|compiler-rt|sysdeps/x86_64|libc\.so|in (malloc|calloc|realloc|free|mem(cpy|move|set|cmp)|str[a-z]*) ' |
