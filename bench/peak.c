@@ -13,16 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 void openblas_set_num_threads(int);
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* 12 independent accumulators hide the FMA latency (4 cycles, 2 ports).
  * One loop per unit, each compiled for its own instruction set, so that a
@@ -35,10 +27,10 @@ static double now(void)
     const long iters = 100000000 / 12;                                                                             \
     double best = 0.0;                                                                                             \
     for (int rep = 0; rep < 10; rep++) {                                                                           \
-        double t = now();                                                                                          \
+        double t = spa_now();                                                                                      \
         for (long it = 0; it < iters; it++)                                                                        \
             for (int i = 0; i < 12; i++) a[i] = fmadd(a[i], m, c);                                                 \
-        double dt = now() - t, g = 2.0 * lanes * 12.0 * (double)iters / dt * 1e-9;                                 \
+        double dt = spa_now() - t, g = 2.0 * lanes * 12.0 * (double)iters / dt * 1e-9;                             \
         best = g > best ? g : best;                                                                                \
     }                                                                                                              \
     vec s = a[0];                                                                                                  \
@@ -66,11 +58,11 @@ static double gemm_rate(int M, int N, int K, int transb, int reps)
     for (long i = 0; i < (long)K * N; i++) B[i] = (float)(i % 5) * 0.1f;
     double best = 0.0;
     for (int rep = 0; rep < 3; rep++) {
-        double t = now();
+        double t = spa_now();
         for (int r = 0; r < reps; r++)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, transb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A, K, B,
                         transb ? K : N, 0.0f, C, N);
-        double dt = now() - t, g = 2.0 * M * N * (double)K * reps / dt * 1e-9;
+        double dt = spa_now() - t, g = 2.0 * M * N * (double)K * reps / dt * 1e-9;
         best = g > best ? g : best;
     }
     free(A), free(B), free(C);
