@@ -393,7 +393,7 @@ typedef struct spa_stats {
     double seconds_wait; /* blocked on halo and random-link transfers */
     int64_t bytes_halo, bytes_global, bytes_rma;
     int64_t flops;     /* useful FLOPs, 4 * D * sum |S(i)| over all heads */
-    double checksum;   /* sum of all out values, all ranks */
+    double checksum;   /* sum of all out values, all ranks (double, block by block) */
     int rma;           /* 1 when random links went over MPI_Get, 0 for p2p */
     int threads;
     int batches;       /* batches of fetched blocks (cfg->fetch_bytes); 1 when all fit */

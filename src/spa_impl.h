@@ -202,6 +202,11 @@ typedef struct spa_kernels {
      * piece order down S^T */
     void (*pvp)(int np, const float *const *v, const int32_t *n, int32_t D, int32_t ldq, int32_t rows,
                 const float *pt, float *o);
+    /* the sum of x[0 .. len) in 16 double lanes (lane j: x[j], x[j + 16],
+     * ...), then lanes 0 .. 15: the same bits on every instruction set */
+    double (*osum)(const float *x, int64_t len);
+    /* out[r] = acc[r] * inv[r] (rows of D); returns osum(out, rows * D) */
+    double (*emit)(int32_t rows, int32_t D, const float *acc, const float *inv, float *out);
 } spa_kernels;
 extern const spa_kernels spa_kernels_generic, spa_kernels_avx2, spa_kernels_avx512;
 
@@ -250,10 +255,10 @@ void spa_dots(int32_t tr, int32_t nk, int32_t D, float sc, const float *a, const
 /* Attention of the non-global rows of query block c, head h.
  *   q: [rows][D] rows of block c;  out: [rows][D];  lse: [rows]
  * Keys come from src. Rows that are global tokens are written too but are
- * overwritten by the global-row path. Returns the number of (i, j) pairs
- * visited (for diagnostics). */
-void spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch *s, int32_t h,
-                      int64_t c, const float *q, float *out, float *lse);
+ * overwritten by the global-row path. Returns spa_kernels.osum of out
+ * (rows * D values), the block's share of the run's checksum. */
+double spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch *s, int32_t h,
+                        int64_t c, const float *q, float *out, float *lse);
 
 /* Partial attention of spread rows over a key range, for the LSE merge.
  *   qg: [ng][D] queries of head h (tokens gidx[], ascending);

@@ -79,6 +79,16 @@ static int dist_check(const char *name, const spa_config *cfg, float temperature
             ok = 0;
         }
     }
+    /* the checksum is the sum of the final out (the runtime sums each
+     * block as its task ends, and again the rows written after it: spread
+     * rows, the residue merge) */
+    double sums[2] = {0.0, 0.0}, gsums[2];
+    for (int64_t i = 0; i < H * rows * D; i++) sums[0] += out[i], sums[1] += fabs((double)out[i]);
+    MPI_Allreduce(sums, gsums, 2, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    if (!(fabs(st.checksum - gsums[0]) <= 1e-10 * gsums[1] + 1e-300)) {
+        printf("FAIL %s rank %d: checksum %.17g, sum of out %.17g\n", name, rank, st.checksum, gsums[0]);
+        ok = 0;
+    }
     const spa_commplan *pl = spa_ctx_plan(ctx);
     /* the plan counts the merge of double partials (P > 1); exact mode's is
      * the maxima (and max |v|) as float, then 128-bit sums */

@@ -95,6 +95,47 @@ static int check_vexp(void)
     return fails;
 }
 
+/* The checksum's sum (spa_kernels.osum, and emit's return) against its
+ * definition, bit for bit: 16 double lanes (lane j: x[j], x[j + 16], ...),
+ * then lanes 0 .. 15 in order. Values of mixed sign and magnitude, so that
+ * another order of additions gives other bits. */
+static int check_osum(void)
+{
+    const spa_kernels *K = spa_kernels_get(NULL);
+    enum { N = 4099 };
+    static float x[N], acc[N], out[N];
+    uint64_t z = 12345;
+    for (int i = 0; i < N; i++) {
+        z = z * 6364136223846793005ULL + 1442695040888963407ULL;
+        double u = (double)(z >> 11) / 9007199254740992.0 - 0.5;
+        x[i] = (float)ldexp(u, (int)(z % 40) - 20);
+    }
+    const int lens[] = {0, 1, 15, 16, 17, 33, 1000, N};
+    int fails = 0;
+    for (size_t t = 0; t < sizeof lens / sizeof *lens; t++) {
+        const int len = lens[t];
+        double lane[16] = {0.0}, want = 0.0;
+        for (int i = 0; i < len; i++) lane[i % 16] += x[i];
+        for (int j = 0; j < 16; j++) want += lane[j];
+        double got = K->osum(x, len);
+        if (memcmp(&got, &want, sizeof got) != 0 && fails++ < 5)
+            printf("FAIL osum of %d values: %.17g, want %.17g\n", len, got, want);
+    }
+    /* emit: out = acc * inv row by row, and osum of out */
+    const int32_t rows = 64, D = 64;
+    float inv[64];
+    for (int r = 0; r < rows; r++) inv[r] = r % 7 == 0 ? 0.0f : 1.0f / (float)(r + 1);
+    for (int i = 0; i < rows * D; i++) acc[i] = x[i];
+    double got = K->emit(rows, D, acc, inv, out);
+    int bad = 0;
+    for (int i = 0; i < rows * D; i++) bad += out[i] != acc[i] * inv[i / D];
+    double want = K->osum(out, rows * D);
+    if ((bad || memcmp(&got, &want, sizeof got) != 0) && fails++ < 10)
+        printf("FAIL emit: %d values differ from acc * inv; sum %.17g, osum %.17g\n", bad, got, want);
+    printf("osum, emit (%s): %s\n", K->name, fails ? "FAILED" : "ok");
+    return fails;
+}
+
 int main(int argc, char **argv)
 {
     int provided;
@@ -109,6 +150,7 @@ int main(int argc, char **argv)
     }
     int fails = 0, total = 0;
     fails += check_vexp() != 0, total++;
+    fails += check_osum() != 0, total++;
     for (int i = 0; i < spa_ncases; i++, total++) fails += !check_case(&spa_cases[i], spa_cases[i].temperature, 1e-5);
 
     /* Stability: |s q.k| reaches ~1e4. The softmax must stay finite and

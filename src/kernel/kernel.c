@@ -452,8 +452,8 @@ static void append_keys(block_job *job, int64_t t0, int64_t t1, int cls, int kee
     }
 }
 
-void spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch *s, int32_t h,
-                      int64_t c, const float *q, float *out, float *lse)
+double spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch *s, int32_t h,
+                        int64_t c, const float *q, float *out, float *lse)
 {
     /* q, out: [rows][D] rows of block c;  lse: [rows] */
     const int32_t D = cfg->dim;
@@ -505,16 +505,15 @@ void spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch 
     }
     flush_chunk(&job);
 
+    /* 4. out = acc / l (an empty S(i): acc is 0, and so is out), and the
+     *    block's sum while its rows are in L1 */
+    float *inv = s->lc; /* free once the last chunk is merged */
     for (int32_t r = 0; r < rows; r++) {
-        if (s->l[r] == 0.0f) { /* S(i) is empty */
-            memset(out + (int64_t)r * D, 0, (size_t)D * sizeof(float));
-            lse[r] = -INFINITY;
-            continue;
-        }
-        float inv = 1.0f / s->l[r];
-        for (int32_t d = 0; d < D; d++) out[(int64_t)r * D + d] = s->acc[(int64_t)r * D + d] * inv;
-        lse[r] = s->m[r] + logf(s->l[r]);
+        const int empty = s->l[r] == 0.0f;
+        inv[r] = empty ? 0.0f : 1.0f / s->l[r];
+        lse[r] = empty ? -INFINITY : s->m[r] + logf(s->l[r]);
     }
+    return s->K->emit(rows, D, s->acc, inv, out);
 }
 
 /* The mask of spread rows gi[0..rows) against keys a .. a + nk - 1, laid

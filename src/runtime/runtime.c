@@ -32,7 +32,10 @@ static spa_err setup_tasks(spa_ctx ctx)
     ctx->nready = pl->ntask_ready;
     ctx->ntask = ctx->nready + nb_tasks;
     ctx->task = malloc((size_t)(ctx->ntask + 1) * sizeof *ctx->task);
-    SPA_REQUIRE(ctx->task, SPA_ERR_OTHER, "out of memory");
+    const size_t nbh = (size_t)(ctx->cfg.heads * (pl->b1 - pl->b0));
+    ctx->bsum = malloc((nbh + 1) * sizeof *ctx->bsum);
+    ctx->bdirty = malloc(nbh + 1);
+    SPA_REQUIRE(ctx->task && ctx->bsum && ctx->bdirty, SPA_ERR_OTHER, "out of memory");
     for (int64_t t = 0; t < ctx->nready; t++) ctx->task[t] = (spa_task){pl->ready_task[t].h, pl->ready_task[t].c};
     for (int64_t t = 0; t < nb_tasks; t++)
         ctx->task[ctx->nready + t] = (spa_task){pl->batch_task[t].h, pl->batch_task[t].c};
@@ -294,6 +297,8 @@ void spa_ctx_destroy(spa_ctx *pctx)
         for (int t = 0; t < ctx->threads; t++) spa_scratch_destroy(ctx->scr[t]);
     free(ctx->scr);
     free(ctx->task);
+    free(ctx->bsum);
+    free(ctx->bdirty);
     free(ctx->stok);
     free(ctx->tile_row);
     free(ctx->rgroup);
@@ -353,7 +358,9 @@ static void compute_tasks(spa_ctx ctx, int64_t t0, int64_t t1, const float *q, f
         for (int64_t t = t0; t < t1; t++) {
             const spa_task *tk = &ctx->task[t];
             int64_t row = (int64_t)tk->h * n_own + (tk->c * B - p0);
-            spa_kernel_block(cfg, &ctx->src, s, tk->h, tk->c, q + row * D, out + row * D, lse + row);
+            int64_t bi = (int64_t)tk->h * (ctx->plan.b1 - ctx->plan.b0) + (tk->c - ctx->plan.b0);
+            ctx->bsum[bi] = spa_kernel_block(cfg, &ctx->src, s, tk->h, tk->c, q + row * D, out + row * D, lse + row);
+            ctx->bdirty[bi] = 0;
             if (master) {
                 spa_comm_poke(ctx->cm);
                 /* the tasks are handed out in order, so the master's task
@@ -404,6 +411,35 @@ static void residue_pass(spa_ctx ctx, const float *q, float *out, float *lse)
         for (int64_t d = 0; d < D; d++) o[d] = (o[d] * wb + ra[d] * wr) * inv;
         lse[i] = mx + logf(den);
     }
+}
+
+/* This rank's share of the run's checksum: the sum of out block by block
+ * (head, then query block, ascending), each block's rows summed by
+ * spa_kernels.osum, so that it depends on out alone. The block tasks
+ * returned their sums while the rows were in L1 (a separate pass over out
+ * cost 4 % of a run at B = 16, and ran on one thread); blocks written
+ * after their task (spread rows, the residue merge) are summed again. */
+static double out_checksum(spa_ctx ctx, const float *out)
+{
+    const spa_commplan *pl = &ctx->plan;
+    const int64_t B = ctx->cfg.block, D = ctx->cfg.dim, n_own = ctx->n_own, nq = pl->b1 - pl->b0;
+    const spa_kernels *K = spa_kernels_get(NULL);
+    for (int64_t r = 0; r < pl->nspread; r++) {
+        const spa_spread_row *w = &pl->spread[r];
+        if (w->tok >= pl->t0 && w->tok < pl->t1) ctx->bdirty[(int64_t)w->h * nq + w->tok / B - pl->b0] = 1;
+    }
+    const int residue = ctx->nrtask > 0 && ctx->rl;
+#pragma omp parallel for schedule(dynamic, 16) num_threads(ctx->threads)
+    for (int64_t bi = 0; bi < ctx->cfg.heads * nq; bi++) {
+        const int64_t h = bi / nq, r0 = (bi % nq + pl->b0) * B - pl->t0;
+        const int64_t r1 = r0 + B < n_own ? r0 + B : n_own, row = h * n_own + r0;
+        int dirty = ctx->bdirty[bi];
+        for (int64_t i = row; residue && !dirty && i < row + r1 - r0; i++) dirty = ctx->rl[i] != 0.0f;
+        if (dirty) ctx->bsum[bi] = K->osum(out + row * D, (r1 - r0) * D);
+    }
+    double sum = 0.0;
+    for (int64_t bi = 0; bi < ctx->cfg.heads * nq; bi++) sum += ctx->bsum[bi];
+    return sum;
 }
 
 /* Exact mode's spread rows (spa_kernel_spread_exact), in place of the
@@ -490,6 +526,7 @@ spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v,
     ctx->seg[1].v = v;
     SPA_CHECK(spa_ctx_agree_exact(ctx)); /* the spread rows' collectives differ by mode */
     double t_start = spa_now(), t;
+    memset(ctx->bdirty, 1, (size_t)(cfg->heads * (pl->b1 - pl->b0)));
 
     SPA_CHECK(spa_comm_gather(ctx->cm, q, k, v, &z)); /* 1 */
     SPA_CHECK(spa_comm_post(ctx->cm, k, v, &z));      /* 2 */
@@ -534,16 +571,7 @@ spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v,
         }
     }
 
-    /* the checksum, in 16 running sums of a fixed order: one dependent
-     * addition per element cost 4 % of a run's time at B = 64 */
-    double lane[16] = {0.0}, sum = 0.0;
-    const int64_t len = cfg->heads * n_own * D;
-    int64_t i = 0;
-    for (; i + 16 <= len; i += 16)
-        for (int j = 0; j < 16; j++) lane[j] += out[i + j];
-    for (; i < len; i++) sum += out[i];
-    for (int j = 0; j < 16; j++) sum += lane[j];
-    SPA_CHECK(spa_comm_sum_f64(ctx->cm, sum, &z.checksum));
+    SPA_CHECK(spa_comm_sum_f64(ctx->cm, out_checksum(ctx, out), &z.checksum));
     if (ctx->progress) ctx->progress(1.0, ctx->progress_arg);
     z.seconds_total = spa_now() - t_start;
     z.flops = 4 * D * ctx->pairs_total;

@@ -25,6 +25,10 @@ struct spa_ctx_s {
     spa_task *task;
     int64_t ntask, nready, tasks_done;
     spa_scratch **scr;      /* [threads] */
+    /* [H][b1 - b0] each own block's share of the checksum, from the
+     * kernel; dirty: written since (or never by a block task) */
+    double *bsum;
+    unsigned char *bdirty;
 
     /* the kernel's key sources: left halo, own shard, right halo, the
      * gathered tokens and the fetched blocks */
