@@ -42,10 +42,37 @@ static spa_err setup_tasks(spa_ctx ctx)
     return SPA_OK;
 }
 
+/* Spread units: pieces of SPREAD_UNIT keys at absolute multiples, at most
+ * SPREAD_UNIT_BYTES of extra partials. The split depends on the shard and
+ * the spread rows only, never on the thread count, so neither do the sums.
+ * SPA_SPREAD_UNIT=<keys>, a multiple of the kernel's 512-key chunk, sets
+ * smaller pieces (the tests' small sequences have one piece otherwise). */
+enum { SPREAD_UNIT = 32768 };
+#define SPREAD_UNIT_BYTES ((int64_t)64 << 20)
+
+static int64_t spread_piece(void)
+{
+    const char *e = getenv("SPA_SPREAD_UNIT");
+    long long u = e ? atoll(e) : 0;
+    return u > 0 && u % 512 == 0 ? (int64_t)u : SPREAD_UNIT;
+}
+
 /* The spread rows' tokens and tiles, and their partials. */
 static spa_err setup_spread(spa_ctx ctx)
 {
     const spa_commplan *pl = &ctx->plan;
+    const int64_t row_bytes = (ctx->cfg.dim + 2) * (int64_t)sizeof(double);
+    const int64_t piece = spread_piece();
+    ctx->unit_base = pl->t0 / piece * piece;
+    const int64_t pieces = pl->t1 > pl->t0 ? (pl->t1 - 1) / piece - pl->t0 / piece + 1 : 1;
+    int64_t cap = pl->nspread ? SPREAD_UNIT_BYTES / (pl->nspread * row_bytes) + 1 : 1;
+    if (cap < 1) cap = 1;
+    ctx->nunit = pieces < cap ? pieces : cap;
+    const int64_t per = (pieces + ctx->nunit - 1) / ctx->nunit; /* pieces per unit */
+    ctx->nunit = (pieces + per - 1) / per;
+    ctx->unit_keys = per * piece;
+    ctx->upart = spa_alloc((size_t)((ctx->nunit - 1) * pl->nspread * row_bytes) + 1);
+    SPA_REQUIRE(ctx->upart, SPA_ERR_OTHER, "out of memory for the spread rows");
     ctx->stok = malloc((size_t)(pl->nspread + 1) * sizeof *ctx->stok);
     ctx->tile_row = malloc((size_t)(pl->nspread_tiles + 1) * sizeof *ctx->tile_row);
     ctx->part = spa_alloc((size_t)(pl->nspread * (ctx->cfg.dim + 2)) * sizeof(double));
@@ -305,41 +332,58 @@ void spa_ctx_destroy(spa_ctx *pctx)
     free(ctx->rrow_off);
     free(ctx->rrows);
     spa_free(ctx->rm), spa_free(ctx->rl), spa_free(ctx->racc);
-    spa_free(ctx->part), spa_free(ctx->xmax), spa_free(ctx->xacc);
+    spa_free(ctx->part), spa_free(ctx->upart), spa_free(ctx->xmax), spa_free(ctx->xacc);
     spa_commplan_free(&ctx->plan);
     spa_config_free(&ctx->cfg);
     free(ctx);
     *pctx = NULL;
 }
 
-/* The partials of spread tile t over this shard: part[row] = (max, sum,
- * acc) of each of its rows. Key spans aligned to absolute multiples of
- * SPAN (itself a multiple of the kernel's chunk) keep the chunks what they
- * would be in one call, and let thread 0 drive MPI progress between spans. */
-static void spread_tile(spa_ctx ctx, spa_scratch *s, int64_t t, const float *k, const float *v, int master)
+/* The partials of spread tile t over unit u of this shard's keys: the
+ * (max, sum, acc) of each of its rows, in part (u = 0) or upart. Key spans
+ * aligned to absolute multiples of SPAN (itself a multiple of the kernel's
+ * chunk) keep the chunks what they would be in one call, and let thread 0
+ * drive MPI progress between spans. */
+static void spread_unit(spa_ctx ctx, spa_scratch *s, int64_t t, int64_t u, const float *k, const float *v, int master)
 {
     const spa_config *cfg = &ctx->cfg;
     const spa_commplan *pl = &ctx->plan;
     const int64_t D = cfg->dim, n_own = ctx->n_own, ld = D + 2;
     enum { SPAN = 8192 };
-    const int64_t p0 = pl->t0, p1 = pl->t1;
+    const int64_t ulen = ctx->unit_keys, ubase = ctx->unit_base;
+    const int64_t p0 = ubase + u * ulen > pl->t0 ? ubase + u * ulen : pl->t0;
+    const int64_t p1 = ubase + (u + 1) * ulen < pl->t1 ? ubase + (u + 1) * ulen : pl->t1;
     const int64_t r0 = ctx->tile_row[t], ng = ctx->tile_row[t + 1] - r0;
     const int32_t h = pl->spread[r0].h;
     const int64_t c = spa_ctx_tile_block(ctx, r0);
+    double *part = (u == 0 ? ctx->part : ctx->upart + (u - 1) * pl->nspread * ld) + r0 * ld;
     for (int64_t a = p0, e; a < p1; a = e) {
         e = (a / SPAN + 1) * SPAN < p1 ? (a / SPAN + 1) * SPAN : p1;
-        const int64_t off = ((int64_t)h * n_own + (a - p0)) * D;
+        const int64_t off = ((int64_t)h * n_own + (a - pl->t0)) * D;
         spa_kernel_global_partial(cfg, s, h, c, ctx->cm->sq + r0 * D, ctx->stok + r0, ng, k + off, v + off, a, e - a,
-                                  ctx->part + r0 * ld);
+                                  part);
         if (master) spa_comm_poke(ctx->cm);
     }
 }
 
+/* part = the merge of every unit's partials, in unit order (no thread
+ * count changes the sums). */
+static void spread_merge_units(spa_ctx ctx)
+{
+    const int64_t NS = ctx->plan.nspread, ld = ctx->cfg.dim + 2;
+    if (ctx->nunit < 2 || ctx->n_own == 0) return;
+#pragma omp parallel for schedule(static) num_threads(ctx->threads)
+    for (int64_t r = 0; r < NS; r++)
+        for (int64_t u = 1; u < ctx->nunit; u++)
+            spa_partial_merge(ctx->part + r * ld, ctx->upart + ((u - 1) * NS + r) * ld, (int32_t)ld - 2);
+}
+
 /* Computes tasks [t0, t1) with all threads; with k, v, the spread tiles'
- * partials over this shard first (spa_partial_init'ed by the caller): they
- * are the largest tasks (a tile of rows against every key of the shard),
- * so the threads take them first and the block tasks fill in after them,
- * and the run does not end on one thread finishing a tile. Thread 0 (the
+ * partials over this shard first, unit by unit (spa_partial_init'ed by the
+ * caller, merged by spread_merge_units): they are the largest tasks (a
+ * tile of rows against a unit of keys), so the threads take them first and
+ * the block tasks fill in after them, and the run does not end on one
+ * thread finishing a tile. Thread 0 (the
  * MPI thread under MPI_THREAD_FUNNELED) also drives MPI progress and
  * reports progress. */
 static void compute_tasks(spa_ctx ctx, int64_t t0, int64_t t1, const float *q, float *out, float *lse,
@@ -347,13 +391,13 @@ static void compute_tasks(spa_ctx ctx, int64_t t0, int64_t t1, const float *q, f
 {
     const spa_config *cfg = &ctx->cfg;
     const int64_t B = cfg->block, D = cfg->dim, n_own = ctx->n_own, p0 = ctx->plan.t0;
-    const int64_t tiles = k && n_own > 0 ? ctx->plan.nspread_tiles : 0;
+    const int64_t units = k && n_own > 0 ? ctx->plan.nspread_tiles * ctx->nunit : 0;
 #pragma omp parallel num_threads(ctx->threads)
     {
         spa_scratch *s = ctx->scr[omp_get_thread_num()];
         int master = omp_get_thread_num() == 0;
 #pragma omp for schedule(dynamic, 1) nowait
-        for (int64_t t = 0; t < tiles; t++) spread_tile(ctx, s, t, k, v, master);
+        for (int64_t t = 0; t < units; t++) spread_unit(ctx, s, t / ctx->nunit, t % ctx->nunit, k, v, master);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = t0; t < t1; t++) {
             const spa_task *tk = &ctx->task[t];
@@ -537,7 +581,10 @@ spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v,
     }
 
     t = spa_now(); /* 3 */
-    if (!ctx->exact) spa_partial_init(ctx->part, pl->nspread, (int32_t)D); /* exact mode: exact_spread */
+    if (!ctx->exact) { /* exact mode: exact_spread */
+        spa_partial_init(ctx->part, pl->nspread, (int32_t)D);
+        spa_partial_init(ctx->upart, (ctx->nunit - 1) * pl->nspread, (int32_t)D);
+    }
     compute_tasks(ctx, 0, ctx->nready, q, out, lse, ctx->exact ? NULL : k, v);
     z.seconds_compute += spa_now() - t;
 
@@ -556,6 +603,7 @@ spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v,
     }
     t = spa_now(); /* the residue pass's keys are in the last batch */
     residue_pass(ctx, q, out, lse);
+    if (!ctx->exact) spread_merge_units(ctx);
     z.seconds_compute += spa_now() - t;
     SPA_CHECK(spa_comm_finish(ctx->cm, &z));
 

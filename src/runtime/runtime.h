@@ -40,6 +40,13 @@ struct spa_ctx_s {
     int64_t *stok;
     int64_t *tile_row;      /* [ntiles + 1] */
     double *part;
+    /* a spread tile's keys in nunit ranges (units) of whole pieces of keys
+     * (absolute multiples), one task each, so that a tile is not one long
+     * task on many threads: unit u is [unit_base + u * unit_keys, + unit_keys)
+     * within the shard; unit 0 sums into part, unit u > 0 into upart +
+     * (u - 1) * nspread * (D + 2), merged into part in unit order */
+    int64_t nunit, unit_base, unit_keys;
+    double *upart;
     float *xmax;            /* exact mode: the spread rows' maxima [nspread], then max |v| */
     spa_i128 *xacc;         /* exact mode: their fixed-point sums [nspread][D + 2] */
 
