@@ -349,7 +349,7 @@ static void spread_unit(spa_ctx ctx, spa_scratch *s, int64_t t, int64_t u, const
     const spa_config *cfg = &ctx->cfg;
     const spa_commplan *pl = &ctx->plan;
     const int64_t D = cfg->dim, n_own = ctx->n_own, ld = D + 2;
-    enum { SPAN = 8192 };
+    enum { SPAN = 2048 };
     const int64_t ulen = ctx->unit_keys, ubase = ctx->unit_base;
     const int64_t p0 = ubase + u * ulen > pl->t0 ? ubase + u * ulen : pl->t0;
     const int64_t p1 = ubase + (u + 1) * ulen < pl->t1 ? ubase + (u + 1) * ulen : pl->t1;
