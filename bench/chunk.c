@@ -6,7 +6,8 @@
  * blocks) at B = 64 and B = 16, it times, over many repetitions of the
  * same chunk, the passes of kernel.c's chunk_update_t: the scores with
  * their column maxima (qk), exp and column sums (expsum), and P V over
- * the pieces (pvp), on the kernel spa chose. Useful flops: 2 * rows * keys * D per product.
+ * the pieces (pvp), on the kernel spa chose. Useful flops: 2 * rows *
+ * keys * D per product.
  * Prints one JSON object; bench/kernel.sh sets it beside the FMA peak.
  * Not a test. */
 #include "spa_impl.h"

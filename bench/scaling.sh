@@ -46,6 +46,7 @@ python3 - "$T" "$NS" "$PS" <<'PY'
 import json, sys, os
 d, ns, ps = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 load = lambda name: json.load(open(os.path.join(d, name + ".json")))
+share = lambda j: f"{100 * j['seconds_wait'] / j['seconds_compute']:6.1f}%" if j['seconds_compute'] > 0 else "      -"
 print("seconds are the slowest rank's; MB received per rank (max); RSS per rank (max)")
 print(f"{'n':>8s} {'P':>2s} {'total':>7s} {'compute':>7s} {'halo':>7s} {'global':>7s} {'rma':>7s} {'wait':>7s} "
       f"{'GFLOP/s':>8s} {'MB halo':>8s} {'MB glob':>8s} {'MB rma':>8s} {'RSS MB':>7s} | "
@@ -54,8 +55,6 @@ for n in ns:
     for p in ps:
         a, t, t0 = load(f"{n}-{p}-default"), load(f"{n}-{p}-tcp"), load(f"{n}-{p}-tcp-no-overlap")
         t2 = load(f"{n}-{p}-tcp-p2p")
-        share = lambda j: f"{100 * j['seconds_wait'] / j['seconds_compute']:6.1f}%" if j['seconds_compute'] > 0 else "      -"
-
         w, w0 = t["seconds_wait"], t0["seconds_wait"]
         # below a millisecond there is nothing to hide (one rank, no transfers)
         hidden = f"{100 * (1 - w / w0):5.0f}%" if w0 > 1e-3 else "     -"

@@ -425,7 +425,6 @@ spa_err spa_comm_post(spa_comm *c, const float *k, const float *v, spa_stats *st
 
     /* fetched blocks: expose K and V, or send what others fetch */
     t = spa_now();
-    c->rlo = c->rhi = 0;
     if (c->rma) {
         /* everyone's gets of the previous run are done; expose this run's K, V */
         SPA_MPI_CHECK(MPI_Barrier(c->comm));
@@ -475,7 +474,6 @@ spa_err spa_comm_fetch(spa_comm *c, int bt, spa_stats *st)
         }
         st->bytes_rma += 2 * cnt * (int64_t)sizeof(float);
     }
-    if (!c->rma) c->rlo = 2 * pl->batch_run[bt], c->rhi = 2 * pl->batch_run[bt + 1]; /* in flight, for poke */
     st->seconds_rma += spa_now() - t;
     return SPA_OK;
 }
@@ -485,12 +483,13 @@ void spa_comm_poke(spa_comm *c)
     /* Drives progress for transports that need the library entered: the
      * two-sided requests, and one-sided components (osc/pt2pt, osc/ucx)
      * that serve other ranks' gets only from inside MPI calls. Errors
-     * surface at spa_comm_complete. One Iprobe runs the progress engine for
-     * every request; testing a batch's thousands of two-sided requests on
-     * each call cost more than the block it followed (at P = 8). */
+     * surface at spa_comm_complete. The Iprobe runs the progress engine for
+     * every request, the fetched runs' too: testing a batch's thousands of
+     * two-sided requests on each call cost more than the block it followed
+     * (at P = 8). */
     int flag;
     if (c->nreqs) MPI_Testall(c->nreqs, c->reqs, &flag, MPI_STATUSES_IGNORE);
-    if (c->rma || c->nserve || c->rhi > c->rlo) MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, c->comm, &flag, MPI_STATUS_IGNORE);
+    MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, c->comm, &flag, MPI_STATUS_IGNORE);
 }
 
 spa_err spa_comm_wait_halo(spa_comm *c, spa_stats *st)

@@ -56,7 +56,6 @@ typedef struct spa_comm {
     int64_t *serve;              /* two-sided: [nserve][4] (rank, h, b0, nblk) others want */
     int nserve;
     MPI_Request *rreqs;          /* two-sided: [2 nruns] receives, then [2 nserve] sends */
-    int rlo, rhi;                /* the receives in flight */
 } spa_comm;
 
 /* Duplicates comm for the context; its size and this rank. Collective. */

@@ -34,11 +34,18 @@ static spa_err setup_tasks(spa_ctx ctx)
     ctx->task = malloc((size_t)(ctx->ntask + 1) * sizeof *ctx->task);
     const size_t nbh = (size_t)(ctx->cfg.heads * (pl->b1 - pl->b0));
     ctx->bsum = malloc((nbh + 1) * sizeof *ctx->bsum);
-    ctx->bdirty = malloc(nbh + 1);
-    SPA_REQUIRE(ctx->task && ctx->bsum && ctx->bdirty, SPA_ERR_OTHER, "out of memory");
+    ctx->bresum = malloc(nbh + 1);
+    SPA_REQUIRE(ctx->task && ctx->bsum && ctx->bresum, SPA_ERR_OTHER, "out of memory");
     for (int64_t t = 0; t < ctx->nready; t++) ctx->task[t] = (spa_task){pl->ready_task[t].h, pl->ready_task[t].c};
     for (int64_t t = 0; t < nb_tasks; t++)
         ctx->task[ctx->nready + t] = (spa_task){pl->batch_task[t].h, pl->batch_task[t].c};
+    const int64_t nq = pl->b1 - pl->b0;
+    memset(ctx->bresum, 1, nbh);
+    for (int64_t t = 0; t < ctx->ntask; t++) ctx->bresum[ctx->task[t].h * nq + ctx->task[t].c - pl->b0] = 0;
+    for (int64_t r = 0; r < pl->nspread; r++) {
+        const spa_spread_row *w = &pl->spread[r];
+        if (w->tok >= pl->t0 && w->tok < pl->t1) ctx->bresum[w->h * nq + w->tok / ctx->cfg.block - pl->b0] = 1;
+    }
     return SPA_OK;
 }
 
@@ -65,8 +72,7 @@ static spa_err setup_spread(spa_ctx ctx)
     const int64_t piece = spread_piece();
     ctx->unit_base = pl->t0 / piece * piece;
     const int64_t pieces = pl->t1 > pl->t0 ? (pl->t1 - 1) / piece - pl->t0 / piece + 1 : 1;
-    int64_t cap = pl->nspread ? SPREAD_UNIT_BYTES / (pl->nspread * row_bytes) + 1 : 1;
-    if (cap < 1) cap = 1;
+    const int64_t cap = pl->nspread ? SPREAD_UNIT_BYTES / (pl->nspread * row_bytes) + 1 : 1;
     ctx->nunit = pieces < cap ? pieces : cap;
     const int64_t per = (pieces + ctx->nunit - 1) / ctx->nunit; /* pieces per unit */
     ctx->nunit = (pieces + per - 1) / per;
@@ -325,7 +331,7 @@ void spa_ctx_destroy(spa_ctx *pctx)
     free(ctx->scr);
     free(ctx->task);
     free(ctx->bsum);
-    free(ctx->bdirty);
+    free(ctx->bresum);
     free(ctx->stok);
     free(ctx->tile_row);
     free(ctx->rgroup);
@@ -404,7 +410,6 @@ static void compute_tasks(spa_ctx ctx, int64_t t0, int64_t t1, const float *q, f
             int64_t row = (int64_t)tk->h * n_own + (tk->c * B - p0);
             int64_t bi = (int64_t)tk->h * (ctx->plan.b1 - ctx->plan.b0) + (tk->c - ctx->plan.b0);
             ctx->bsum[bi] = spa_kernel_block(cfg, &ctx->src, s, tk->h, tk->c, q + row * D, out + row * D, lse + row);
-            ctx->bdirty[bi] = 0;
             if (master) {
                 spa_comm_poke(ctx->cm);
                 /* the tasks are handed out in order, so the master's task
@@ -468,16 +473,12 @@ static double out_checksum(spa_ctx ctx, const float *out)
     const spa_commplan *pl = &ctx->plan;
     const int64_t B = ctx->cfg.block, D = ctx->cfg.dim, n_own = ctx->n_own, nq = pl->b1 - pl->b0;
     const spa_kernels *K = spa_kernels_get(NULL);
-    for (int64_t r = 0; r < pl->nspread; r++) {
-        const spa_spread_row *w = &pl->spread[r];
-        if (w->tok >= pl->t0 && w->tok < pl->t1) ctx->bdirty[(int64_t)w->h * nq + w->tok / B - pl->b0] = 1;
-    }
     const int residue = ctx->nrtask > 0 && ctx->rl;
 #pragma omp parallel for schedule(dynamic, 16) num_threads(ctx->threads)
     for (int64_t bi = 0; bi < ctx->cfg.heads * nq; bi++) {
         const int64_t h = bi / nq, r0 = (bi % nq + pl->b0) * B - pl->t0;
         const int64_t r1 = r0 + B < n_own ? r0 + B : n_own, row = h * n_own + r0;
-        int dirty = ctx->bdirty[bi];
+        int dirty = ctx->bresum[bi];
         for (int64_t i = row; residue && !dirty && i < row + r1 - r0; i++) dirty = ctx->rl[i] != 0.0f;
         if (dirty) ctx->bsum[bi] = K->osum(out + row * D, (r1 - r0) * D);
     }
@@ -570,7 +571,6 @@ spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v,
     ctx->seg[1].v = v;
     SPA_CHECK(spa_ctx_agree_exact(ctx)); /* the spread rows' collectives differ by mode */
     double t_start = spa_now(), t;
-    memset(ctx->bdirty, 1, (size_t)(cfg->heads * (pl->b1 - pl->b0)));
 
     SPA_CHECK(spa_comm_gather(ctx->cm, q, k, v, &z)); /* 1 */
     SPA_CHECK(spa_comm_post(ctx->cm, k, v, &z));      /* 2 */

@@ -25,10 +25,11 @@ struct spa_ctx_s {
     spa_task *task;
     int64_t ntask, nready, tasks_done;
     spa_scratch **scr;      /* [threads] */
-    /* [H][b1 - b0] each own block's share of the checksum, from the
-     * kernel; dirty: written since (or never by a block task) */
+    /* [H][b1 - b0] each own block's share of the checksum, from its task;
+     * bresum: summed again after the tasks (its rows include spread rows,
+     * which the merge writes, or no block task writes it) */
     double *bsum;
-    unsigned char *bdirty;
+    unsigned char *bresum;
 
     /* the kernel's key sources: left halo, own shard, right halo, the
      * gathered tokens and the fetched blocks */
