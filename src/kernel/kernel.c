@@ -56,6 +56,7 @@ struct spa_scratch {
     const float **pk, **pv;
     int32_t *pn;
     int npiece;
+    int far;         /* pieces [far, npiece) are full key blocks (step 3) */
     float *nan_row;  /* [D] NaN: stands for a key the plan failed to bring */
     int fast;        /* register-blocked products (D % 8 == 0, not SPA_KERNEL=blas) */
     int exact;       /* spa_scratch_set_exact: no sgemm where a tile's rows depend on P */
@@ -291,10 +292,29 @@ static void softmax_tail(spa_scratch *s, int32_t rows)
  * advance together, one vector of rows per key. */
 static void softmax_tail_t(spa_scratch *s, int32_t rows, int have_max);
 
+/* Asks for every line of the keys (to L1, for pass 1) and values (to L2,
+ * for pass 3) of the chunk's full key blocks (step 3: random, layout)
+ * before pass 1 starts. They come from anywhere in memory, and pass 1
+ * reaches them last, so their misses overlap the products of the window
+ * and the gathered tokens (which are in cache, or streamed in order)
+ * instead of stalling them one tile at a time. */
+static void prefetch_chunk(const spa_scratch *s)
+{
+    for (int p = s->far; p < s->npiece; p++) {
+        const char *k = (const char *)s->pk[p], *v = (const char *)s->pv[p];
+        const int64_t len = (int64_t)s->pn[p] * s->D * (int64_t)sizeof(float);
+        for (int64_t o = 0; o < len; o += 64) {
+            __builtin_prefetch(k + o, 0, 3);
+            __builtin_prefetch(v + o, 0, 2);
+        }
+    }
+}
+
 static void chunk_update_t(const spa_config *cfg, spa_scratch *s, int64_t ti0, int32_t rows)
 {
     const int32_t D = s->D, ldq = s->ldq;
     float *St = s->s;
+    prefetch_chunk(s);
 
     /* pass 1: scores; without a mask (no causality, no token rule: the
      * default pattern) the column maxima come with them */
@@ -380,6 +400,7 @@ static void flush_chunk(block_job *job)
     }
     s->nk = 0;
     s->npiece = 0;
+    s->far = 0;
     s->any_cls = 0;
 }
 
@@ -474,6 +495,7 @@ double spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratc
     memset(s->acc, 0, (size_t)rows * D * sizeof(float));
     s->nk = 0;
     s->npiece = 0;
+    s->far = 0;
     s->any_cls = 0;
     s->ldq = (rows + 15) / 16 * 16;
     if (s->fast)
@@ -497,6 +519,7 @@ double spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratc
 
     /* 3. full key blocks (random, layout), ascending, without the local
      *    range; the strided and dilated keys come in the residue pass */
+    s->far = s->npiece;
     for (int64_t k = 0; k < x->nkb; k++) {
         if (!x->kfull[k]) continue;
         int64_t b0 = (int64_t)x->kb[k] * B, b1 = b0 + B < jmax ? b0 + B : jmax;

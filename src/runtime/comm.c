@@ -478,6 +478,8 @@ spa_err spa_comm_fetch(spa_comm *c, int bt, spa_stats *st)
     return SPA_OK;
 }
 
+#define SPA_POKE_GAP 10e-6
+
 void spa_comm_poke(spa_comm *c)
 {
     /* Drives progress for transports that need the library entered: the
@@ -486,7 +488,14 @@ void spa_comm_poke(spa_comm *c)
      * surface at spa_comm_complete. The Iprobe runs the progress engine for
      * every request, the fetched runs' too: testing a batch's thousands of
      * two-sided requests on each call cost more than the block it followed
-     * (at P = 8). */
+     * (at P = 8). One rank has nothing to progress, and entering MPI more
+     * often than every SPA_POKE_GAP seconds serves no get sooner than a
+     * network delivers it: an Iprobe costs about 0.4 us, 8 % of a 16-row
+     * block's time when it followed every block. */
+    if (c->P == 1) return;
+    const double now = spa_now();
+    if (now - c->poke_last < SPA_POKE_GAP) return;
+    c->poke_last = now;
     int flag;
     if (c->nreqs) MPI_Testall(c->nreqs, c->reqs, &flag, MPI_STATUSES_IGNORE);
     MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, c->comm, &flag, MPI_STATUS_IGNORE);

@@ -56,6 +56,7 @@ typedef struct spa_comm {
     int64_t *serve;              /* two-sided: [nserve][4] (rank, h, b0, nblk) others want */
     int nserve;
     MPI_Request *rreqs;          /* two-sided: [2 nruns] receives, then [2 nserve] sends */
+    double poke_last;            /* spa_now() of the last poke that entered MPI */
 } spa_comm;
 
 /* Duplicates comm for the context; its size and this rank. Collective. */
