@@ -47,7 +47,7 @@ static void run(const spa_kernels *K, int rows, int reps, double *gqk, double *g
             double t0 = spa_now();
             for (int i = 0; i < ldq; i++) mc[i] = -INFINITY;
             for (int p = 0, j = 0; p < PIECES; j += pn[p], p++)
-                K->qk(pn[p], D, ldq, 0.125f, pk[p], qt, st + (int64_t)j * ldq, mc);
+                K->qk(pn[p], D, ldq, 0.125f, pk[p], qt, st + (int64_t)j * ldq, mc, NULL);
             double t1 = spa_now();
             K->expsum(st, nk, ldq, mc, lc);
             double t2 = spa_now();

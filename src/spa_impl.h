@@ -179,11 +179,40 @@ static inline int spa_rowctx_residue(const spa_rowctx *x, int64_t i, int64_t j)
  *   colmax: mc[ldq] = column maxima of st[nk][ldq]
  *   expsum: st = exp(st - mc) by column (mc = -inf counts as 0), lc[ldq] =
  *           column sums in ascending key order */
+/* Lines for qk to prefetch as it goes: the keys, then the values, of
+ * pieces [p0, p1) (rows of `row` bytes), spread over the chunk's nk keys
+ * so that after j keys' tiles about j / nk of the lines have been asked
+ * for (to L2). A burst of prefetches stalls once the line fill buffers
+ * are full; spread over the tiles, the misses overlap the products. */
+typedef struct spa_pfs {
+    const float *const *k, *const *v;
+    const int32_t *n;
+    int p0, p1, p, kv; /* pieces; the current one; 0 keys, 1 values */
+    int64_t off, row;  /* bytes into the current piece; bytes per key */
+    int64_t lines, issued, keys, nk;
+} spa_pfs;
+
+/* After a tile of r keys: the lines due by then. */
+static inline void spa_pfs_step(spa_pfs *f, int64_t r)
+{
+    f->keys += r;
+    const int64_t due = f->keys >= f->nk ? f->lines : f->lines * f->keys / f->nk;
+    for (; f->issued < due; f->issued++) {
+        __builtin_prefetch((const char *)(f->kv ? f->v[f->p] : f->k[f->p]) + f->off, 0, 2);
+        f->off += 64;
+        if (f->off >= f->n[f->p] * f->row) {
+            f->off = 0;
+            if (++f->p == f->p1) f->p = f->p0, f->kv = 1;
+        }
+    }
+}
+
 typedef struct spa_kernels {
     const char *name; /* "avx512", "avx2", "generic" */
     int lanes;
+    /* pf: lines to prefetch between tiles (NULL: none) */
     void (*qk)(int64_t nk, int32_t D, int32_t ldq, float scale, const float *k, const float *qt, float *st,
-               float *cmax);
+               float *cmax, spa_pfs *pf);
     void (*pv)(int64_t nk, int32_t D, int32_t ldq, int32_t rows, const float *pt, const float *v, float *o);
     void (*vexp)(float *x, int64_t len);
     void (*colmax)(const float *st, int32_t nk, int32_t ldq, float *mc);

@@ -350,7 +350,7 @@ static void chunk_fast(const spa_config *cfg, spa_bscratch *s, mask_fn mask, con
 
     /* pass 1 */
     for (int p = 0, j = 0; p < s->npiece; j += s->pc[p].cnt, p++)
-        s->K->qk(s->pc[p].cnt, D, ldq, sc, s->pc[p].k, s->qt, St + (int64_t)j * ldq, NULL);
+        s->K->qk(s->pc[p].cnt, D, ldq, sc, s->pc[p].k, s->qt, St + (int64_t)j * ldq, NULL, NULL);
     mask(cfg, s, St, 1, ldq, marg);
 
     /* pass 2 */
@@ -363,7 +363,7 @@ static void chunk_fast(const spa_config *cfg, spa_bscratch *s, mask_fn mask, con
 
     /* pass 3 */
     for (int p = 0, j = 0; p < s->npiece; j += s->pc[p].cnt, p++)
-        s->K->qk(s->pc[p].cnt, D, ldq, 1.0f, s->pc[p].v, s->dot, dPt + (int64_t)j * ldq, NULL);
+        s->K->qk(s->pc[p].cnt, D, ldq, 1.0f, s->pc[p].v, s->dot, dPt + (int64_t)j * ldq, NULL, NULL);
 
     /* pass 4 */
     for (int32_t c = 0; c < nk; c++) {

@@ -56,7 +56,7 @@ struct spa_scratch {
     const float **pk, **pv;
     int32_t *pn;
     int npiece;
-    int far;         /* pieces [far, npiece) are full key blocks (step 3) */
+    int far;         /* pieces [far, npiece) are full key blocks (step 3), prefetched */
     float *nan_row;  /* [D] NaN: stands for a key the plan failed to bring */
     int fast;        /* register-blocked products (D % 8 == 0, not SPA_KERNEL=blas) */
     int exact;       /* spa_scratch_set_exact: no sgemm where a tile's rows depend on P */
@@ -292,29 +292,18 @@ static void softmax_tail(spa_scratch *s, int32_t rows)
  * advance together, one vector of rows per key. */
 static void softmax_tail_t(spa_scratch *s, int32_t rows, int have_max);
 
-/* Asks for every line of the keys (to L1, for pass 1) and values (to L2,
- * for pass 3) of the chunk's full key blocks (step 3: random, layout)
- * before pass 1 starts. They come from anywhere in memory, and pass 1
- * reaches them last, so their misses overlap the products of the window
- * and the gathered tokens (which are in cache, or streamed in order)
- * instead of stalling them one tile at a time. */
-static void prefetch_chunk(const spa_scratch *s)
-{
-    for (int p = s->far; p < s->npiece; p++) {
-        const char *k = (const char *)s->pk[p], *v = (const char *)s->pv[p];
-        const int64_t len = (int64_t)s->pn[p] * s->D * (int64_t)sizeof(float);
-        for (int64_t o = 0; o < len; o += 64) {
-            __builtin_prefetch(k + o, 0, 3);
-            __builtin_prefetch(v + o, 0, 2);
-        }
-    }
-}
-
 static void chunk_update_t(const spa_config *cfg, spa_scratch *s, int64_t ti0, int32_t rows)
 {
     const int32_t D = s->D, ldq = s->ldq;
     float *St = s->s;
-    prefetch_chunk(s);
+
+    /* the keys and values of the chunk's full key blocks (step 3: random,
+     * layout) come from anywhere in memory, and pass 1 reaches them last:
+     * they are asked for as its tiles go (the window's and the gathered
+     * tokens' are in cache, or streamed in order) */
+    spa_pfs pf = {s->pk, s->pv, s->pn, s->far, s->npiece, s->far, 0, 0, (int64_t)D * (int64_t)sizeof(float),
+                  0, 0, 0, s->nk};
+    for (int p = s->far; p < s->npiece; p++) pf.lines += 2 * (((int64_t)s->pn[p] * pf.row + 63) / 64);
 
     /* pass 1: scores; without a mask (no causality, no token rule: the
      * default pattern) the column maxima come with them */
@@ -322,7 +311,8 @@ static void chunk_update_t(const spa_config *cfg, spa_scratch *s, int64_t ti0, i
     if (nomask)
         for (int32_t r = 0; r < ldq; r++) s->mc[r] = -INFINITY;
     for (int p = 0, j = 0; p < s->npiece; j += s->pn[p], p++)
-        s->K->qk(s->pn[p], D, ldq, cfg->scale, s->pk[p], s->qt, St + (int64_t)j * ldq, nomask ? s->mc : NULL);
+        s->K->qk(s->pn[p], D, ldq, cfg->scale, s->pk[p], s->qt, St + (int64_t)j * ldq, nomask ? s->mc : NULL,
+                 pf.lines ? &pf : NULL);
     if (!nomask) mask_scores(cfg, s, ti0, rows, St, 1, ldq);
     softmax_tail_t(s, rows, nomask);
 }
@@ -702,7 +692,7 @@ void spa_kernel_residue(const spa_config *cfg, const spa_keysrc *src, spa_scratc
             /* pass 3: scores */
             int64_t rs, cs;
             if (s->fast) {
-                s->K->qk(nk, D, ldq, cfg->scale, s->kc, s->qt, s->s, NULL);
+                s->K->qk(nk, D, ldq, cfg->scale, s->kc, s->qt, s->s, NULL, NULL);
                 rs = 1, cs = ldq;
             } else {
                 if (s->exact) spa_dots(tr, nk, D, cfg->scale, s->qt, s->kc, s->s);
@@ -806,7 +796,7 @@ static void global_partial_t(const spa_config *cfg, spa_scratch *s, const spa_ro
              * not causal) the column maxima come with the scores */
             if (nomask)
                 for (int32_t r = 0; r < ldq; r++) mc[r] = -INFINITY;
-            s->K->qk(nk, D, ldq, cfg->scale, k + (a - j0) * D, s->qt, St, nomask ? mc : NULL);
+            s->K->qk(nk, D, ldq, cfg->scale, k + (a - j0) * D, s->qt, St, nomask ? mc : NULL, NULL);
             /* pass 2: column maxima; exp(s - m) = exp(d) * (1 + lo) */
             if (!nomask) {
                 mask_rows(cfg, x, gi, rows, a, nk, St, 1, ldq);
@@ -948,7 +938,7 @@ void spa_kernel_spread_exact(const spa_config *cfg, spa_scratch *s, int32_t h, i
             /* pass 1: S^T [nk][ldq] (fast) or S [rows][nk] */
             const int64_t rs = s->fast ? 1 : nk, cs = s->fast ? ldq : 1;
             if (s->fast) {
-                s->K->qk(nk, D, ldq, cfg->scale, kc, s->qt, S, NULL);
+                s->K->qk(nk, D, ldq, cfg->scale, kc, s->qt, S, NULL, NULL);
             } else {
                 spa_dots(rows, nk, D, cfg->scale, qg + g0 * D, kc, S);
             }
