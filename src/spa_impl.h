@@ -180,15 +180,18 @@ static inline int spa_rowctx_residue(const spa_rowctx *x, int64_t i, int64_t j)
  *   expsum: st = exp(st - mc) by column (mc = -inf counts as 0), lc[ldq] =
  *           column sums in ascending key order */
 /* Lines for qk to prefetch as it goes: the keys, then the values, of
- * pieces [p0, p1) (rows of `row` bytes), spread over the chunk's nk keys
- * so that after j keys' tiles about j / nk of the lines have been asked
- * for (to L2). A burst of prefetches stalls once the line fill buffers
- * are full; spread over the tiles, the misses overlap the products. */
+ * pieces [p0, p1) (rows of `row` bytes), then the xlen bytes at x, spread
+ * over the chunk's nk keys so that after j keys' tiles about j / nk of
+ * the lines have been asked for (to L2). A burst of prefetches stalls once
+ * the line fill buffers are full; spread over the tiles, the misses
+ * overlap the products. */
 typedef struct spa_pfs {
     const float *const *k, *const *v;
     const int32_t *n;
-    int p0, p1, p, kv; /* pieces; the current one; 0 keys, 1 values */
-    int64_t off, row;  /* bytes into the current piece; bytes per key */
+    int p0, p1, p, kv; /* pieces; the current one; 0 keys, 1 values, 2 x */
+    const char *x;
+    int64_t xlen;
+    int64_t off, row;  /* bytes into the current piece or x; bytes per key */
     int64_t lines, issued, keys, nk;
 } spa_pfs;
 
@@ -198,11 +201,16 @@ static inline void spa_pfs_step(spa_pfs *f, int64_t r)
     f->keys += r;
     const int64_t due = f->keys >= f->nk ? f->lines : f->lines * f->keys / f->nk;
     for (; f->issued < due; f->issued++) {
+        if (f->kv == 2) {
+            __builtin_prefetch(f->x + f->off, 0, 2);
+            f->off += 64;
+            continue;
+        }
         __builtin_prefetch((const char *)(f->kv ? f->v[f->p] : f->k[f->p]) + f->off, 0, 2);
         f->off += 64;
         if (f->off >= f->n[f->p] * f->row) {
             f->off = 0;
-            if (++f->p == f->p1) f->p = f->p0, f->kv = 1;
+            if (++f->p == f->p1) f->p = f->p0, f->kv++;
         }
     }
 }
@@ -286,6 +294,9 @@ void spa_dots(int32_t tr, int32_t nk, int32_t D, float sc, const float *a, const
  * Keys come from src. Rows that are global tokens are written too but are
  * overwritten by the global-row path. Returns spa_kernels.osum of out
  * (rows * D values), the block's share of the run's checksum. */
+/* The next block the thread will likely compute reads the bytes at next
+ * (its query rows): the next chunk prefetches them as it goes. */
+void spa_scratch_hint(spa_scratch *s, const void *next, int64_t bytes);
 double spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch *s, int32_t h,
                         int64_t c, const float *q, float *out, float *lse);
 

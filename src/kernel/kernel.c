@@ -57,6 +57,8 @@ struct spa_scratch {
     int32_t *pn;
     int npiece;
     int far;         /* pieces [far, npiece) are full key blocks (step 3), prefetched */
+    const char *xnext; /* spa_scratch_hint: xlen bytes the next block reads, prefetched */
+    int64_t xlen;
     float *nan_row;  /* [D] NaN: stands for a key the plan failed to bring */
     int fast;        /* register-blocked products (D % 8 == 0, not SPA_KERNEL=blas) */
     int exact;       /* spa_scratch_set_exact: no sgemm where a tile's rows depend on P */
@@ -222,6 +224,12 @@ static void chunk_update(const spa_config *cfg, spa_scratch *s, const float *q, 
 
 void spa_scratch_set_exact(spa_scratch *s, int on) { s->exact = on != 0; }
 
+void spa_scratch_hint(spa_scratch *s, const void *next, int64_t bytes)
+{
+    s->xnext = next;
+    s->xlen = next ? bytes : 0;
+}
+
 void spa_dots(int32_t tr, int32_t nk, int32_t D, float sc, const float *a, const float *b, float *o)
 {
     for (int32_t r = 0; r < tr; r++)
@@ -301,9 +309,10 @@ static void chunk_update_t(const spa_config *cfg, spa_scratch *s, int64_t ti0, i
      * layout) come from anywhere in memory, and pass 1 reaches them last:
      * they are asked for as its tiles go (the window's and the gathered
      * tokens' are in cache, or streamed in order) */
-    spa_pfs pf = {s->pk, s->pv, s->pn, s->far, s->npiece, s->far, 0, 0, (int64_t)D * (int64_t)sizeof(float),
-                  0, 0, 0, s->nk};
+    spa_pfs pf = {s->pk, s->pv, s->pn, s->far, s->npiece, s->far, s->far < s->npiece ? 0 : 2, s->xnext,
+                  s->xlen, 0, (int64_t)D * (int64_t)sizeof(float), (s->xlen + 63) / 64, 0, 0, s->nk};
     for (int p = s->far; p < s->npiece; p++) pf.lines += 2 * (((int64_t)s->pn[p] * pf.row + 63) / 64);
+    s->xlen = 0;
 
     /* pass 1: scores; without a mask (no causality, no token rule: the
      * default pattern) the column maxima come with them */
@@ -517,6 +526,7 @@ double spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratc
         if (b1 > x->j1) append_keys(&job, b0 > x->j1 ? b0 : x->j1, b1, 0, 0);
     }
     flush_chunk(&job);
+    s->xlen = 0; /* the hint is this block's only (the BLAS path does not take it) */
 
     /* 4. out = acc / l (an empty S(i): acc is 0, and so is out), and the
      *    block's sum while its rows are in L1 */
