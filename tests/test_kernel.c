@@ -136,6 +136,51 @@ static int check_osum(void)
     return fails;
 }
 
+/* spa_pfs_step, the prefetch stream of a chunk's scores: after j keys,
+ * lines * j / nk lines asked for; the keys of pieces p0 .. p1 - 1 line by
+ * line, then their values, then x. Prefetches change no result, so this
+ * holds the bookkeeping to its definition: where the stream is after each
+ * line. Pieces of 5, 16 and 3 rows of 40 bytes take 4, 10 and 2 lines;
+ * x of 1000 bytes 16. */
+static int check_pfs(void)
+{
+    static float kbuf[24 * 10], vbuf[24 * 10];
+    char xbuf[1000];
+    const float *k[4] = {NULL, kbuf, kbuf + 50, kbuf + 210}, *v[4] = {NULL, vbuf, vbuf + 50, vbuf + 210};
+    const int32_t n[4] = {99, 5, 16, 3};
+    const int lines[3] = {4, 10, 2}, total = 2 * 16 + 16;
+    int fails = 0;
+    /* one line per key: the position after every line */
+    spa_pfs f = {k, v, n, 1, 4, 1, 0, xbuf, 1000, 0, 40, total, 0, 0, total};
+    int want_kv = 0, want_p = 1, want_off = 0;
+    for (int i = 1; i <= total; i++) {
+        spa_pfs_step(&f, 1);
+        if (want_kv < 2) {
+            want_off += 64;
+            if (want_off >= lines[want_p - 1] * 64) {
+                want_off = 0;
+                if (++want_p == 4) want_p = 1, want_kv++;
+            }
+        } else {
+            want_off += 64;
+        }
+        if ((f.issued != i || f.kv != want_kv || (want_kv < 2 && f.p != want_p) || f.off != want_off) && fails++ < 5)
+            printf("FAIL pfs after %d lines: issued %lld, kv %d, piece %d, off %lld; want kv %d, piece %d, off %d\n",
+                   i, (long long)f.issued, f.kv, f.p, (long long)f.off, want_kv, want_p, want_off);
+    }
+    /* tiles of 7 keys over nk = 100: lines * keys / nk after each, all at the end */
+    spa_pfs g = {k, v, n, 1, 4, 1, 0, xbuf, 1000, 0, 40, total, 0, 0, 100};
+    for (int keys = 7; keys < 107; keys += 7) {
+        spa_pfs_step(&g, 7);
+        const int64_t due = keys >= 100 ? total : (int64_t)total * keys / 100;
+        if (g.issued != due && fails++ < 10)
+            printf("FAIL pfs after %d keys: %lld lines, want %lld\n", keys, (long long)g.issued, (long long)due);
+    }
+    if ((g.kv != 2 || g.off != 16 * 64) && fails++ < 10) printf("FAIL pfs: the stream did not end after x\n");
+    printf("prefetch stream: %s\n", fails ? "FAILED" : "ok");
+    return fails;
+}
+
 int main(int argc, char **argv)
 {
     int provided;
@@ -151,6 +196,7 @@ int main(int argc, char **argv)
     int fails = 0, total = 0;
     fails += check_vexp() != 0, total++;
     fails += check_osum() != 0, total++;
+    fails += check_pfs() != 0, total++;
     for (int i = 0; i < spa_ncases; i++, total++) fails += !check_case(&spa_cases[i], spa_cases[i].temperature, 1e-5);
 
     /* Stability: |s q.k| reaches ~1e4. The softmax must stay finite and
