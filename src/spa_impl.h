@@ -181,10 +181,11 @@ static inline int spa_rowctx_residue(const spa_rowctx *x, int64_t i, int64_t j)
  *           column sums in ascending key order */
 /* Lines for qk to prefetch as it goes: the keys, then the values, of
  * pieces [p0, p1) (rows of `row` bytes), then the xlen bytes at x, spread
- * over the chunk's nk keys so that after j keys' tiles about j / nk of
- * the lines have been asked for (to L2). A burst of prefetches stalls once
- * the line fill buffers are full; spread over the tiles, the misses
- * overlap the products. */
+ * over nk units of work (the chunk's keys times D: qk steps every 16 dims
+ * of a tile of two or more row vectors, after each tile of one) so that
+ * after j units about j / nk of the lines have been asked for (to L2). A
+ * burst of prefetches stalls once the line fill buffers are full; spread
+ * over the products, the misses overlap them. */
 typedef struct spa_pfs {
     const float *const *k, *const *v;
     const int32_t *n;
@@ -195,7 +196,7 @@ typedef struct spa_pfs {
     int64_t lines, issued, keys, nk;
 } spa_pfs;
 
-/* After a tile of r keys: the lines due by then. */
+/* After r more units of work: the lines due by then. */
 static inline void spa_pfs_step(spa_pfs *f, int64_t r)
 {
     f->keys += r;
