@@ -170,20 +170,11 @@ static inline int spa_rowctx_residue(const spa_rowctx *x, int64_t i, int64_t j)
 
 /* ------------------------------------------------------------------ kernel */
 
-/* The kernel's inner loops for one instruction set (kernel_isa.inc,
- * compiled once per set; microkernel.c picks one at start-up).
- *   qk:     st[nk][ldq] = scale * k[nk][D] . qt[D][ldq]   (ldq % 16 == 0);
- *           cmax != NULL: cmax[ldq] = max(cmax, column maxima of st)
- *   pv:     o[rows][D] += pt[nk][ldq]^T . v[nk][D]        (D % 8 == 0)
- *   vexp:   x[i] = exp(x[i]), relative error < 2e-7, exp(-inf) = 0
- *   colmax: mc[ldq] = column maxima of st[nk][ldq]
- *   expsum: st = exp(st - mc) by column (mc = -inf counts as 0), lc[ldq] =
- *           column sums in ascending key order */
 /* Lines for qk to prefetch as it goes: the keys, then the values, of
  * pieces [p0, p1) (rows of `row` bytes), then the xlen bytes at x, spread
  * over nk units of work (the chunk's keys times D: qk steps every 16 dims
- * of a tile of two or more row vectors, after each tile of one) so that
- * after j units about j / nk of the lines have been asked for (to L2). A
+ * of a tile of 24 accumulators, after each smaller tile) so that after j
+ * units about j / nk of the lines have been asked for (to L2). A
  * burst of prefetches stalls once the line fill buffers are full; spread
  * over the products, the misses overlap them. */
 typedef struct spa_pfs {
@@ -216,6 +207,15 @@ static inline void spa_pfs_step(spa_pfs *f, int64_t r)
     }
 }
 
+/* The kernel's inner loops for one instruction set (kernel_isa.inc,
+ * compiled once per set; microkernel.c picks one at start-up).
+ *   qk:     st[nk][ldq] = scale * k[nk][D] . qt[D][ldq]   (ldq % 16 == 0);
+ *           cmax != NULL: cmax[ldq] = max(cmax, column maxima of st)
+ *   pv:     o[rows][D] += pt[nk][ldq]^T . v[nk][D]        (D % 8 == 0)
+ *   vexp:   x[i] = exp(x[i]), relative error < 2e-7, exp(-inf) = 0
+ *   colmax: mc[ldq] = column maxima of st[nk][ldq]
+ *   expsum: st = exp(st - mc) by column (mc = -inf counts as 0), lc[ldq] =
+ *           column sums in ascending key order */
 typedef struct spa_kernels {
     const char *name; /* "avx512", "avx2", "generic" */
     int lanes;
@@ -290,14 +290,15 @@ void spa_scratch_set_exact(spa_scratch *s, int on);
  * o: [tr][nk] row-major */
 void spa_dots(int32_t tr, int32_t nk, int32_t D, float sc, const float *a, const float *b, float *o);
 
+/* The next block the thread will likely compute reads the bytes at next
+ * (its query rows): the next chunk prefetches them as it goes. */
+void spa_scratch_hint(spa_scratch *s, const void *next, int64_t bytes);
+
 /* Attention of the non-global rows of query block c, head h.
  *   q: [rows][D] rows of block c;  out: [rows][D];  lse: [rows]
  * Keys come from src. Rows that are global tokens are written too but are
  * overwritten by the global-row path. Returns spa_kernels.osum of out
  * (rows * D values), the block's share of the run's checksum. */
-/* The next block the thread will likely compute reads the bytes at next
- * (its query rows): the next chunk prefetches them as it goes. */
-void spa_scratch_hint(spa_scratch *s, const void *next, int64_t bytes);
 double spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch *s, int32_t h,
                         int64_t c, const float *q, float *out, float *lse);
 
