@@ -187,6 +187,16 @@ typedef struct spa_pfs {
     int64_t lines, issued, keys, nk;
 } spa_pfs;
 
+/* The stream over pieces [p0, p1) of k, v (n[p] rows of row bytes each),
+ * then xlen bytes at x, spread over nk units of work. */
+static inline void spa_pfs_init(spa_pfs *f, const float *const *k, const float *const *v, const int32_t *n, int p0,
+                                int p1, int64_t row, const void *x, int64_t xlen, int64_t nk)
+{
+    *f = (spa_pfs){.k = k, .v = v, .n = n, .p0 = p0, .p1 = p1, .p = p0, .kv = p0 < p1 ? 0 : 2,
+                   .x = (const char *)x, .xlen = xlen, .row = row, .lines = (xlen + 63) / 64, .nk = nk};
+    for (int p = p0; p < p1; p++) f->lines += 2 * ((n[p] * row + 63) / 64);
+}
+
 /* After r more units of work: the lines due by then. */
 static inline void spa_pfs_step(spa_pfs *f, int64_t r)
 {

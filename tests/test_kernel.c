@@ -140,8 +140,8 @@ static int check_osum(void)
  * lines * j / nk lines asked for; the keys of pieces p0 .. p1 - 1 line by
  * line, then their values, then x. Prefetches change no result, so this
  * holds the bookkeeping to its definition: where the stream is after each
- * line. Pieces of 5, 16 and 3 rows of 40 bytes take 4, 10 and 2 lines;
- * x of 1000 bytes 16. */
+ * line, and spa_pfs_init's count of lines. Pieces of 5, 16 and 3 rows of
+ * 40 bytes take 4, 10 and 2 lines; x of 1000 bytes 16. */
 static int check_pfs(void)
 {
     static float kbuf[24 * 10], vbuf[24 * 10];
@@ -151,7 +151,9 @@ static int check_pfs(void)
     const int lines[3] = {4, 10, 2}, total = 2 * 16 + 16;
     int fails = 0;
     /* one line per key: the position after every line */
-    spa_pfs f = {k, v, n, 1, 4, 1, 0, xbuf, 1000, 0, 40, total, 0, 0, total};
+    spa_pfs f;
+    spa_pfs_init(&f, k, v, n, 1, 4, 40, xbuf, 1000, total);
+    if (f.lines != total && fails++ < 5) printf("FAIL pfs: %lld lines, want %d\n", (long long)f.lines, total);
     int want_kv = 0, want_p = 1, want_off = 0;
     for (int i = 1; i <= total; i++) {
         spa_pfs_step(&f, 1);
@@ -169,7 +171,8 @@ static int check_pfs(void)
                    i, (long long)f.issued, f.kv, f.p, (long long)f.off, want_kv, want_p, want_off);
     }
     /* tiles of 7 keys over nk = 100: lines * keys / nk after each, all at the end */
-    spa_pfs g = {k, v, n, 1, 4, 1, 0, xbuf, 1000, 0, 40, total, 0, 0, 100};
+    spa_pfs g;
+    spa_pfs_init(&g, k, v, n, 1, 4, 40, xbuf, 1000, 100);
     for (int keys = 7; keys < 107; keys += 7) {
         spa_pfs_step(&g, 7);
         const int64_t due = keys >= 100 ? total : (int64_t)total * keys / 100;
@@ -177,6 +180,17 @@ static int check_pfs(void)
             printf("FAIL pfs after %d keys: %lld lines, want %lld\n", keys, (long long)g.issued, (long long)due);
     }
     if ((g.kv != 2 || g.off != 16 * 64) && fails++ < 10) printf("FAIL pfs: the stream did not end after x\n");
+    /* no pieces: x alone, from its first line */
+    spa_pfs h;
+    spa_pfs_init(&h, k, v, n, 2, 2, 40, xbuf, 1000, 16);
+    for (int i = 1; i <= 16; i++) {
+        spa_pfs_step(&h, 1);
+        if ((h.lines != 16 || h.issued != i || h.kv != 2 || h.off != 64 * i) && fails++ < 10) {
+            printf("FAIL pfs without pieces after %d lines: %lld of %lld, kv %d, off %lld\n", i, (long long)h.issued,
+                   (long long)h.lines, h.kv, (long long)h.off);
+            break;
+        }
+    }
     printf("prefetch stream: %s\n", fails ? "FAILED" : "ok");
     return fails;
 }

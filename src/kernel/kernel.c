@@ -309,9 +309,9 @@ static void chunk_update_t(const spa_config *cfg, spa_scratch *s, int64_t ti0, i
      * layout) come from anywhere in memory, and pass 1 reaches them last:
      * they are asked for as its tiles go (the window's and the gathered
      * tokens' are in cache, or streamed in order) */
-    spa_pfs pf = {s->pk, s->pv, s->pn, s->far, s->npiece, s->far, s->far < s->npiece ? 0 : 2, s->xnext,
-                  s->xlen, 0, (int64_t)D * (int64_t)sizeof(float), (s->xlen + 63) / 64, 0, 0, (int64_t)s->nk * D};
-    for (int p = s->far; p < s->npiece; p++) pf.lines += 2 * (((int64_t)s->pn[p] * pf.row + 63) / 64);
+    spa_pfs pf;
+    spa_pfs_init(&pf, s->pk, s->pv, s->pn, s->far, s->npiece, (int64_t)D * (int64_t)sizeof(float), s->xnext, s->xlen,
+                 (int64_t)s->nk * D);
     s->xlen = 0;
 
     /* pass 1: scores; without a mask (no causality, no token rule: the
