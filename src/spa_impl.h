@@ -170,42 +170,60 @@ static inline int spa_rowctx_residue(const spa_rowctx *x, int64_t i, int64_t j)
 
 /* ------------------------------------------------------------------ kernel */
 
-/* Lines for qk to prefetch as it goes: the keys, then the values, of
- * pieces [p0, p1) (rows of `row` bytes), then the xlen bytes at x, spread
- * over nk units of work (the chunk's keys times D: qk steps every 16 dims
- * of a tile of 24 accumulators, after each smaller tile) so that after j
- * units about j / nk of the lines have been asked for (to L2). A
+/* Lines for the products to prefetch as they go: the keys, then the
+ * values, of pieces [p0, p1) (rows of `row` bytes), then nx regions of
+ * memory, spread over units of work in phases: in a phase from line base
+ * to line end over nk units, about base + (end - base) j / nk lines have
+ * been asked for (to L2) after j units. A chunk runs two: qk (units: keys
+ * times D; it steps every 16 dims of a tile of 24 accumulators, after each
+ * smaller tile), then pvp (rows times keys times D, after each tile). A
  * burst of prefetches stalls once the line fill buffers are full; spread
  * over the products, the misses overlap them. */
 typedef struct spa_pfs {
     const float *const *k, *const *v;
     const int32_t *n;
-    int p0, p1, p, kv; /* pieces; the current one; 0 keys, 1 values, 2 x */
-    const char *x;
-    int64_t xlen;
-    int64_t off, row;  /* bytes into the current piece or x; bytes per key */
-    int64_t lines, issued, keys, nk;
+    int p0, p1, p, kv; /* pieces; the current one; 0 keys, 1 values, 2 regions */
+    const char *const *x; /* nx regions of xlen[i] bytes at x[i] */
+    const int64_t *xlen;
+    int nx, xi;        /* regions; the current one */
+    int64_t off, row;  /* bytes into the current piece or region; bytes per key */
+    int64_t lines, plines, issued; /* all lines, the pieces' lines, lines asked for */
+    int64_t base, end, keys, nk;   /* this phase: lines base .. end over nk units */
 } spa_pfs;
 
 /* The stream over pieces [p0, p1) of k, v (n[p] rows of row bytes each),
- * then xlen bytes at x, spread over nk units of work. */
+ * then the nx regions (xlen[i] > 0 bytes at x[i]), in one phase of nk
+ * units of work. */
 static inline void spa_pfs_init(spa_pfs *f, const float *const *k, const float *const *v, const int32_t *n, int p0,
-                                int p1, int64_t row, const void *x, int64_t xlen, int64_t nk)
+                                int p1, int64_t row, const char *const *x, const int64_t *xlen, int nx, int64_t nk)
 {
     *f = (spa_pfs){.k = k, .v = v, .n = n, .p0 = p0, .p1 = p1, .p = p0, .kv = p0 < p1 ? 0 : 2,
-                   .x = (const char *)x, .xlen = xlen, .row = row, .lines = (xlen + 63) / 64, .nk = nk};
-    for (int p = p0; p < p1; p++) f->lines += 2 * ((n[p] * row + 63) / 64);
+                   .x = x, .xlen = xlen, .nx = nx, .row = row, .nk = nk};
+    for (int p = p0; p < p1; p++) f->plines += 2 * ((n[p] * row + 63) / 64);
+    f->lines = f->plines;
+    for (int i = 0; i < nx; i++) f->lines += (xlen[i] + 63) / 64;
+    f->end = f->lines;
+}
+
+/* From here on, lines up to end (<= lines) over nk more units of work. */
+static inline void spa_pfs_phase(spa_pfs *f, int64_t end, int64_t nk)
+{
+    f->base = f->issued;
+    f->end = end > f->base ? end : f->base;
+    f->keys = 0;
+    f->nk = nk;
 }
 
 /* After r more units of work: the lines due by then. */
 static inline void spa_pfs_step(spa_pfs *f, int64_t r)
 {
     f->keys += r;
-    const int64_t due = f->keys >= f->nk ? f->lines : f->lines * f->keys / f->nk;
+    const int64_t due = f->keys >= f->nk ? f->end : f->base + (f->end - f->base) * f->keys / f->nk;
     for (; f->issued < due; f->issued++) {
         if (f->kv == 2) {
-            __builtin_prefetch(f->x + f->off, 0, 2);
+            __builtin_prefetch(f->x[f->xi] + f->off, 0, 2);
             f->off += 64;
+            if (f->off >= f->xlen[f->xi]) f->off = 0, f->xi++;
             continue;
         }
         __builtin_prefetch((const char *)(f->kv ? f->v[f->p] : f->k[f->p]) + f->off, 0, 2);
@@ -247,9 +265,9 @@ typedef struct spa_kernels {
      * (D % 8 == 0, ldq % 8 == 0) */
     void (*tpose)(const float *a, int64_t lda, int32_t rows, int32_t D, int32_t ldq, float *at);
     /* pv over np pieces of keys: values v[p] ([n[p]][D] rows), keys in
-     * piece order down S^T */
+     * piece order down S^T; pf as in qk, stepped after each tile */
     void (*pvp)(int np, const float *const *v, const int32_t *n, int32_t D, int32_t ldq, int32_t rows,
-                const float *pt, float *o);
+                const float *pt, float *o, spa_pfs *pf);
     /* the sum of x[0 .. len) in 16 double lanes (lane j: x[j], x[j + 16],
      * ...), then lanes 0 .. 15: the same bits on every instruction set */
     double (*osum)(const float *x, int64_t len);
@@ -300,9 +318,14 @@ void spa_scratch_set_exact(spa_scratch *s, int on);
  * o: [tr][nk] row-major */
 void spa_dots(int32_t tr, int32_t nk, int32_t D, float sc, const float *a, const float *b, float *o);
 
-/* The next block the thread will likely compute reads the bytes at next
- * (its query rows): the next chunk prefetches them as it goes. */
-void spa_scratch_hint(spa_scratch *s, const void *next, int64_t bytes);
+/* Block c of head h is the one the thread will likely compute next, and
+ * its query rows are the bytes at q: the next spa_kernel_block makes that
+ * block's rule ahead and prefetches what it reads first (its query rows,
+ * keys and values of its random and layout blocks) as it goes. A wrong
+ * guess costs the prefetches only: the rule made ahead is used by that
+ * block alone. */
+enum { SPA_PF_REGIONS = 33 };
+void spa_scratch_hint(spa_scratch *s, int32_t h, int64_t c, const float *q, int64_t bytes);
 
 /* Attention of the non-global rows of query block c, head h.
  *   q: [rows][D] rows of block c;  out: [rows][D];  lse: [rows]

@@ -136,62 +136,137 @@ static int check_osum(void)
     return fails;
 }
 
-/* spa_pfs_step, the prefetch stream of a chunk's scores: after j keys,
- * lines * j / nk lines asked for; the keys of pieces p0 .. p1 - 1 line by
- * line, then their values, then x. Prefetches change no result, so this
- * holds the bookkeeping to its definition: where the stream is after each
- * line, and spa_pfs_init's count of lines. Pieces of 5, 16 and 3 rows of
- * 40 bytes take 4, 10 and 2 lines; x of 1000 bytes 16. */
+/* spa_pfs_step, the prefetch stream of a chunk: the keys of pieces p0 ..
+ * p1 - 1 line by line, then their values, then each region; in a phase of
+ * nk units from line base to line end, base + (end - base) * j / nk lines
+ * asked for after j units. Prefetches change no result, so this holds the
+ * bookkeeping to its definition: where the stream is after each line,
+ * spa_pfs_init's count of lines, and the phases. Pieces of 5, 16 and 3
+ * rows of 40 bytes take 4, 10 and 2 lines; regions of 1000, 64 and 130
+ * bytes 16, 1 and 3. */
 static int check_pfs(void)
 {
     static float kbuf[24 * 10], vbuf[24 * 10];
-    char xbuf[1000];
+    static char xbuf[1200];
     const float *k[4] = {NULL, kbuf, kbuf + 50, kbuf + 210}, *v[4] = {NULL, vbuf, vbuf + 50, vbuf + 210};
     const int32_t n[4] = {99, 5, 16, 3};
-    const int lines[3] = {4, 10, 2}, total = 2 * 16 + 16;
+    const char *xr[3] = {xbuf, xbuf + 1024, xbuf + 1088};
+    const int64_t xl[3] = {1000, 64, 130}, xlines[3] = {16, 1, 3};
+    const int lines[3] = {4, 10, 2}, plines = 2 * 16, total = plines + 20;
     int fails = 0;
-    /* one line per key: the position after every line */
+    /* one line per unit: the position after every line */
     spa_pfs f;
-    spa_pfs_init(&f, k, v, n, 1, 4, 40, xbuf, 1000, total);
-    if (f.lines != total && fails++ < 5) printf("FAIL pfs: %lld lines, want %d\n", (long long)f.lines, total);
-    int want_kv = 0, want_p = 1, want_off = 0;
+    spa_pfs_init(&f, k, v, n, 1, 4, 40, xr, xl, 3, total);
+    if ((f.lines != total || f.plines != plines) && fails++ < 5)
+        printf("FAIL pfs: %lld lines (%lld of pieces), want %d (%d)\n", (long long)f.lines, (long long)f.plines, total,
+               plines);
+    int want_kv = 0, want_p = 1, want_x = 0, want_off = 0;
     for (int i = 1; i <= total; i++) {
         spa_pfs_step(&f, 1);
-        if (want_kv < 2) {
-            want_off += 64;
-            if (want_off >= lines[want_p - 1] * 64) {
-                want_off = 0;
-                if (++want_p == 4) want_p = 1, want_kv++;
-            }
-        } else {
-            want_off += 64;
+        want_off += 64;
+        if (want_kv < 2 && want_off >= lines[want_p - 1] * 64) {
+            want_off = 0;
+            if (++want_p == 4) want_p = 1, want_kv++;
+        } else if (want_kv == 2 && want_off >= xlines[want_x] * 64) {
+            want_off = 0, want_x++;
         }
-        if ((f.issued != i || f.kv != want_kv || (want_kv < 2 && f.p != want_p) || f.off != want_off) && fails++ < 5)
-            printf("FAIL pfs after %d lines: issued %lld, kv %d, piece %d, off %lld; want kv %d, piece %d, off %d\n",
-                   i, (long long)f.issued, f.kv, f.p, (long long)f.off, want_kv, want_p, want_off);
+        if ((f.issued != i || f.kv != want_kv || (want_kv < 2 && f.p != want_p) || (want_kv == 2 && f.xi != want_x) ||
+             f.off != want_off) &&
+            fails++ < 5)
+            printf("FAIL pfs after %d lines: issued %lld, kv %d, piece %d, region %d, off %lld; want kv %d, piece %d, "
+                   "region %d, off %d\n",
+                   i, (long long)f.issued, f.kv, f.p, f.xi, (long long)f.off, want_kv, want_p, want_x, want_off);
     }
-    /* tiles of 7 keys over nk = 100: lines * keys / nk after each, all at the end */
+    /* two phases, as a chunk runs them: the pieces and 10 lines over 100
+     * units in tiles of 7, then the rest over 60 units in tiles of 9 */
     spa_pfs g;
-    spa_pfs_init(&g, k, v, n, 1, 4, 40, xbuf, 1000, 100);
+    spa_pfs_init(&g, k, v, n, 1, 4, 40, xr, xl, 3, 100);
+    spa_pfs_phase(&g, plines + 10, 100);
     for (int keys = 7; keys < 107; keys += 7) {
         spa_pfs_step(&g, 7);
-        const int64_t due = keys >= 100 ? total : (int64_t)total * keys / 100;
+        const int64_t due = keys >= 100 ? plines + 10 : (int64_t)(plines + 10) * keys / 100;
         if (g.issued != due && fails++ < 10)
-            printf("FAIL pfs after %d keys: %lld lines, want %lld\n", keys, (long long)g.issued, (long long)due);
+            printf("FAIL pfs after %d units of phase 1: %lld lines, want %lld\n", keys, (long long)g.issued,
+                   (long long)due);
     }
-    if ((g.kv != 2 || g.off != 16 * 64) && fails++ < 10) printf("FAIL pfs: the stream did not end after x\n");
-    /* no pieces: x alone, from its first line */
+    spa_pfs_phase(&g, g.lines, 60);
+    for (int keys = 9; keys < 69; keys += 9) {
+        spa_pfs_step(&g, 9);
+        const int64_t due = keys >= 60 ? total : plines + 10 + (int64_t)(total - plines - 10) * keys / 60;
+        if (g.issued != due && fails++ < 10)
+            printf("FAIL pfs after %d units of phase 2: %lld lines, want %lld\n", keys, (long long)g.issued,
+                   (long long)due);
+    }
+    if ((g.kv != 2 || g.xi != 3 || g.off != 0) && fails++ < 10)
+        printf("FAIL pfs: the stream did not end after the last region (region %d, off %lld)\n", g.xi, (long long)g.off);
+    /* no pieces: the regions alone, from the first line of the first */
     spa_pfs h;
-    spa_pfs_init(&h, k, v, n, 2, 2, 40, xbuf, 1000, 16);
+    spa_pfs_init(&h, k, v, n, 2, 2, 40, xr, xl, 1, 16);
     for (int i = 1; i <= 16; i++) {
         spa_pfs_step(&h, 1);
-        if ((h.lines != 16 || h.issued != i || h.kv != 2 || h.off != 64 * i) && fails++ < 10) {
+        const int64_t off = i < 16 ? 64 * i : 0;
+        if ((h.lines != 16 || h.issued != i || h.kv != 2 || h.off != off || h.xi != (i == 16)) && fails++ < 10) {
             printf("FAIL pfs without pieces after %d lines: %lld of %lld, kv %d, off %lld\n", i, (long long)h.issued,
                    (long long)h.lines, h.kv, (long long)h.off);
             break;
         }
     }
     printf("prefetch stream: %s\n", fails ? "FAILED" : "ok");
+    return fails;
+}
+
+/* spa_scratch_hint: a block hinted right (its rule made during the block
+ * before, and what it reads prefetched), hinted wrong (another block's
+ * rule made ahead, which must not be used) or not hinted gives the same
+ * bits. Every block of the case on one source holding all tokens, in
+ * order: without hints, each hinting the next, each hinting the one after
+ * the next, and hints that are right every other block. */
+static int check_hints(const test_case *tc)
+{
+    spa_config cfg;
+    if (case_config(tc, 7, &cfg) != SPA_OK) {
+        printf("FAIL hints %s: config: %s\n", tc->name, spa_last_error());
+        spa_config_free(&cfg);
+        return 1;
+    }
+    const int64_t n = cfg.n, H = cfg.heads, D = cfg.dim, B = cfg.block, nb = (n + B - 1) / B, G = cfg.nkv_tokens;
+    const size_t all = (size_t)(H * n * D) * sizeof(float);
+    float *q = spa_alloc(all), *k = spa_alloc(all), *v = spa_alloc(all), *out[4], *lse[4];
+    float *gk = spa_alloc((size_t)(H * G * D + 1) * sizeof(float)), *gv = spa_alloc((size_t)(H * G * D + 1) * sizeof(float));
+    double *sum[4];
+    case_inputs(&cfg, 1.0f, 0, n, q, k, v);
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t g = 0; g < G; g++) {
+            memcpy(gk + (h * G + g) * D, k + (h * n + cfg.kv_tokens[g]) * D, (size_t)D * sizeof(float));
+            memcpy(gv + (h * G + g) * D, v + (h * n + cfg.kv_tokens[g]) * D, (size_t)D * sizeof(float));
+        }
+    spa_keyseg seg = {0, n, k, v, n * D};
+    int64_t *fhead = calloc((size_t)H + 1, sizeof *fhead); /* nothing fetched */
+    spa_keysrc src = {1, &seg, NULL, fhead, NULL, NULL, gk, gv};
+    spa_scratch *s = spa_scratch_create(&cfg);
+    int fails = 0;
+    const int64_t nt = H * nb;
+    for (int mode = 0; mode < 4; mode++) {
+        out[mode] = spa_alloc(all), lse[mode] = spa_alloc((size_t)(H * n) * sizeof(float));
+        sum[mode] = malloc((size_t)nt * sizeof(double));
+        for (int64_t t = 0; s && t < nt; t++) {
+            const int64_t ahead = mode == 1 || (mode == 3 && t % 2 == 0) ? 1 : 2;
+            if (mode > 0 && t + ahead < nt) {
+                const int64_t u = t + ahead, hu = u / nb, cu = u % nb;
+                const int64_t rows = cu * B + B < n ? B : n - cu * B;
+                spa_scratch_hint(s, (int32_t)hu, cu, q + (hu * n + cu * B) * D, rows * D * (int64_t)sizeof(float));
+            }
+            const int64_t h = t / nb, c = t % nb, row = h * n + c * B;
+            sum[mode][t] = spa_kernel_block(&cfg, &src, s, (int32_t)h, c, q + row * D, out[mode] + row * D, lse[mode] + row);
+        }
+        if (mode > 0 && (memcmp(out[mode], out[0], all) || memcmp(lse[mode], lse[0], (size_t)(H * n) * sizeof(float)) ||
+                         memcmp(sum[mode], sum[0], (size_t)nt * sizeof(double))))
+            if (fails++ < 3) printf("FAIL hints %s: hint mode %d differs from no hints\n", tc->name, mode);
+    }
+    spa_scratch_destroy(s);
+    for (int mode = 0; mode < 4; mode++) spa_free(out[mode]), spa_free(lse[mode]), free(sum[mode]);
+    spa_free(q), spa_free(k), spa_free(v), spa_free(gk), spa_free(gv), free(fhead);
+    spa_config_free(&cfg);
     return fails;
 }
 
@@ -212,6 +287,10 @@ int main(int argc, char **argv)
     fails += check_osum() != 0, total++;
     fails += check_pfs() != 0, total++;
     for (int i = 0; i < spa_ncases; i++, total++) fails += !check_case(&spa_cases[i], spa_cases[i].temperature, 1e-5);
+    int hint_fails = 0;
+    for (int i = 0; i < spa_ncases; i++) hint_fails += check_hints(&spa_cases[i]) != 0;
+    printf("hints (%d cases): %s\n", spa_ncases, hint_fails ? "FAILED" : "ok");
+    fails += hint_fails != 0, total++;
 
     /* Stability: |s q.k| reaches ~1e4. The softmax must stay finite and
      * match the double reference. Scores that large carry float32 rounding

@@ -57,8 +57,22 @@ struct spa_scratch {
     int32_t *pn;
     int npiece;
     int far;         /* pieces [far, npiece) are full key blocks (step 3), prefetched */
-    const char *xnext; /* spa_scratch_hint: xlen bytes the next block reads, prefetched */
-    int64_t xlen;
+    /* spa_scratch_hint: the block the thread will likely compute next,
+     * its rule (x2, in w2) and the memory it reads first (its query rows,
+     * then the keys and values of its full key blocks: nrx regions), which
+     * this block's first chunk prefetches as it goes */
+    int32_t nh;           /* -1: no hint */
+    int64_t nc;
+    const float *nq;
+    int64_t nqlen;
+    spa_patws *w2;
+    spa_rowctx x2;
+    int x2_ok;            /* x2 holds block (x2.h, x2.c) */
+    int x2_all;           /* and the regions hold all of its full key blocks */
+    int ahead;            /* this chunk's full key blocks were prefetched by the block before */
+    const char *rx[SPA_PF_REGIONS];
+    int64_t rxl[SPA_PF_REGIONS];
+    int nrx;
     float *nan_row;  /* [D] NaN: stands for a key the plan failed to bring */
     int fast;        /* register-blocked products (D % 8 == 0, not SPA_KERNEL=blas) */
     int exact;       /* spa_scratch_set_exact: no sgemm where a tile's rows depend on P */
@@ -101,6 +115,8 @@ spa_scratch *spa_scratch_create(const spa_config *cfg)
     s->xrn = spa_alloc((size_t)SPA_RESIDUE_ROWS * sizeof(int32_t));
     s->xrb = spa_alloc((size_t)SPA_RESIDUE_ROWS * (cfg->random_max + 1) * sizeof(int32_t));
     s->w = spa_patws_create(cfg);
+    s->w2 = spa_patws_create(cfg);
+    s->nh = -1;
     s->m = spa_alloc((size_t)s->rows * sizeof(float));
     s->l = spa_alloc((size_t)s->rows * sizeof(float));
     s->acc = spa_alloc((size_t)s->rows * D * sizeof(float));
@@ -122,7 +138,7 @@ spa_scratch *spa_scratch_create(const spa_config *cfg)
     s->gathered_h = -1;
     if (s->nan_row)
         for (int32_t d = 0; d < D; d++) s->nan_row[d] = NAN;
-    if (!s->kc || !s->vc || !s->s || !s->kj || !s->kcls || !s->xlo || !s->xhi || !s->xl0 || !s->xl1 || !s->xrn || !s->xrb || !s->m || !s->l || !s->acc || !s->w || !s->cacc ||
+    if (!s->kc || !s->vc || !s->s || !s->kj || !s->kcls || !s->xlo || !s->xhi || !s->xl0 || !s->xl1 || !s->xrn || !s->xrb || !s->m || !s->l || !s->acc || !s->w || !s->w2 || !s->cacc ||
         !s->mc || !s->lc || !s->pd || !s->vd || !s->cd || !s->lcd || !s->lo || !s->qt ||
         !s->sh || !s->pk || !s->pv || !s->pn || !s->nan_row || !s->gathered) {
         spa_scratch_destroy(s);
@@ -141,6 +157,7 @@ void spa_scratch_destroy(spa_scratch *s)
     spa_free(s->kcls);
     spa_free(s->xlo), spa_free(s->xhi), spa_free(s->xl0), spa_free(s->xl1), spa_free(s->xrn), spa_free(s->xrb);
     spa_patws_destroy(s->w);
+    spa_patws_destroy(s->w2);
     spa_free(s->m);
     spa_free(s->l);
     spa_free(s->acc);
@@ -224,10 +241,12 @@ static void chunk_update(const spa_config *cfg, spa_scratch *s, const float *q, 
 
 void spa_scratch_set_exact(spa_scratch *s, int on) { s->exact = on != 0; }
 
-void spa_scratch_hint(spa_scratch *s, const void *next, int64_t bytes)
+void spa_scratch_hint(spa_scratch *s, int32_t h, int64_t c, const float *q, int64_t bytes)
 {
-    s->xnext = next;
-    s->xlen = next ? bytes : 0;
+    s->nh = h;
+    s->nc = c;
+    s->nq = q;
+    s->nqlen = bytes;
 }
 
 void spa_dots(int32_t tr, int32_t nk, int32_t D, float sc, const float *a, const float *b, float *o)
@@ -298,7 +317,7 @@ static void softmax_tail(spa_scratch *s, int32_t rows)
  *   s->qt: [D][ldq] query rows;  S^T: [nk][ldq];  acc: [rows][D]
  * Column i of S^T is query row i, so the softmax statistics of all rows
  * advance together, one vector of rows per key. */
-static void softmax_tail_t(spa_scratch *s, int32_t rows, int have_max);
+static void softmax_tail_t(spa_scratch *s, int32_t rows, int have_max, spa_pfs *pf);
 
 static void chunk_update_t(const spa_config *cfg, spa_scratch *s, int64_t ti0, int32_t rows)
 {
@@ -306,13 +325,18 @@ static void chunk_update_t(const spa_config *cfg, spa_scratch *s, int64_t ti0, i
     float *St = s->s;
 
     /* the keys and values of the chunk's full key blocks (step 3: random,
-     * layout) come from anywhere in memory, and pass 1 reaches them last:
-     * they are asked for as its tiles go (the window's and the gathered
-     * tokens' are in cache, or streamed in order) */
+     * layout) come from anywhere in memory (the window's and the gathered
+     * tokens' are in cache, or streamed in order). Unless the block before
+     * asked for them already, pass 1 asks for them as its tiles go, with
+     * half of what the hinted next block reads first (next_regions);
+     * pass 3 asks for the other half. One line after another at the rate
+     * of the products: a burst stalls once the line fill buffers are full. */
     spa_pfs pf;
-    spa_pfs_init(&pf, s->pk, s->pv, s->pn, s->far, s->npiece, (int64_t)D * (int64_t)sizeof(float), s->xnext, s->xlen,
-                 (int64_t)s->nk * D);
-    s->xlen = 0;
+    spa_pfs_init(&pf, s->pk, s->pv, s->pn, s->ahead ? s->npiece : s->far, s->npiece,
+                 (int64_t)D * (int64_t)sizeof(float), s->rx, s->rxl, s->nrx, (int64_t)s->nk * D);
+    spa_pfs_phase(&pf, pf.plines + (pf.lines - pf.plines) / 2, (int64_t)s->nk * D);
+    s->nrx = 0;
+    s->ahead = 0;
 
     /* pass 1: scores; without a mask (no causality, no token rule: the
      * default pattern) the column maxima come with them */
@@ -323,13 +347,14 @@ static void chunk_update_t(const spa_config *cfg, spa_scratch *s, int64_t ti0, i
         s->K->qk(s->pn[p], D, ldq, cfg->scale, s->pk[p], s->qt, St + (int64_t)j * ldq, nomask ? s->mc : NULL,
                  pf.lines ? &pf : NULL);
     if (!nomask) mask_scores(cfg, s, ti0, rows, St, 1, ldq);
-    softmax_tail_t(s, rows, nomask);
+    spa_pfs_phase(&pf, pf.lines, (int64_t)rows * s->nk * D);
+    softmax_tail_t(s, rows, nomask, pf.lines ? &pf : NULL);
 }
 
 /* Passes 2-4 of chunk_update_t on masked transposed scores s->s
  * [nk][ldq], with the values in the chunk's pieces. have_max: s->mc holds
  * the column maxima already. */
-static void softmax_tail_t(spa_scratch *s, int32_t rows, int have_max)
+static void softmax_tail_t(spa_scratch *s, int32_t rows, int have_max, spa_pfs *pf)
 {
     const int32_t D = s->D, nk = s->nk, ldq = s->ldq;
     float *St = s->s, *mc = s->mc, *lc = s->lc;
@@ -340,7 +365,7 @@ static void softmax_tail_t(spa_scratch *s, int32_t rows, int have_max)
 
     /* pass 3: cacc = P V */
     memset(s->cacc, 0, (size_t)rows * D * sizeof(float));
-    s->K->pvp(s->npiece, s->pv, s->pn, D, ldq, rows, St, s->cacc); /* keys in order: same sums */
+    s->K->pvp(s->npiece, s->pv, s->pn, D, ldq, rows, St, s->cacc, pf); /* keys in order: same sums */
 
     /* pass 4 */
     merge_chunk(s, rows);
@@ -472,6 +497,44 @@ static void append_keys(block_job *job, int64_t t0, int64_t t1, int cls, int kee
     }
 }
 
+/* The hinted next block's rule, made now into w2 (the next call takes it
+ * instead of making it again), and the memory that block reads first, as
+ * regions for this block's stream: its query rows, then the keys and the
+ * values of its full key blocks (random, layout) up to a cap. Those come
+ * from anywhere in memory; asked for a block ahead, they are in L2 when
+ * that block starts. */
+static void next_regions(const spa_config *cfg, const spa_keysrc *src, spa_scratch *s)
+{
+    s->nrx = 0;
+    if (s->nh < 0) return;
+    spa_rowctx_init(&s->x2, cfg, s->nh, s->nc, s->w2);
+    s->x2_ok = 1;
+    s->x2_all = 1;
+    if (s->nqlen > 0) s->rx[s->nrx] = (const char *)s->nq, s->rxl[s->nrx++] = s->nqlen;
+    const spa_rowctx *x = &s->x2;
+    const int64_t B = cfg->block, rb = (int64_t)cfg->dim * (int64_t)sizeof(float);
+    const int nb0 = s->nrx, cap = (SPA_PF_REGIONS - nb0) / 2;
+    int nb = 0;
+    for (int64_t k = 0; k < x->nkb; k++) {
+        if (!x->kfull[k]) continue;
+        int64_t b0 = (int64_t)x->kb[k] * B, b1 = b0 + B < cfg->n ? b0 + B : cfg->n;
+        if (b0 >= x->j0 && b1 <= x->j1) continue; /* inside the window */
+        const float *kp, *vp;
+        int64_t got = locate(cfg, src, x->h, b0, b1 - b0, &kp, &vp);
+        if (got == 0) continue;
+        if (nb == cap || got < b1 - b0) { /* the block takes them as it goes */
+            s->x2_all = 0;
+            break;
+        }
+        s->rx[nb0 + nb] = (const char *)kp, s->rxl[nb0 + nb] = got * rb;
+        s->rx[nb0 + cap + nb] = (const char *)vp, s->rxl[nb0 + cap + nb] = got * rb;
+        nb++;
+    }
+    for (int i = 0; i < nb; i++) /* the values after the keys */
+        s->rx[nb0 + nb + i] = s->rx[nb0 + cap + i], s->rxl[nb0 + nb + i] = s->rxl[nb0 + cap + i];
+    s->nrx = nb0 + 2 * nb;
+}
+
 double spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratch *s, int32_t h,
                         int64_t c, const float *q, float *out, float *lse)
 {
@@ -480,7 +543,18 @@ double spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratc
     const int64_t B = cfg->block, n = cfg->n, ti0 = c * B;
     const int32_t rows = (int32_t)(ti0 + B < n ? B : n - ti0);
     block_job job = {cfg, src, s, h, rows, ti0, q};
-    spa_rowctx_init(&s->x, cfg, h, c, s->w);
+    if (s->x2_ok && s->x2.h == h && s->x2.c == c) { /* the hinted block: its rule is made */
+        spa_patws *w = s->w;
+        s->w = s->w2, s->w2 = w;
+        s->x = s->x2;
+        s->ahead = s->x2_all; /* for its first chunk */
+    } else {
+        spa_rowctx_init(&s->x, cfg, h, c, s->w);
+        s->ahead = 0;
+    }
+    s->x2_ok = 0;
+    if (s->fast) next_regions(cfg, src, s);
+    s->nh = -1;
     const spa_rowctx *x = &s->x;
     if (s->gathered_h != h) {
         for (int64_t g = 0; g < cfg->nkv_tokens; g++) s->gathered[g] = (unsigned char)spa_pattern_is_gathered(cfg, h, cfg->kv_tokens[g]);
@@ -526,7 +600,7 @@ double spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratc
         if (b1 > x->j1) append_keys(&job, b0 > x->j1 ? b0 : x->j1, b1, 0, 0);
     }
     flush_chunk(&job);
-    s->xlen = 0; /* the hint is this block's only (the BLAS path does not take it) */
+    s->nrx = 0; /* the hint is this block's only */
 
     /* 4. out = acc / l (an empty S(i): acc is 0, and so is out), and the
      *    block's sum while its rows are in L1 */
@@ -757,7 +831,7 @@ void spa_kernel_residue(const spa_config *cfg, const spa_keysrc *src, spa_scratc
             s->pk[0] = s->kc;
             s->pv[0] = s->vc;
             s->pn[0] = nk;
-            if (s->fast) softmax_tail_t(s, tr, 0);
+            if (s->fast) softmax_tail_t(s, tr, 0, NULL);
             else softmax_tail(s, tr);
             for (int32_t r = 0; r < tr; r++) {
                 m[base + trow[r]] = s->m[r];

@@ -413,7 +413,7 @@ static void compute_tasks(spa_ctx ctx, int64_t t0, int64_t t1, const float *q, f
                 const spa_task *nx = &ctx->task[t + ctx->threads];
                 const int64_t nrow = (int64_t)nx->h * n_own + (nx->c * B - p0);
                 const int64_t rows = nx->c * B + B < cfg->n ? B : cfg->n - nx->c * B;
-                spa_scratch_hint(s, q + nrow * D, rows * D * (int64_t)sizeof(float));
+                spa_scratch_hint(s, nx->h, nx->c, q + nrow * D, rows * D * (int64_t)sizeof(float));
             }
             ctx->bsum[bi] = spa_kernel_block(cfg, &ctx->src, s, tk->h, tk->c, q + row * D, out + row * D, lse + row);
             if (master) {
