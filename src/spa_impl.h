@@ -271,7 +271,9 @@ typedef struct spa_kernels {
     /* the sum of x[0 .. len) in 16 double lanes (lane j: x[j], x[j + 16],
      * ...), then lanes 0 .. 15: the same bits on every instruction set */
     double (*osum)(const float *x, int64_t len);
-    /* out[r] = acc[r] * inv[r] (rows of D); returns osum(out, rows * D) */
+    /* out[r] = acc[r] * inv[r] (rows of D); returns osum(out, rows * D).
+     * With D % 16 == 0 and out aligned to the vector, the stores bypass
+     * the cache (not read back: the sum comes from the registers) */
     double (*emit)(int32_t rows, int32_t D, const float *acc, const float *inv, float *out);
 } spa_kernels;
 extern const spa_kernels spa_kernels_generic, spa_kernels_avx2, spa_kernels_avx512;

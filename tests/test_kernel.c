@@ -103,7 +103,7 @@ static int check_osum(void)
 {
     const spa_kernels *K = spa_kernels_get(NULL);
     enum { N = 4099 };
-    static float x[N], acc[N], out[N];
+    static float x[N], acc[64 * 128];
     uint64_t z = 12345;
     for (int i = 0; i < N; i++) {
         z = z * 6364136223846793005ULL + 1442695040888963407ULL;
@@ -121,17 +121,31 @@ static int check_osum(void)
         if (memcmp(&got, &want, sizeof got) != 0 && fails++ < 5)
             printf("FAIL osum of %d values: %.17g, want %.17g\n", len, got, want);
     }
-    /* emit: out = acc * inv row by row, and osum of out */
-    const int32_t rows = 64, D = 64;
+    /* emit: out = acc * inv row by row, and osum of out; with D % 16 == 0
+     * and out aligned it stores past the cache and sums in registers, else
+     * it stores and then sums what it stored: both ways, at 64 and 16
+     * rows (a vector of lanes wraps within a row, and rows are odd) */
     float inv[64];
-    for (int r = 0; r < rows; r++) inv[r] = r % 7 == 0 ? 0.0f : 1.0f / (float)(r + 1);
-    for (int i = 0; i < rows * D; i++) acc[i] = x[i];
-    double got = K->emit(rows, D, acc, inv, out);
-    int bad = 0;
-    for (int i = 0; i < rows * D; i++) bad += out[i] != acc[i] * inv[i / D];
-    double want = K->osum(out, rows * D);
-    if ((bad || memcmp(&got, &want, sizeof got) != 0) && fails++ < 10)
-        printf("FAIL emit: %d values differ from acc * inv; sum %.17g, osum %.17g\n", bad, got, want);
+    for (int r = 0; r < 64; r++) inv[r] = r % 7 == 0 ? 0.0f : 1.0f / (float)(r + 1);
+    for (int i = 0; i < 64 * 128; i++) acc[i] = x[(int64_t)i * 7 % N];
+    float *obuf = spa_alloc((64 * 128 + 16) * sizeof(float));
+    const int32_t dims[] = {64, 128, 48, 24, 8}, nrows[] = {64, 16, 5};
+    for (size_t di = 0; obuf && di < sizeof dims / sizeof *dims; di++)
+        for (size_t ri = 0; ri < sizeof nrows / sizeof *nrows; ri++)
+            for (int shift = 0; shift < 2; shift++) { /* out aligned to 64 bytes, then not */
+                const int32_t D = dims[di], rows = nrows[ri];
+                float *o = obuf + shift;
+                memset(obuf, 0, (64 * 128 + 16) * sizeof(float));
+                double got = K->emit(rows, D, acc, inv, o);
+                int bad = 0;
+                for (int i = 0; i < rows * D; i++) bad += o[i] != acc[i] * inv[i / D];
+                bad += o[rows * D] != 0.0f; /* nothing past the rows */
+                double want = K->osum(o, rows * D);
+                if ((bad || memcmp(&got, &want, sizeof got) != 0) && fails++ < 10)
+                    printf("FAIL emit of %d rows of %d (out %s): %d values wrong; sum %.17g, osum %.17g\n", rows, D,
+                           shift ? "unaligned" : "aligned", bad, got, want);
+            }
+    spa_free(obuf);
     printf("osum, emit (%s): %s\n", K->name, fails ? "FAILED" : "ok");
     return fails;
 }
