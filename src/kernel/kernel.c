@@ -499,10 +499,11 @@ static void append_keys(block_job *job, int64_t t0, int64_t t1, int cls, int kee
 
 /* The hinted next block's rule, made now into w2 (the next call takes it
  * instead of making it again), and the memory that block reads first, as
- * regions for this block's stream: its query rows, then the keys and the
- * values of its full key blocks (random, layout) up to a cap. Those come
- * from anywhere in memory; asked for a block ahead, they are in L2 when
- * that block starts. */
+ * regions for this block's stream: its query rows; the keys and values of
+ * its local range that this block's does not hold (the block entering the
+ * window); then the keys and the values of its full key blocks (random,
+ * layout) up to a cap, which come from anywhere in memory. Asked for a
+ * block ahead, they are in L2 when that block starts. */
 static void next_regions(const spa_config *cfg, const spa_keysrc *src, spa_scratch *s)
 {
     s->nrx = 0;
@@ -510,17 +511,24 @@ static void next_regions(const spa_config *cfg, const spa_keysrc *src, spa_scrat
     spa_rowctx_init(&s->x2, cfg, s->nh, s->nc, s->w2);
     s->x2_ok = 1;
     s->x2_all = 1;
-    if (s->nqlen > 0) s->rx[s->nrx] = (const char *)s->nq, s->rxl[s->nrx++] = s->nqlen;
     const spa_rowctx *x = &s->x2;
     const int64_t B = cfg->block, rb = (int64_t)cfg->dim * (int64_t)sizeof(float);
+    if (s->nqlen > 0) s->rx[s->nrx] = (const char *)s->nq, s->rxl[s->nrx++] = s->nqlen;
+    int64_t a = x->j0; /* [a, x->j1): the new part of the local range */
+    if (s->x.h == x->h && s->x.j0 <= a && s->x.j1 > a) a = s->x.j1;
+    const float *kp, *vp;
+    int64_t got = a < x->j1 ? locate(cfg, src, x->h, a, x->j1 - a, &kp, &vp) : 0;
+    if (got > 0) {
+        s->rx[s->nrx] = (const char *)kp, s->rxl[s->nrx++] = got * rb;
+        s->rx[s->nrx] = (const char *)vp, s->rxl[s->nrx++] = got * rb;
+    }
     const int nb0 = s->nrx, cap = (SPA_PF_REGIONS - nb0) / 2;
     int nb = 0;
     for (int64_t k = 0; k < x->nkb; k++) {
         if (!x->kfull[k]) continue;
         int64_t b0 = (int64_t)x->kb[k] * B, b1 = b0 + B < cfg->n ? b0 + B : cfg->n;
         if (b0 >= x->j0 && b1 <= x->j1) continue; /* inside the window */
-        const float *kp, *vp;
-        int64_t got = locate(cfg, src, x->h, b0, b1 - b0, &kp, &vp);
+        got = locate(cfg, src, x->h, b0, b1 - b0, &kp, &vp);
         if (got == 0) continue;
         if (nb == cap || got < b1 - b0) { /* the block takes them as it goes */
             s->x2_all = 0;
