@@ -168,6 +168,14 @@ static inline int spa_rowctx_residue(const spa_rowctx *x, int64_t i, int64_t j)
     return 0;
 }
 
+/* The last batch's query blocks (plan->batch_task) in stages: stage 0
+ * reads no block that batch fetches; stage s >= 1 reads fetched blocks of
+ * rank (rank + s) mod P and of nearer ranks only (the full key blocks of
+ * its rule found in the batch's runs: its local range and gathered tokens
+ * are resident). task[off[s] .. off[s + 1]) is stage s in plan order;
+ * task holds the batch's count, off P + 1. Not collective, no MPI. */
+spa_err spa_commplan_stages(const spa_config *cfg, const spa_commplan *plan, struct spa_hc *task, int64_t *off);
+
 /* ------------------------------------------------------------------ kernel */
 
 /* Lines for the products to prefetch as they go: the keys, then the

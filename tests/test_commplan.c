@@ -79,7 +79,7 @@ static void needs_free(needs *nd)
 }
 
 static void check_config(const char *name, const spa_config *cfg, const needs *nd, int P, int *max_halo_ranks,
-                         int64_t *nfetched_total)
+                         int64_t *nfetched_total, int64_t *staged_total)
 {
     spa_commplan *pl = calloc((size_t)P, sizeof *pl);
     const int64_t B = cfg->block, n = cfg->n, nb = spa_nblocks(cfg), H = cfg->heads, D = cfg->dim;
@@ -237,6 +237,52 @@ static void check_config(const char *name, const spa_config *cfg, const needs *n
                        (p->nspread == 0 || !memcmp(p->spread, pl[0].spread, (size_t)p->nspread * sizeof *p->spread)),
                    "%s P=%d: rank %d's spread rows differ from rank 0's", name, P, r);
 
+        /* the last batch in stages (spa_commplan_stages): every query block
+         * of it once, in plan order within a stage, and no stage before
+         * the farthest owner (distance (owner - r) mod P) of a key its
+         * full key blocks bring that is neither resident nor gathered */
+        {
+            const int lb = p->nbatch - 1;
+            const int64_t s0 = p->batch_task_off[lb], nt = p->batch_task_off[lb + 1] - s0;
+            struct spa_hc *st = malloc((size_t)(nt + 1) * sizeof *st);
+            int64_t *so = malloc((size_t)(P + 1) * sizeof *so), *pos = malloc((size_t)(H * nb) * sizeof *pos);
+            int32_t *kbs = malloc((size_t)nb * sizeof *kbs);
+            unsigned char *fulls = malloc((size_t)nb);
+            EXPECT(spa_commplan_stages(cfg, p, st, so) == SPA_OK, "%s P=%d rank %d: stages: %s", name, P, r,
+                   spa_last_error());
+            for (int64_t x = 0; x < H * nb; x++) pos[x] = -1;
+            for (int64_t t = 0; t < nt; t++) pos[p->batch_task[s0 + t].h * nb + p->batch_task[s0 + t].c] = t;
+            EXPECT(so[0] == 0 && so[P] == nt, "%s P=%d rank %d: stages hold %lld of %lld query blocks", name, P, r,
+                   (long long)(so[P] - so[0]), (long long)nt);
+            for (int s = 0; s < P && so[0] == 0 && so[P] == nt; s++) {
+                EXPECT(so[s] <= so[s + 1], "%s P=%d rank %d: stage %d ends before it starts", name, P, r, s);
+                int64_t prev = -1; /* plan position of the stage's previous query block */
+                for (int64_t t = so[s]; t < so[s + 1]; t++) {
+                    const int32_t h = st[t].h;
+                    const int64_t c = st[t].c, x = h * nb + c;
+                    EXPECT(pos[x] >= 0 && pos[x] < nt && pos[x] > prev,
+                           "%s P=%d rank %d: (%d, %lld) not in the last batch, repeated or out of order in stage %d",
+                           name, P, r, h, (long long)c, s);
+                    if (pos[x] < 0 || pos[x] >= nt) continue;
+                    prev = pos[x];
+                    pos[x] = nt + pos[x]; /* seen: a second copy fails the test above */
+                    int64_t m = spa_pattern_key_blocks(cfg, h, c, kbs, fulls), far = 0;
+                    for (int64_t i = 0; i < m; i++) {
+                        if (!fulls[i]) continue;
+                        for (int64_t j = (int64_t)kbs[i] * B; j < ((int64_t)kbs[i] + 1) * B && j < n; j++)
+                            if ((j < p->ext0 || j >= p->ext1) && !spa_pattern_is_gathered(cfg, h, j)) {
+                                int64_t d = (spa_partition_owner(cfg, P, j) - r + P) % P;
+                                far = d > far ? d : far;
+                            }
+                    }
+                    EXPECT(far <= s, "%s P=%d rank %d: (%d, %lld) in stage %d reads rank %d's blocks", name, P, r, h,
+                           (long long)c, s, (int)((r + far) % P));
+                    *staged_total += s > 0;
+                }
+            }
+            free(st), free(so), free(pos), free(kbs), free(fulls);
+        }
+
         /* gathered tokens and bytes_global: K and V of the gathered tokens
          * not owned, q of the spread rows not owned, and one (max, sum,
          * acc[D]) double partial per spread row merged (every rank merges
@@ -371,8 +417,10 @@ int main(void)
         needs nd;
         EXPECT(needs_build(&cfg, &nd), "out of memory");
         int f0 = fails;
-        int64_t fetched = 0;
-        for (int P = 1; P <= 64; P++) check_config(tc->name, &cfg, &nd, P, &max_halo_ranks, &fetched);
+        int64_t fetched = 0, staged = 0;
+        for (int P = 1; P <= 64; P++) check_config(tc->name, &cfg, &nd, P, &max_halo_ranks, &fetched, &staged);
+        /* fetched blocks of full key blocks put query blocks past stage 0 */
+        if (!strcmp(tc->name, "default")) EXPECT(staged > 0, "%s: every query block in stage 0", tc->name);
         const int batched_ranks[] = {2, 3, 7};
         for (int i = 0; i < 3; i++) check_batches(tc->name, &cfg, batched_ranks[i]);
         if (fails > f0) printf("     in case %s\n", tc->name);

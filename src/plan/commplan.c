@@ -385,6 +385,51 @@ spa_err spa_commplan_build(const spa_config *cfg, int P, int r, spa_commplan *pl
     return SPA_OK;
 }
 
+spa_err spa_commplan_stages(const spa_config *cfg, const spa_commplan *plan, struct spa_hc *task, int64_t *off)
+{
+    const int P = plan->P, lb = plan->nbatch - 1;
+    const int64_t t0 = plan->batch_task_off[lb], nt = plan->batch_task_off[lb + 1] - t0;
+    const spa_run_blk *run = plan->runs + plan->batch_run[lb];
+    const int nrun = plan->batch_run[lb + 1] - plan->batch_run[lb];
+    int *stage = malloc((size_t)(nt + 1) * sizeof *stage);
+    int64_t *fill = malloc((size_t)P * sizeof *fill);
+    spa_patws *w = spa_patws_create(cfg);
+    spa_err e = SPA_OK;
+    if (!stage || !fill || !w) {
+        e = spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
+        goto done;
+    }
+    memset(off, 0, (size_t)(P + 1) * sizeof *off);
+    for (int64_t t = 0; t < nt; t++) {
+        const struct spa_hc *tk = &plan->batch_task[t0 + t];
+        int64_t m = spa_pattern_key_blocks_ws(cfg, tk->h, tk->c, w);
+        int far = 0;
+        for (int64_t i = 0; i < m; i++) {
+            if (!w->kfull[i]) continue;
+            const int64_t b = w->kb[i];
+            int a = 0, z = nrun; /* past the last run of head h that starts at or before b */
+            while (a < z) {
+                const int mid = a + (z - a) / 2;
+                if (run[mid].h < tk->h || (run[mid].h == tk->h && run[mid].b0 <= b)) a = mid + 1;
+                else z = mid;
+            }
+            if (a > 0 && run[a - 1].h == tk->h && b < run[a - 1].b0 + run[a - 1].nblk) {
+                const int d = (run[a - 1].rank - plan->rank + P) % P;
+                far = d > far ? d : far;
+            }
+        }
+        stage[t] = far;
+        off[far + 1]++;
+    }
+    for (int s = 0; s < P; s++) off[s + 1] += off[s];
+    memcpy(fill, off, (size_t)P * sizeof *fill);
+    for (int64_t t = 0; t < nt; t++) task[fill[stage[t]]++] = plan->batch_task[t0 + t];
+done:
+    free(stage), free(fill);
+    spa_patws_destroy(w);
+    return e;
+}
+
 void spa_commplan_free(spa_commplan *plan)
 {
     if (!plan) return;

@@ -533,6 +533,19 @@ spa_err spa_comm_wait_batch(spa_comm *c, int bt, spa_stats *st)
     return SPA_OK;
 }
 
+spa_err spa_comm_wait_rank(spa_comm *c, int b, int r, spa_stats *st)
+{
+    int reads = 0;
+    for (int i = c->btarget_first[b]; i < c->btarget_first[b + 1]; i++) reads |= c->btarget[i] == r;
+    if (!c->rma || !reads) return SPA_OK;
+    double t = spa_now();
+    SPA_MPI_CHECK(MPI_Win_flush(r, c->win));
+    double t2 = spa_now();
+    st->seconds_rma += t2 - t;
+    st->seconds_wait += t2 - t;
+    return SPA_OK;
+}
+
 spa_err spa_comm_finish(spa_comm *c, spa_stats *st)
 {
     const spa_commplan *pl = c->plan;

@@ -93,6 +93,10 @@ void spa_comm_poke(spa_comm *c);
 /* Waits for the halo; for batch b's fetches. */
 spa_err spa_comm_wait_halo(spa_comm *c, spa_stats *st);
 spa_err spa_comm_wait_batch(spa_comm *c, int b, spa_stats *st);
+/* Waits for batch b's gets from rank r, when b is the only batch in
+ * flight (one-sided only: returns at once on the two-sided transport,
+ * whose caller waits for the whole batch). */
+spa_err spa_comm_wait_rank(spa_comm *c, int b, int r, spa_stats *st);
 
 /* Waits for what other ranks fetched from this one (two-sided); the end of
  * a run. */

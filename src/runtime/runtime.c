@@ -49,6 +49,23 @@ static spa_err setup_tasks(spa_ctx ctx)
     return SPA_OK;
 }
 
+/* ctx->stage_task and stage_off (runtime.h), from the plan. */
+static spa_err setup_stages(spa_ctx ctx)
+{
+    const spa_commplan *pl = &ctx->plan;
+    const int lb = pl->nbatch - 1;
+    const int64_t nt = pl->batch_task_off[lb + 1] - pl->batch_task_off[lb];
+    struct spa_hc *hc = malloc((size_t)(nt + 1) * sizeof *hc);
+    ctx->stage_task = malloc((size_t)(nt + 1) * sizeof *ctx->stage_task);
+    ctx->stage_off = malloc((size_t)(ctx->P + 1) * sizeof *ctx->stage_off);
+    spa_err e = hc && ctx->stage_task && ctx->stage_off
+                    ? spa_commplan_stages(&ctx->cfg, pl, hc, ctx->stage_off)
+                    : spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
+    for (int64_t t = 0; e == SPA_OK && t < nt; t++) ctx->stage_task[t] = (spa_task){hc[t].h, hc[t].c};
+    free(hc);
+    return e;
+}
+
 /* Spread units: pieces of SPREAD_UNIT keys at absolute multiples, at most
  * SPREAD_UNIT_BYTES of extra partials. The split depends on the shard and
  * the spread rows only, never on the thread count, so neither do the sums.
@@ -242,6 +259,7 @@ spa_err spa_ctx_create(MPI_Comm comm, const spa_config *cfg, int threads, spa_ct
             goto fail;
         }
     if ((e = setup_tasks(ctx)) != SPA_OK) goto fail;
+    if ((e = setup_stages(ctx)) != SPA_OK) goto fail;
     if ((e = setup_spread(ctx)) != SPA_OK) goto fail;
     if ((e = setup_residue(ctx)) != SPA_OK) goto fail;
     setup_keys(ctx);
@@ -330,6 +348,7 @@ void spa_ctx_destroy(spa_ctx *pctx)
         for (int t = 0; t < ctx->threads; t++) spa_scratch_destroy(ctx->scr[t]);
     free(ctx->scr);
     free(ctx->task);
+    free(ctx->stage_task), free(ctx->stage_off);
     free(ctx->bsum);
     free(ctx->bresum);
     free(ctx->stok);
@@ -392,8 +411,8 @@ static void spread_merge_units(spa_ctx ctx)
  * thread finishing a tile. Thread 0 (the
  * MPI thread under MPI_THREAD_FUNNELED) also drives MPI progress and
  * reports progress. */
-static void compute_tasks(spa_ctx ctx, int64_t t0, int64_t t1, const float *q, float *out, float *lse,
-                          const float *k, const float *v)
+static void compute_tasks(spa_ctx ctx, const spa_task *task, int64_t t0, int64_t t1, const float *q, float *out,
+                          float *lse, const float *k, const float *v)
 {
     const spa_config *cfg = &ctx->cfg;
     const int64_t B = cfg->block, D = cfg->dim, n_own = ctx->n_own, p0 = ctx->plan.t0;
@@ -406,11 +425,11 @@ static void compute_tasks(spa_ctx ctx, int64_t t0, int64_t t1, const float *q, f
         for (int64_t t = 0; t < units; t++) spread_unit(ctx, s, t / ctx->nunit, t % ctx->nunit, k, v, master);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = t0; t < t1; t++) {
-            const spa_task *tk = &ctx->task[t];
+            const spa_task *tk = &task[t];
             int64_t row = (int64_t)tk->h * n_own + (tk->c * B - p0);
             int64_t bi = (int64_t)tk->h * (ctx->plan.b1 - ctx->plan.b0) + (tk->c - ctx->plan.b0);
             if (t + ctx->threads < t1) { /* dynamic, 1: most likely this thread's next task */
-                const spa_task *nx = &ctx->task[t + ctx->threads];
+                const spa_task *nx = &task[t + ctx->threads];
                 const int64_t nrow = (int64_t)nx->h * n_own + (nx->c * B - p0);
                 const int64_t rows = nx->c * B + B < cfg->n ? B : cfg->n - nx->c * B;
                 spa_scratch_hint(s, nx->h, nx->c, q + nrow * D, rows * D * (int64_t)sizeof(float));
@@ -591,21 +610,40 @@ spa_err spa_ctx_run(spa_ctx ctx, const float *q, const float *k, const float *v,
         spa_partial_init(ctx->part, pl->nspread, (int32_t)D);
         spa_partial_init(ctx->upart, (ctx->nunit - 1) * pl->nspread, (int32_t)D);
     }
-    compute_tasks(ctx, 0, ctx->nready, q, out, lse, ctx->exact ? NULL : k, v);
+    compute_tasks(ctx, ctx->task, 0, ctx->nready, q, out, lse, ctx->exact ? NULL : k, v);
     z.seconds_compute += spa_now() - t;
 
     /* 4: batch b computes while batch b + 1's fetches are in flight */
     if (ctx->overlap) SPA_CHECK(spa_comm_wait_halo(ctx->cm, &z));
     for (int b = 0; b < pl->nbatch; b++) {
-        if (ctx->overlap || b > 0) SPA_CHECK(spa_comm_wait_batch(ctx->cm, b, &z));
-        if (b + 1 < pl->nbatch) {
+        const int last = b + 1 == pl->nbatch, staged = last && ctx->cm->rma;
+        /* the last batch, no other in flight: rank after rank, each stage
+         * once the ranks it reads are complete */
+        if ((ctx->overlap || b > 0) && !staged) SPA_CHECK(spa_comm_wait_batch(ctx->cm, b, &z));
+        if (!last) {
             SPA_CHECK(spa_comm_fetch(ctx->cm, b + 1, &z));
             if (!ctx->overlap) SPA_CHECK(spa_comm_wait_batch(ctx->cm, b + 1, &z));
         }
         spa_comm_batch_keys(ctx->cm, b, &ctx->src);
-        t = spa_now();
-        compute_tasks(ctx, ctx->nready + pl->batch_task_off[b], ctx->nready + pl->batch_task_off[b + 1], q, out, lse, NULL, NULL);
-        z.seconds_compute += spa_now() - t;
+        if (!last) {
+            t = spa_now();
+            compute_tasks(ctx, ctx->task, ctx->nready + pl->batch_task_off[b], ctx->nready + pl->batch_task_off[b + 1],
+                          q, out, lse, NULL, NULL);
+            z.seconds_compute += spa_now() - t;
+            continue;
+        }
+        int done = staged && (ctx->overlap || b > 0) ? 0 : ctx->P - 1; /* ranks (rank + 1 .. + done) complete */
+        for (int s = 0; s <= ctx->P; s++) {
+            if (s < ctx->P && ctx->stage_off[s] == ctx->stage_off[s + 1]) continue;
+            /* before stage s, the ranks it reads; after the last, the rest
+             * (the residue pass reads this batch too) */
+            for (; done < (s < ctx->P ? s : ctx->P - 1); done++)
+                SPA_CHECK(spa_comm_wait_rank(ctx->cm, b, (ctx->rank + done + 1) % ctx->P, &z));
+            if (s == ctx->P) break;
+            t = spa_now();
+            compute_tasks(ctx, ctx->stage_task, ctx->stage_off[s], ctx->stage_off[s + 1], q, out, lse, NULL, NULL);
+            z.seconds_compute += spa_now() - t;
+        }
     }
     t = spa_now(); /* the residue pass's keys are in the last batch */
     residue_pass(ctx, q, out, lse);

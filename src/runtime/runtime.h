@@ -24,6 +24,14 @@ struct spa_ctx_s {
     /* tasks: (head, query block) of the non-spread blocks, the ready ones first */
     spa_task *task;
     int64_t ntask, nready, tasks_done;
+    /* the last batch's tasks again, in stages: stage 0 reads no block that
+     * batch fetches, stage s >= 1 reads blocks of the rank at distance s
+     * ((rank + s) mod P) and of nearer ones only, so that it can run once
+     * those ranks' gets are complete (stage_task[stage_off[s] ..
+     * stage_off[s + 1])). The forward pass waits for the ranks one by one
+     * and computes each stage as it is ready. */
+    spa_task *stage_task;
+    int64_t *stage_off;     /* [P + 1] */
     spa_scratch **scr;      /* [threads] */
     /* [H][b1 - b0] each own block's share of the checksum, from its task;
      * bresum: summed again after the tasks (its rows include spread rows,
