@@ -389,8 +389,8 @@ spa_err spa_commplan_stages(const spa_config *cfg, const spa_commplan *plan, str
 {
     const int P = plan->P, lb = plan->nbatch - 1;
     const int64_t t0 = plan->batch_task_off[lb], nt = plan->batch_task_off[lb + 1] - t0;
-    const spa_run_blk *run = plan->runs + plan->batch_run[lb];
     const int nrun = plan->batch_run[lb + 1] - plan->batch_run[lb];
+    const spa_run_blk *run = nrun ? plan->runs + plan->batch_run[lb] : NULL;
     int *stage = malloc((size_t)(nt + 1) * sizeof *stage);
     int64_t *fill = malloc((size_t)P * sizeof *fill);
     spa_patws *w = spa_patws_create(cfg);
