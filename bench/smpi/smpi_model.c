@@ -487,6 +487,17 @@ spa_err __wrap_spa_comm_wait_batch(spa_comm *c, int b, spa_stats *st)
     return SPA_OK;
 }
 
+spa_err __real_spa_comm_wait_rank(spa_comm *c, int b, int r, spa_stats *st);
+
+/* In place of the last batch's flush per rank: the batch's receives (one
+ * message carries the whole batch), at the first rank waited for; they
+ * are null requests after it. */
+spa_err __wrap_spa_comm_wait_rank(spa_comm *c, int b, int r, spa_stats *st)
+{
+    if (!model_gets) return __real_spa_comm_wait_rank(c, b, r, st);
+    return __wrap_spa_comm_wait_batch(c, b, st);
+}
+
 void __real_spa_comm_destroy(spa_comm **c);
 
 /* The last run's sends complete once their receivers have them, which

@@ -34,7 +34,8 @@ gomp=$(gcc -print-file-name=libgomp.so)
 wrap=spa_kernel_block,--wrap=spa_kernel_global_partial,--wrap=spa_synth,--wrap=spa_alloc
 wrap=$wrap,--wrap=MPI_Win_allocate,--wrap=spa_free,--wrap=MPI_Get,--wrap=MPI_Init_thread
 wrap=$wrap,--wrap=MPI_Isend,--wrap=MPI_Irecv,--wrap=spa_comm_connect,--wrap=spa_comm_post
-wrap=$wrap,--wrap=spa_comm_fetch,--wrap=spa_comm_wait_batch,--wrap=spa_comm_destroy,--wrap=spa_pattern_spread_ws
+wrap=$wrap,--wrap=spa_comm_fetch,--wrap=spa_comm_wait_batch,--wrap=spa_comm_wait_rank,--wrap=spa_comm_destroy
+wrap=$wrap,--wrap=spa_pattern_spread_ws
 
 # the model object first: the link line of spa names it through the flags
 smpicc -std=c11 -O2 -Wall -Wextra -Wno-unknown-pragmas -I"$src/include" -I"$src/src" -I"$src/src/plan" -I"$src/src/kernel" -I"$src/src/runtime" \
