@@ -402,11 +402,12 @@ spa_err spa_commplan_stages(const spa_config *cfg, const spa_commplan *plan, str
     memset(off, 0, (size_t)(P + 1) * sizeof *off);
     for (int64_t t = 0; t < nt; t++) {
         const struct spa_hc *tk = &plan->batch_task[t0 + t];
-        int64_t m = spa_pattern_key_blocks_ws(cfg, tk->h, tk->c, w);
+        spa_rowctx x; /* the full key blocks as the kernel's block pass takes them */
+        spa_rowctx_init(&x, cfg, tk->h, tk->c, w);
         int far = 0;
-        for (int64_t i = 0; i < m; i++) {
-            if (!w->kfull[i]) continue;
-            const int64_t b = w->kb[i];
+        for (int64_t i = 0; i < x.nkb; i++) {
+            if (!x.kfull[i]) continue;
+            const int64_t b = x.kb[i];
             int a = 0, z = nrun; /* past the last run of head h that starts at or before b */
             while (a < z) {
                 const int mid = a + (z - a) / 2;
