@@ -312,6 +312,10 @@ typedef struct spa_keysrc {
     const float *gk, *gv;
 } spa_keysrc;
 
+/* gk, gv [H][nkv_tokens][D]: the gathered tokens' rows of k, v ([H][n][D],
+ * the whole sequence in one process). */
+void spa_gather_tokens(const spa_config *cfg, const float *k, const float *v, float *gk, float *gv);
+
 /* Per-thread scratch of the kernel, allocated once. */
 typedef struct spa_scratch spa_scratch;
 spa_scratch *spa_scratch_create(const spa_config *cfg);

@@ -243,17 +243,13 @@ static int check_hints(const test_case *tc)
         spa_config_free(&cfg);
         return 1;
     }
-    const int64_t n = cfg.n, H = cfg.heads, D = cfg.dim, B = cfg.block, nb = (n + B - 1) / B, G = cfg.nkv_tokens;
+    const int64_t n = cfg.n, H = cfg.heads, D = cfg.dim, B = cfg.block, nb = spa_nblocks(&cfg), G = cfg.nkv_tokens;
     const size_t all = (size_t)(H * n * D) * sizeof(float);
     float *q = spa_alloc(all), *k = spa_alloc(all), *v = spa_alloc(all), *out[4], *lse[4];
     float *gk = spa_alloc((size_t)(H * G * D + 1) * sizeof(float)), *gv = spa_alloc((size_t)(H * G * D + 1) * sizeof(float));
     double *sum[4];
     case_inputs(&cfg, 1.0f, 0, n, q, k, v);
-    for (int64_t h = 0; h < H; h++)
-        for (int64_t g = 0; g < G; g++) {
-            memcpy(gk + (h * G + g) * D, k + (h * n + cfg.kv_tokens[g]) * D, (size_t)D * sizeof(float));
-            memcpy(gv + (h * G + g) * D, v + (h * n + cfg.kv_tokens[g]) * D, (size_t)D * sizeof(float));
-        }
+    spa_gather_tokens(&cfg, k, v, gk, gv);
     spa_keyseg seg = {0, n, k, v, n * D};
     int64_t *fhead = calloc((size_t)H + 1, sizeof *fhead); /* nothing fetched */
     spa_keysrc src = {1, &seg, NULL, fhead, NULL, NULL, gk, gv};

@@ -790,12 +790,7 @@ spa_err spa_backward_local(const spa_config *cfg, const float *q, const float *k
 
     /* pass 1 */
     spa_backward_delta((int64_t)H * n, D, out, dout, Dl);
-    for (int32_t h = 0; h < H; h++)
-        for (int64_t g = 0; g < NK; g++) {
-            const int64_t src = ((int64_t)h * n + cfg->kv_tokens[g]) * D, dst = ((int64_t)h * NK + g) * D;
-            memcpy(gk + dst, k + src, (size_t)D * sizeof(float));
-            memcpy(gv + dst, v + src, (size_t)D * sizeof(float));
-        }
+    spa_gather_tokens(cfg, k, v, gk, gv);
     memset(dk, 0, (size_t)(H * n * D) * sizeof(float));
     memset(dv, 0, (size_t)(H * n * D) * sizeof(float));
     spa_keyseg seg = {0, n, k, v, n * D};

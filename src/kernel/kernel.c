@@ -239,6 +239,17 @@ static void chunk_update(const spa_config *cfg, spa_scratch *s, const float *q, 
     softmax_tail(s, rows);
 }
 
+void spa_gather_tokens(const spa_config *cfg, const float *k, const float *v, float *gk, float *gv)
+{
+    const int64_t n = cfg->n, D = cfg->dim, G = cfg->nkv_tokens;
+    for (int64_t h = 0; h < cfg->heads; h++)
+        for (int64_t g = 0; g < G; g++) {
+            const int64_t src = (h * n + cfg->kv_tokens[g]) * D, dst = (h * G + g) * D;
+            memcpy(gk + dst, k + src, (size_t)D * sizeof(float));
+            memcpy(gv + dst, v + src, (size_t)D * sizeof(float));
+        }
+}
+
 void spa_scratch_set_exact(spa_scratch *s, int on) { s->exact = on != 0; }
 
 void spa_scratch_hint(spa_scratch *s, int32_t h, int64_t c, const float *q, int64_t bytes)

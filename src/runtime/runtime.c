@@ -36,9 +36,8 @@ static spa_err setup_tasks(spa_ctx ctx)
     ctx->bsum = malloc((nbh + 1) * sizeof *ctx->bsum);
     ctx->bresum = malloc(nbh + 1);
     SPA_REQUIRE(ctx->task && ctx->bsum && ctx->bresum, SPA_ERR_OTHER, "out of memory");
-    for (int64_t t = 0; t < ctx->nready; t++) ctx->task[t] = (spa_task){pl->ready_task[t].h, pl->ready_task[t].c};
-    for (int64_t t = 0; t < nb_tasks; t++)
-        ctx->task[ctx->nready + t] = (spa_task){pl->batch_task[t].h, pl->batch_task[t].c};
+    if (ctx->nready) memcpy(ctx->task, pl->ready_task, (size_t)ctx->nready * sizeof *ctx->task);
+    if (nb_tasks) memcpy(ctx->task + ctx->nready, pl->batch_task, (size_t)nb_tasks * sizeof *ctx->task);
     const int64_t nq = pl->b1 - pl->b0;
     memset(ctx->bresum, 1, nbh);
     for (int64_t t = 0; t < ctx->ntask; t++) ctx->bresum[ctx->task[t].h * nq + ctx->task[t].c - pl->b0] = 0;
@@ -55,15 +54,10 @@ static spa_err setup_stages(spa_ctx ctx)
     const spa_commplan *pl = &ctx->plan;
     const int lb = pl->nbatch - 1;
     const int64_t nt = pl->batch_task_off[lb + 1] - pl->batch_task_off[lb];
-    struct spa_hc *hc = malloc((size_t)(nt + 1) * sizeof *hc);
     ctx->stage_task = malloc((size_t)(nt + 1) * sizeof *ctx->stage_task);
     ctx->stage_off = malloc((size_t)(ctx->P + 1) * sizeof *ctx->stage_off);
-    spa_err e = hc && ctx->stage_task && ctx->stage_off
-                    ? spa_commplan_stages(&ctx->cfg, pl, hc, ctx->stage_off)
-                    : spa_set_error(SPA_ERR_OTHER, __FILE__, __LINE__, "out of memory");
-    for (int64_t t = 0; e == SPA_OK && t < nt; t++) ctx->stage_task[t] = (spa_task){hc[t].h, hc[t].c};
-    free(hc);
-    return e;
+    SPA_REQUIRE(ctx->stage_task && ctx->stage_off, SPA_ERR_OTHER, "out of memory");
+    return spa_commplan_stages(&ctx->cfg, pl, ctx->stage_task, ctx->stage_off);
 }
 
 /* Spread units: pieces of SPREAD_UNIT keys at absolute multiples, at most

@@ -7,10 +7,8 @@
 
 #include "comm.h"
 
-typedef struct spa_task {
-    int32_t h;
-    int64_t c;
-} spa_task;
+/* a (head, query block) task: the plan's own pair */
+typedef struct spa_hc spa_task;
 
 struct spa_ctx_s {
     spa_comm *cm;
