@@ -329,6 +329,23 @@ void spa_commplan_free(spa_commplan *plan);
  * validated. h is a head in [0, cfg->heads), else SPA_ERR_USAGE. Out of
  * memory is SPA_ERR_OTHER. */
 
+/* Keys per query, |S(i)|, over every token and head: the least, the most
+ * and their sum (the pairs; useful flops = 4 D pairs). Runs on the OpenMP
+ * threads; the same for any number of them. */
+typedef struct spa_plan_keys {
+    int64_t min, max, pairs;
+} spa_plan_keys;
+spa_err spa_plan_key_counts(const spa_config *cfg, spa_plan_keys *out);
+
+/* What rank r of P owns and receives (spa_commplan_build's figures, SPEC
+ * section 3): its query blocks [block_begin, block_end), the bytes of K and
+ * V (and q, partials) it receives per run, the (head, block) pairs it
+ * fetches and the batches they take under cfg->fetch_bytes. */
+typedef struct spa_plan_rank {
+    int64_t block_begin, block_end, bytes_halo, bytes_global, bytes_rma, fetched_blocks, batches;
+} spa_plan_rank;
+spa_err spa_plan_rank_bytes(const spa_config *cfg, int P, int r, spa_plan_rank *out);
+
 /* Kinds of a block-mask pixel, ORed. OTHER: the strided, summary, dilated
  * and layout rules. */
 enum { SPA_PLAN_PIX_LOCAL = 1, SPA_PLAN_PIX_GLOBAL = 2, SPA_PLAN_PIX_RANDOM = 4, SPA_PLAN_PIX_OTHER = 8 };

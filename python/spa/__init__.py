@@ -1,6 +1,7 @@
 """spa - sparse parallel attention, from Python (ctypes binding of libspa).
 
     out, lse = spa.attention(q, k, v)                   # [H, n, D] float32 each
+    report = spa.plan(1 << 20, heads=4, ranks=64)       # what it costs, before it runs
     dq, dk, dv = spa.attention_backward(q, k, v, out, lse, dout)
     y = spa.layer(x, wq, wk, wv, wo, heads=8)           # nn.Linear weights
     o = spa.attention_torch(tq, tk, tv)                 # torch.autograd, needs PyTorch
@@ -18,10 +19,13 @@ import os
 
 import numpy as np
 
-__all__ = ["attention", "attention_backward", "attention_torch", "layer", "shard", "version",
-           "SpaError"]
+__all__ = ["attention", "attention_backward", "attention_torch", "layer", "plan", "shard", "version",
+           "SpaError", "PIX_LOCAL", "PIX_GLOBAL", "PIX_RANDOM", "PIX_OTHER"]
 
 _USAGE, _INPUT = 2, 3
+# the kinds of a spa.plan mask pixel, ORed (SPA_PLAN_PIX_*; OTHER: strided,
+# summary, dilated and layout rules)
+PIX_LOCAL, PIX_GLOBAL, PIX_RANDOM, PIX_OTHER = 1, 2, 4, 8
 _RULES = {"local_blocks": 0, "radius": 1, "random": 2, "stride": 3, "summary": 4, "dilated": 5}
 
 
@@ -41,6 +45,20 @@ class _ConfigHead(ctypes.Structure):
 class _Weights(ctypes.Structure):
     _fields_ = [("d_model", ctypes.c_int64)] + [
         (name, ctypes.c_void_p) for name in ("wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo")]
+
+
+class _PlanKeys(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_int64) for f in ("min", "max", "pairs")]
+
+
+class _PlanRank(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_int64) for f in ("block_begin", "block_end", "bytes_halo", "bytes_global",
+                                              "bytes_rma", "fetched_blocks", "batches")]
+
+
+class _PlanHops(ctypes.Structure):
+    _fields_ = [("sources", ctypes.c_int64), ("pairs", ctypes.c_int64), ("reachable", ctypes.c_int64),
+                ("max", ctypes.c_int64), ("mean", ctypes.c_double), ("hist", ctypes.c_int64 * 16)]
 
 
 def _candidates():
@@ -98,6 +116,11 @@ class _Lib:
                 ("spa_ctx_backward", I, [P] * 11),
                 ("spa_ctx_destroy", V, [ctypes.POINTER(P)]),
                 ("spa_layer_run", I, [P] * 7),
+                ("spa_plan_key_counts", I, [P, P]),
+                ("spa_plan_rank_bytes", I, [P, I, I, P]),
+                ("spa_plan_mask_side", I64, [I64, I64, ctypes.POINTER(I64)]),
+                ("spa_plan_block_mask", I, [P, ctypes.c_int32, I64, I64, P]),
+                ("spa_plan_block_hops", I, [P, ctypes.c_int32, I64, P]),
                 ("spa_agree", I, [C, I]),
                 ("MPI_Initialized", I, [ctypes.POINTER(I)]),
                 ("MPI_Finalized", I, [ctypes.POINTER(I)]),
@@ -250,6 +273,72 @@ def shard(n, *, block=64, comm=None):
     _L().dll.spa_partition(cfg.ptr, size, rank, *[ctypes.byref(x) for x in v])
     cfg.free()
     return v[2].value, v[3].value
+
+
+def plan(n, *, heads=1, dim=64, ranks=None, hops=False, mask=False, head=0, block=64, local_blocks=3,
+         radius=None, globals=None, random=3, seed=0, causal=False, scale=None, stride=None,
+         summary=None, dilated=None):
+    """What a pattern costs before anything runs: the figures of
+    `spa plan --json`, as a dict. Pure: no MPI, no data; block by block, so
+    n = 10M takes seconds. Pattern keywords as in spa.attention.
+
+    Always: n, heads, dim, block, blocks, keys_min, keys_mean, keys_max
+    (|S(i)| over every token and head), pairs, density (of dense, or of
+    causal dense), flops (4 dim pairs).
+    ranks=P: per_rank, a list of P dicts (rank, block_begin, block_end,
+    bytes_halo, bytes_global, bytes_rma: the bytes of K and V it receives per
+    run; fetched_blocks, batches), and bytes_halo, bytes_global, bytes_rma
+    (the largest rank's) and their *_total over the ranks.
+    hops=True (or a number of source blocks): hops of head `head` on its
+    directed block graph, as `spa plan --stats`: sources (all blocks up to
+    1024, else 256 evenly spaced), sampled, pairs, reachable, max, mean,
+    histogram (16 counts, the last 15 hops or more).
+    mask=True (or the largest side in pixels; True = 1024): mask, a uint8
+    [side, side] array of head `head`'s block mask, each pixel the OR of the
+    PIX_* kinds of the blocks in it (0: none), and blocks_per_pixel.
+    """
+    L = _L().dll
+    cfg = _Config(n, heads, dim, block, local_blocks, radius, globals, random, seed, causal, scale,
+                  stride, summary, dilated)
+    try:
+        h = ctypes.cast(cfg.buf, ctypes.POINTER(_ConfigHead)).contents
+        nb = -(-h.n // h.block)
+        keys = _PlanKeys()
+        cfg._check(L.spa_plan_key_counts(cfg.ptr, ctypes.byref(keys)))
+        dense = h.n * (h.n + 1) / 2 if h.causal else float(h.n) * h.n
+        r = {"n": h.n, "heads": h.heads, "dim": h.dim, "block": h.block, "blocks": nb,
+             "keys_min": keys.min, "keys_mean": keys.pairs / (h.n * h.heads), "keys_max": keys.max,
+             "pairs": keys.pairs, "density": keys.pairs / (dense * h.heads),
+             "flops": 4.0 * h.dim * keys.pairs}
+        if ranks is not None:
+            P = _int("ranks", ranks)
+            per = []
+            for rank in range(P):
+                x = _PlanRank()
+                cfg._check(L.spa_plan_rank_bytes(cfg.ptr, P, rank, ctypes.byref(x)))
+                per.append(dict({"rank": rank}, **{f: getattr(x, f) for f, _ in _PlanRank._fields_}))
+            r["ranks"], r["per_rank"] = P, per
+            for f in ("bytes_halo", "bytes_global", "bytes_rma"):
+                r[f] = max(x[f] for x in per)
+                r[f + "_total"] = sum(x[f] for x in per)
+        if hops is not False and hops is not None:
+            sources = (nb if nb <= 1024 else 256) if hops is True else _int("hops", hops)
+            x = _PlanHops()
+            cfg._check(L.spa_plan_block_hops(cfg.ptr, _int("head", head, lo=-2**31), sources,
+                                             ctypes.byref(x)))
+            r["hops"] = {"sources": x.sources, "sampled": x.sources < nb, "pairs": x.pairs,
+                         "reachable": x.reachable, "max": x.max, "mean": x.mean,
+                         "histogram": list(x.hist)}
+        if mask is not False and mask is not None:
+            f = ctypes.c_int64()
+            side = L.spa_plan_mask_side(nb, 1024 if mask is True else _int("mask", mask), ctypes.byref(f))
+            pix = np.zeros((side, side), np.uint8)
+            cfg._check(L.spa_plan_block_mask(cfg.ptr, _int("head", head, lo=-2**31), f.value, side,
+                                             _ptr(pix)))
+            r["mask"], r["blocks_per_pixel"] = pix, f.value
+        return r
+    finally:
+        cfg.free()
 
 
 def _run_ctx(c, mcomm, cfg, rows, threads, body):

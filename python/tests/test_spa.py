@@ -141,3 +141,109 @@ def test_mpi(np_):
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     print(p.stdout, p.stderr)
     assert p.returncode == 0 and "mpi_check ok" in p.stdout
+
+
+def _mask_from_attention(n, kw, H=2):
+    """S(i) of every head, from spa.attention itself: with q = 0 every key
+    in S(i) gets the same weight, and with v = I (dim = n) out[h, i, j] is
+    1 / |S(i)| for j in S(i) and exactly 0 elsewhere."""
+    q = np.zeros((H, n, n), np.float32)
+    v = np.broadcast_to(np.eye(n, dtype=np.float32), (H, n, n)).copy()
+    out, _ = spa.attention(q, q, v, threads=1, **kw)
+    return out != 0
+
+
+def _bfs_hops(adj):
+    """spa.plan's hop figures (every block a source) by BFS on adj[c, b]."""
+    nb = adj.shape[0]
+    hist, pairs, reach, dmax, dsum = [0] * 16, 0, 0, 0, 0
+    for s in range(nb):
+        dist = {s: 0}
+        frontier = [s]
+        while frontier:
+            nxt = []
+            for c in frontier:
+                for b in np.flatnonzero(adj[c]):
+                    if b not in dist:
+                        dist[b] = dist[c] + 1
+                        nxt.append(b)
+            frontier = nxt
+        pairs += nb - 1
+        for b, d in dist.items():
+            if b != s:
+                reach += 1
+                dsum += d
+                dmax = max(dmax, d)
+                hist[min(d, 15)] += 1
+    return {"pairs": pairs, "reachable": reach, "max": dmax, "mean": dsum / reach if reach else 0.0,
+            "histogram": hist}
+
+
+PLAN_PATTERNS = [
+    ("bigbird", dict(block=16, random=2, seed=3)),
+    ("causal_radius", dict(block=16, radius=20, globals=[5, 150], random=1, causal=True, seed=2)),
+    ("per_head", dict(block=16, local_blocks="3@0:1", stride="7@1:2", random=2, globals="none",
+                      summary="32:4")),
+]
+
+
+@pytest.mark.parametrize("name,kw", PLAN_PATTERNS, ids=[p[0] for p in PLAN_PATTERNS])
+def test_plan_equals_attention(name, kw):
+    """spa.plan's key counts, block mask and hops against the pattern that
+    spa.attention computes with, token by token."""
+    n, H, B = 248, 2, 16  # 16 blocks, the last one partial
+    att = _mask_from_attention(n, kw, H)
+    nb = -(-n // B)
+    r = spa.plan(n, heads=H, dim=n, **kw)
+    counts = att.sum(axis=2)
+    assert (r["keys_min"], r["keys_max"], r["pairs"]) == (counts.min(), counts.max(), counts.sum())
+    assert r["flops"] == 4.0 * n * counts.sum()
+    for h in range(H):
+        pad = np.zeros((nb * B, nb * B), bool)
+        pad[:n, :n] = att[h]
+        adj = pad.reshape(nb, B, nb, B).any(axis=(1, 3))
+        m = spa.plan(n, heads=H, dim=n, mask=nb, head=h, **kw)
+        assert m["blocks_per_pixel"] == 1 and m["mask"].shape == (nb, nb)
+        assert np.array_equal(m["mask"] != 0, adj)
+        # downsampled by 3 blocks a pixel: a pixel is set iff a pair in it is
+        m3 = spa.plan(n, heads=H, dim=n, mask=6, head=h, **kw)
+        side = -(-nb // 3)
+        pad3 = np.zeros((side * 3, side * 3), bool)
+        pad3[:nb, :nb] = adj
+        assert m3["blocks_per_pixel"] == 3
+        assert np.array_equal(m3["mask"] != 0, pad3.reshape(side, 3, side, 3).any(axis=(1, 3)))
+        got = spa.plan(n, heads=H, dim=n, hops=True, head=h, **kw)["hops"]
+        want = _bfs_hops(adj)
+        assert got["sources"] == nb and not got["sampled"]
+        for f in ("pairs", "reachable", "max", "histogram"):
+            assert got[f] == want[f], (h, f)
+        assert abs(got["mean"] - want["mean"]) < 1e-12
+
+
+@pytest.mark.parametrize("P", [1, 3, 7])
+def test_plan_ranks_equal_cli(P):
+    """spa.plan(ranks=P) against `spa plan --ranks P --json`, rank by rank."""
+    kw, flags = PATTERNS[1][1], PATTERNS[1][2]
+    r = spa.plan(4096, heads=3, dim=32, ranks=P, **kw)
+    import json
+    want = json.loads(run_cli(["plan", "--n", 4096, "--heads", 3, "--dim", 32, "--ranks", P, "--json"]
+                              + flags).stdout)
+    for f in ("blocks", "keys_min", "keys_max", "pairs", "flops", "bytes_halo", "bytes_global",
+              "bytes_rma", "bytes_halo_total", "bytes_global_total", "bytes_rma_total"):
+        assert r[f] == want[f], f
+    assert r["density"] == pytest.approx(want["density"], rel=1e-8)
+    assert len(r["per_rank"]) == P
+    for mine, theirs in zip(r["per_rank"], want["per_rank"]):
+        for f in theirs:
+            assert mine[f] == theirs[f], (mine["rank"], f)
+        assert mine["batches"] >= 1 and mine["fetched_blocks"] >= 0
+    assert r["per_rank"][0]["block_begin"] == 0 and r["per_rank"][-1]["block_end"] == r["blocks"]
+
+
+def test_plan_bad_arguments():
+    with pytest.raises(ValueError, match="head 2 is not in"):
+        spa.plan(1024, heads=2, hops=True, head=2)
+    with pytest.raises(ValueError, match="ranks must be"):
+        spa.plan(1024, ranks=0)
+    with pytest.raises(ValueError, match="local-blocks must be odd"):
+        spa.plan(1024, local_blocks=2)

@@ -2,8 +2,9 @@
  *
  * Everything is computed per block, never per (i, j) pair, so a plan for
  * n = 10M takes seconds:
- *   - keys per query: spa_pattern_block_keys, |S(i)| per row of a block;
- *   - bytes per rank: spa_commplan_build for every rank of P;
+ *   - keys per query: spa_plan_key_counts (|S(i)| per row of each block);
+ *   - bytes per rank: spa_plan_rank_bytes (spa_commplan_build) for every
+ *     rank of P;
  *   - hops (--stats) and the block mask (--image): the library's
  *     spa_plan_block_hops, spa_plan_block_mask and spa_write_png
  *     (src/plan/plan_report.c), on head 0;
@@ -16,41 +17,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct rank_bytes {
-    int64_t b0, b1, halo, global, rma;
-} rank_bytes;
-
 spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out)
 {
     const spa_config *cfg = &o->cfg;
-    int64_t nb = spa_nblocks(cfg), n = cfg->n, B = cfg->block;
+    int64_t nb = spa_nblocks(cfg), n = cfg->n;
     double t_start = spa_now();
     if (o->image) CLI_CHECK(spa_cli_check_output("image", o->image, NULL));
     if (o->export_layout) CLI_CHECK(spa_cli_check_output("export-layout", o->export_layout, NULL));
     if (o->threads > 0) omp_set_num_threads(o->threads);
 
     /* pass 1: keys per query over every token and head */
-    int64_t kmin = INT64_MAX, kmax = 0, ksum = 0;
-    int fail = 0;
-#pragma omp parallel reduction(min : kmin) reduction(max : kmax) reduction(+ : ksum, fail)
-    {
-        int64_t *cnt = malloc(sizeof(int64_t) * (size_t)B);
-        if (!cnt) fail = 1;
-#pragma omp for collapse(2) schedule(dynamic, 64)
-        for (int32_t h = 0; h < cfg->heads; h++)
-            for (int64_t c = 0; c < nb; c++) {
-                if (!cnt) continue;
-                int64_t rows = (c + 1) * B < n ? B : n - c * B;
-                spa_pattern_block_keys(cfg, h, c, cnt);
-                for (int64_t r = 0; r < rows; r++) {
-                    ksum += cnt[r];
-                    if (cnt[r] < kmin) kmin = cnt[r];
-                    if (cnt[r] > kmax) kmax = cnt[r];
-                }
-            }
-        free(cnt);
-    }
-    CLI_REQUIRE(!fail, SPA_ERR_OTHER, "out of memory for the key counts");
+    spa_plan_keys keys;
+    CLI_CHECK(spa_plan_key_counts(cfg, &keys));
+    const int64_t kmin = keys.min, kmax = keys.max, ksum = keys.pairs;
     double rows = (double)n * cfg->heads;
     double dense = cfg->causal ? (double)n * ((double)n + 1) / 2 : (double)n * (double)n;
     double density = (double)ksum / (dense * cfg->heads);
@@ -58,22 +37,18 @@ spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out)
 
     /* pass 2: bytes each rank receives */
     int P = o->plan_ranks;
-    rank_bytes *rb = NULL;
+    spa_plan_rank *rb = NULL;
     int64_t tot[3] = {0, 0, 0}, mx[3] = {0, 0, 0};
     if (P > 0) {
         rb = calloc((size_t)P, sizeof *rb);
         CLI_REQUIRE(rb, SPA_ERR_OTHER, "out of memory for %d ranks", P);
         for (int r = 0; r < P; r++) {
-            spa_commplan plan;
-            spa_err e = spa_commplan_build(cfg, P, r, &plan);
+            spa_err e = spa_plan_rank_bytes(cfg, P, r, &rb[r]);
             if (e != SPA_OK) {
                 free(rb);
                 return e;
             }
-            rb[r] = (rank_bytes){plan.b0, plan.b1, plan.bytes_halo, plan.bytes_global,
-                                 plan.bytes_rma};
-            spa_commplan_free(&plan);
-            int64_t v[3] = {rb[r].halo, rb[r].global, rb[r].rma};
+            int64_t v[3] = {rb[r].bytes_halo, rb[r].bytes_global, rb[r].bytes_rma};
             for (int k = 0; k < 3; k++) {
                 tot[k] += v[k];
                 if (v[k] > mx[k]) mx[k] = v[k];
@@ -146,8 +121,8 @@ spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out)
                 fprintf(out,
                         "%s{\"rank\": %d, \"block_begin\": %lld, \"block_end\": %lld, "
                         "\"bytes_halo\": %lld, \"bytes_global\": %lld, \"bytes_rma\": %lld}",
-                        r ? ", " : "", r, (long long)rb[r].b0, (long long)rb[r].b1,
-                        (long long)rb[r].halo, (long long)rb[r].global, (long long)rb[r].rma);
+                        r ? ", " : "", r, (long long)rb[r].block_begin, (long long)rb[r].block_end,
+                        (long long)rb[r].bytes_halo, (long long)rb[r].bytes_global, (long long)rb[r].bytes_rma);
             fprintf(out,
                     "], \"bytes_halo\": %lld, \"bytes_global\": %lld, \"bytes_rma\": %lld, "
                     "\"bytes_halo_total\": %lld, \"bytes_global_total\": %lld, "
@@ -186,8 +161,8 @@ spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out)
             fprintf(out, "bytes received per rank (P = %d):\n", P);
             fprintf(out, "%8s %12s %14s %14s %14s\n", "rank", "blocks", "halo", "global", "rma");
             for (int r = 0; r < P; r++)
-                fprintf(out, "%8d %12lld %14lld %14lld %14lld\n", r, (long long)(rb[r].b1 - rb[r].b0),
-                        (long long)rb[r].halo, (long long)rb[r].global, (long long)rb[r].rma);
+                fprintf(out, "%8d %12lld %14lld %14lld %14lld\n", r, (long long)(rb[r].block_end - rb[r].block_begin),
+                        (long long)rb[r].bytes_halo, (long long)rb[r].bytes_global, (long long)rb[r].bytes_rma);
             fprintf(out, "%8s %12lld %14lld %14lld %14lld\n", "total", (long long)nb,
                     (long long)tot[0], (long long)tot[1], (long long)tot[2]);
             fprintf(out, "%8s %12s %14lld %14lld %14lld\n", "max", "", (long long)mx[0],

@@ -1,7 +1,8 @@
 /* plan_report.c - what `spa plan` shows of a pattern, block by block: the
- * block mask of a head, the hop counts of its block graph, and the mask as
- * a PNG (spa_plan_mask_side, spa_plan_block_mask, spa_plan_block_hops,
- * spa_write_png).
+ * keys per query (spa_plan_key_counts), what each rank receives
+ * (spa_plan_rank_bytes), the block mask of a head, the hop counts of its
+ * block graph, and the mask as a PNG (spa_plan_mask_side,
+ * spa_plan_block_mask, spa_plan_block_hops, spa_write_png).
  *
  * Pure functions of the config, no MPI, and never per (i, j) pair, so a
  * report for n = 10M takes seconds. The key blocks of query block c in
@@ -41,6 +42,47 @@ int64_t spa_plan_mask_side(int64_t nb, int64_t max_side, int64_t *factor)
     if (f < 1) f = 1;
     *factor = f;
     return (nb + f - 1) / f;
+}
+
+spa_err spa_plan_key_counts(const spa_config *cfg, spa_plan_keys *out)
+{
+    const int64_t nb = spa_nblocks(cfg), n = cfg->n, B = cfg->block;
+    int64_t kmin = INT64_MAX, kmax = 0, ksum = 0;
+    int fail = 0;
+#pragma omp parallel reduction(min : kmin) reduction(max : kmax) reduction(+ : ksum, fail)
+    {
+        int64_t *cnt = malloc(sizeof(int64_t) * (size_t)B);
+        if (!cnt) fail = 1;
+#pragma omp for collapse(2) schedule(dynamic, 64)
+        for (int32_t h = 0; h < cfg->heads; h++)
+            for (int64_t c = 0; c < nb; c++) {
+                if (!cnt) continue;
+                const int64_t rows = (c + 1) * B < n ? B : n - c * B;
+                spa_pattern_block_keys(cfg, h, c, cnt);
+                for (int64_t r = 0; r < rows; r++) {
+                    ksum += cnt[r];
+                    if (cnt[r] < kmin) kmin = cnt[r];
+                    if (cnt[r] > kmax) kmax = cnt[r];
+                }
+            }
+        free(cnt);
+    }
+    *out = (spa_plan_keys){0, 0, 0};
+    SPA_REQUIRE(!fail, SPA_ERR_OTHER, "out of memory for the key counts");
+    *out = (spa_plan_keys){kmin, kmax, ksum};
+    return SPA_OK;
+}
+
+spa_err spa_plan_rank_bytes(const spa_config *cfg, int P, int r, spa_plan_rank *out)
+{
+    memset(out, 0, sizeof *out);
+    SPA_REQUIRE(P >= 1 && r >= 0 && r < P, SPA_ERR_USAGE, "rank %d is not in [0, %d)", r, P);
+    spa_commplan plan;
+    SPA_CHECK(spa_commplan_build(cfg, P, r, &plan));
+    *out = (spa_plan_rank){plan.b0, plan.b1, plan.bytes_halo, plan.bytes_global, plan.bytes_rma, plan.nfetch,
+                           plan.nbatch};
+    spa_commplan_free(&plan);
+    return SPA_OK;
 }
 
 /* The public entry points take any head number. */

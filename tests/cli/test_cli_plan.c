@@ -8,10 +8,13 @@
  * in every head:
  *   - key counts |S(i)| per row;
  *   - the block mask, at full size and downsampled;
- *   - hop counts, against Floyd-Warshall on the brute-force block graph.
+ *   - hop counts, against Floyd-Warshall on the brute-force block graph;
+ *   - spa_plan_key_counts (the least, the most, the sum over every head);
+ *   - spa_plan_rank_bytes against spa_commplan_build at P = 1 .. 7.
  */
 #include "spa.h"   /* the public API only: links libspa, not spa_cli_lib */
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,6 +108,7 @@ static int setup(const tcase *t, spa_config *cfg)
 static int check_keys(const tcase *t, const spa_config *cfg)
 {
     int64_t n = cfg->n, B = cfg->block, nb = spa_nblocks(cfg), bad = 0;
+    int64_t bmin = INT64_MAX, bmax = 0, bsum = 0; /* brute force over every head */
     int32_t *rnd = malloc(sizeof(int32_t) * (size_t)(cfg->random + 1));
     int64_t *cnt = malloc(sizeof(int64_t) * (size_t)B);
     for (int32_t h = 0; h < cfg->heads; h++) {
@@ -115,6 +119,9 @@ static int check_keys(const tcase *t, const spa_config *cfg)
                 int64_t want = 0;
                 for (int64_t j = 0; j < n; j++) want += spa_pattern_attends(cfg, h, i, j);
                 total += cnt[i - c * B];
+                bsum += want;
+                if (want < bmin) bmin = want;
+                if (want > bmax) bmax = want;
                 if (want != cnt[i - c * B] && bad++ < 5)
                     fprintf(stderr, "%s: h %d row %lld: keys %lld, brute force %lld\n", t->name, h,
                             (long long)i, (long long)cnt[i - c * B], (long long)want);
@@ -125,7 +132,46 @@ static int check_keys(const tcase *t, const spa_config *cfg)
             fprintf(stderr, "%s: h %d: sum of keys %lld, spa_pattern_pairs %lld\n", t->name, h,
                     (long long)total, (long long)lib);
     }
+    spa_plan_keys k;
+    if (spa_plan_key_counts(cfg, &k) != SPA_OK || k.min != bmin || k.max != bmax || k.pairs != bsum) {
+        fprintf(stderr, "%s: spa_plan_key_counts min %lld max %lld pairs %lld, brute force %lld %lld %lld\n",
+                t->name, (long long)k.min, (long long)k.max, (long long)k.pairs, (long long)bmin,
+                (long long)bmax, (long long)bsum);
+        bad++;
+    }
     free(rnd), free(cnt);
+    return bad == 0;
+}
+
+/* spa_plan_rank_bytes carries spa_commplan_build's figures for every rank
+ * of P = 1 .. 7, and refuses a rank outside [0, P). */
+static int check_ranks(const tcase *t, const spa_config *cfg)
+{
+    int bad = 0;
+    for (int P = 1; P <= 7; P++) {
+        int64_t next = 0; /* the ranks' blocks tile [0, nb) in order */
+        for (int r = 0; r < P; r++) {
+            spa_plan_rank got;
+            spa_commplan pl;
+            if (spa_plan_rank_bytes(cfg, P, r, &got) != SPA_OK || spa_commplan_build(cfg, P, r, &pl) != SPA_OK) {
+                fprintf(stderr, "%s: P %d rank %d: %s\n", t->name, P, r, spa_last_error());
+                return 0;
+            }
+            const spa_plan_rank want = {pl.b0, pl.b1, pl.bytes_halo, pl.bytes_global, pl.bytes_rma, pl.nfetch,
+                                        pl.nbatch};
+            if ((memcmp(&got, &want, sizeof got) != 0 || got.block_begin != next) && bad++ < 5)
+                fprintf(stderr, "%s: P %d rank %d: spa_plan_rank_bytes differs from the plan\n", t->name, P, r);
+            next = got.block_end;
+            spa_commplan_free(&pl);
+        }
+        if (next != spa_nblocks(cfg) && bad++ < 5) fprintf(stderr, "%s: P %d: blocks end at %lld\n", t->name, P, (long long)next);
+    }
+    spa_plan_rank x;
+    if (spa_plan_rank_bytes(cfg, 3, 3, &x) != SPA_ERR_USAGE || spa_plan_rank_bytes(cfg, 3, -1, &x) != SPA_ERR_USAGE ||
+        spa_plan_rank_bytes(cfg, 0, 0, &x) != SPA_ERR_USAGE) {
+        fprintf(stderr, "%s: a rank outside [0, P) was not refused\n", t->name);
+        bad++;
+    }
     return bad == 0;
 }
 
@@ -233,10 +279,11 @@ int main(int argc, char **argv)
                 ok_hops &= check_hops(t, &cfg, h, adj);
                 free(adj);
             }
-            ok = ok_keys && ok_mask && ok_hops;
-            printf("%-18s n %4lld blocks %3lld: keys %s, mask %s, hops %s\n", t->name,
+            const int ok_ranks = check_ranks(t, &cfg);
+            ok = ok_keys && ok_mask && ok_hops && ok_ranks;
+            printf("%-18s n %4lld blocks %3lld: keys %s, mask %s, hops %s, ranks %s\n", t->name,
                    (long long)cfg.n, (long long)spa_nblocks(&cfg), ok_keys ? "ok" : "FAIL",
-                   ok_mask ? "ok" : "FAIL", ok_hops ? "ok" : "FAIL");
+                   ok_mask ? "ok" : "FAIL", ok_hops ? "ok" : "FAIL", ok_ranks ? "ok" : "FAIL");
         }
         failed += !ok;
         spa_config_free(&cfg);
