@@ -171,6 +171,14 @@ static inline int64_t spa_nblocks(const spa_config *cfg)
     return (cfg->n + cfg->block - 1) / cfg->block;
 }
 
+/* One past the last token of block b: (b + 1) B, or n for the last block
+ * (which may be partial). Its tokens are [b B, spa_block_end(cfg, b)). */
+static inline int64_t spa_block_end(const spa_config *cfg, int64_t b)
+{
+    const int64_t e = (b + 1) * cfg->block;
+    return e < cfg->n ? e : cfg->n;
+}
+
 /* Counter-based generator: a SplitMix64-style hash of (seed, head, block,
  * counter). Any rank can draw any block's links alone. */
 uint64_t spa_rng(uint64_t seed, uint64_t head, uint64_t block, uint64_t counter);

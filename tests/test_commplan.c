@@ -147,7 +147,7 @@ static void check_config(const char *name, const spa_config *cfg, const needs *n
             if (!(x->h >= 0 && x->h < H && x->b0 >= 0 && x->nblk >= 1 && x->b0 + x->nblk <= nb)) continue;
             nfetch += x->nblk;
             for (int64_t b = x->b0; b < x->b0 + x->nblk; b++) {
-                int64_t a = b * B, e = a + B < n ? a + B : n;
+                int64_t a = b * B, e = spa_block_end(cfg, b);
                 rbytes += (e - a) * D * 4 * 2;
                 EXPECT(!fmark[x->h * nb + b], "%s P=%d rank %d: (h %d, block %lld) fetched twice", name, P, r, x->h,
                        (long long)b);
@@ -334,7 +334,7 @@ static void check_batches(const char *name, const spa_config *base, int P)
                            (long long)b);
                     *x = 1;
                     slots++;
-                    bytes += ((b + 1) * B < n ? B : n - b * B) * D * (int64_t)sizeof(float) * 2;
+                    bytes += (spa_block_end(&cfg, b) - b * B) * D * (int64_t)sizeof(float) * 2;
                 }
             EXPECT(slots == pl.batch_slots[k], "%s P=%d rank %d: batch %d has %lld blocks, says %lld", name, P, r, k,
                    (long long)slots, (long long)pl.batch_slots[k]);
@@ -350,7 +350,7 @@ static void check_batches(const char *name, const spa_config *base, int P)
                 int64_t m = spa_pattern_key_blocks(&cfg, h, c, kb, full);
                 for (int64_t i = 0; i < m; i++) {
                     if (!full[i]) continue;
-                    int64_t a = (int64_t)kb[i] * B, e = a + B < n ? a + B : n, missing = -1;
+                    int64_t a = (int64_t)kb[i] * B, e = spa_block_end(&cfg, kb[i]), missing = -1;
                     for (int64_t j = a; j < e && missing < 0; j++)
                         if ((j < pl.ext0 || j >= pl.ext1) && !spa_pattern_is_gathered(&cfg, h, j)) missing = j;
                     EXPECT(missing < 0 || inb[h * nb + kb[i]], "%s P=%d rank %d: batch %d lacks block %d of (%d, %lld)",
@@ -378,7 +378,7 @@ static void check_batches(const char *name, const spa_config *base, int P)
         }
         for (int32_t h = 0; h < H; h++)
             for (int64_t c = pl.b0; c < pl.b1; c++) {
-                int64_t t0 = c * B, t1 = t0 + B < n ? t0 + B : n, g = 0;
+                int64_t t0 = c * B, t1 = spa_block_end(&cfg, c), g = 0;
                 for (int64_t i = t0; i < t1; i++) g += spa_pattern_is_global(&cfg, i);
                 int served = g == t1 - t0 || spa_pattern_spread(&cfg, h, c);
                 EXPECT(seen[h * nb + c] == !served, "%s P=%d rank %d: (%d, %lld) %s", name, P, r, h, (long long)c,

@@ -263,7 +263,7 @@ static int check_hints(const test_case *tc)
             const int64_t ahead = mode == 1 || (mode == 3 && t % 2 == 0) ? 1 : 2;
             if (mode > 0 && t + ahead < nt) {
                 const int64_t u = t + ahead, hu = u / nb, cu = u % nb;
-                const int64_t rows = cu * B + B < n ? B : n - cu * B;
+                const int64_t rows = spa_block_end(&cfg, cu) - cu * B;
                 spa_scratch_hint(s, (int32_t)hu, cu, q + (hu * n + cu * B) * D, rows * D * (int64_t)sizeof(float));
             }
             const int64_t h = t / nb, c = t % nb, row = h * n + c * B;

@@ -196,7 +196,7 @@ static int check_block(const char *name, const spa_config *c, const spa_config *
                        unsigned char *att, int64_t *cnt, int32_t *kb, unsigned char *kfull, int32_t *inlist,
                        int32_t *xf, int32_t *xp)
 {
-    const int64_t B = c->block, n = c->n, nb = spa_nblocks(c), t0 = q * B, t1 = t0 + B < n ? t0 + B : n;
+    const int64_t B = c->block, n = c->n, nb = spa_nblocks(c), t0 = q * B, t1 = spa_block_end(c, q);
     const int64_t rows = t1 - t0;
     const int f0 = fails;
     int64_t counts[B > 0 ? B : 1];
@@ -241,7 +241,7 @@ static int check_block(const char *name, const spa_config *c, const spa_config *
         }
     }
     for (int64_t k = 0; k < m; k++) {
-        const int64_t a = (int64_t)kb[k] * B, e = a + B < n ? a + B : n;
+        const int64_t a = (int64_t)kb[k] * B, e = spa_block_end(c, kb[k]);
         int64_t hit = 0, notfull = -1;
         for (int64_t r = 0; r < rows; r++)
             for (int64_t j = a; j < e; j++) {
@@ -272,7 +272,7 @@ static int check_block(const char *name, const spa_config *c, const spa_config *
     int64_t nf = -1, np = -1, kf = 0, kp = 0;
     EXPECT(spa_pattern_export_row(c, h, q, xf, &nf, xp, &np) == 0, "%s: export_row failed", name);
     for (int64_t b = 0; b < nb; b++) {
-        const int64_t a = b * B, e = a + B < n ? a + B : n;
+        const int64_t a = b * B, e = spa_block_end(c, b);
         int64_t hit = 0;
         for (int64_t r = 0; r < rows; r++)
             for (int64_t j = a; j < e; j++) hit += att[r * n + j];

@@ -512,7 +512,7 @@ static void set_tile(spa_bscratch *s, const spa_config *cfg, int64_t c, const fl
                      const float *lse, const float *Dl, float *dq)
 {
     const int64_t B = cfg->block, ti0 = c * B;
-    const int32_t tr = (int32_t)(ti0 + B < cfg->n ? B : cfg->n - ti0);
+    const int32_t tr = (int32_t)(spa_block_end(cfg, c) - ti0);
     s->ti0 = ti0;
     for (int32_t r = 0; r < tr; r++) s->skip[r] = spa_pattern_is_global(cfg, ti0 + r) || lse[r] == -INFINITY;
     tile_begin(s, tr, q, dout, lse, Dl, s->skip, dq);
@@ -624,7 +624,7 @@ void spa_backward_residue(const spa_config *cfg, const spa_keysrc *src, const sp
     const int64_t n = cfg->n;
     const float sc = cfg->scale;
     const int64_t B = cfg->block, ti0 = c * B;
-    const int32_t tr = (int32_t)(ti0 + B < n ? B : n - ti0);
+    const int32_t tr = (int32_t)(spa_block_end(cfg, c) - ti0);
     spa_rowctx_init(&s->x, cfg, h, c, s->w);
     const spa_rowctx *x = &s->x;
     for (int32_t r = 0; r < tr; r++) {
@@ -740,7 +740,7 @@ static void spread_block(const spa_config *cfg, spa_bscratch *s, int32_t h, int6
 {
     const int32_t D = cfg->dim;
     const int64_t B = cfg->block, n = cfg->n, hoff = (int64_t)h * n;
-    const int64_t t0 = c * B, t1 = t0 + B < n ? t0 + B : n;
+    const int64_t t0 = c * B, t1 = spa_block_end(cfg, c);
     for (int pass = all ? 0 : 1; pass < 2; pass++) { /* 0: the block's rule rows, 1: global rows */
         int64_t ng = 0;
         for (int64_t i = t0; i < t1; i++) {

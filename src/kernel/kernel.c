@@ -537,7 +537,7 @@ static void next_regions(const spa_config *cfg, const spa_keysrc *src, spa_scrat
     int nb = 0;
     for (int64_t k = 0; k < x->nkb; k++) {
         if (!x->kfull[k]) continue;
-        int64_t b0 = (int64_t)x->kb[k] * B, b1 = b0 + B < cfg->n ? b0 + B : cfg->n;
+        int64_t b0 = (int64_t)x->kb[k] * B, b1 = spa_block_end(cfg, x->kb[k]);
         if (b0 >= x->j0 && b1 <= x->j1) continue; /* inside the window */
         got = locate(cfg, src, x->h, b0, b1 - b0, &kp, &vp);
         if (got == 0) continue;
@@ -560,7 +560,7 @@ double spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratc
     /* q, out: [rows][D] rows of block c;  lse: [rows] */
     const int32_t D = cfg->dim;
     const int64_t B = cfg->block, n = cfg->n, ti0 = c * B;
-    const int32_t rows = (int32_t)(ti0 + B < n ? B : n - ti0);
+    const int32_t rows = (int32_t)(spa_block_end(cfg, c) - ti0);
     block_job job = {cfg, src, s, h, rows, ti0, q};
     if (s->x2_ok && s->x2.h == h && s->x2.c == c) { /* the hinted block: its rule is made */
         spa_patws *w = s->w;
@@ -698,7 +698,7 @@ static void residue_exclusions(const spa_config *cfg, spa_scratch *s, int32_t h,
             int64_t b0, b1;
             spa_pattern_window(cfg, h, c, &b0, &b1);
             s->xlo[r] = b0 * B;
-            s->xhi[r] = (b1 + 1) * B < n ? (b1 + 1) * B : n;
+            s->xhi[r] = spa_block_end(cfg, b1);
         } else {
             s->xlo[r] = s->xhi[r] = 0;
         }
@@ -726,7 +726,7 @@ void spa_kernel_residue(const spa_config *cfg, const spa_keysrc *src, spa_scratc
      * rows are cut into tasks */
     const int32_t D = cfg->dim, h = g->h;
     const spa_head_rules *hr = &cfg->hr[h];
-    const int64_t B = cfg->block, n = cfg->n, M = g->M, k0 = g->k0;
+    const int64_t B = cfg->block, M = g->M, k0 = g->k0;
     const spa_layout *lay = &cfg->layout;
     const int64_t base = (int64_t)h * n_own - t0;
     residue_exclusions(cfg, s, h, rows, nr);
@@ -817,7 +817,7 @@ void spa_kernel_residue(const spa_config *cfg, const spa_keysrc *src, spa_scratc
                 mask_class(s->s, rs, cs, r, lo, hi, c0, tc1);
                 const int32_t *rb = s->xrb + x * (s->rmax + 1);
                 for (int32_t u = 0; u < s->xrn[x]; u++) {
-                    class_range((int64_t)rb[u] * B, (int64_t)rb[u] * B + B < n ? (int64_t)rb[u] * B + B : n, k0, M,
+                    class_range((int64_t)rb[u] * B, spa_block_end(cfg, rb[u]), k0, M,
                                 &lo, &hi);
                     mask_class(s->s, rs, cs, r, lo, hi, c0, tc1);
                 }
@@ -825,7 +825,7 @@ void spa_kernel_residue(const spa_config *cfg, const spa_keysrc *src, spa_scratc
                     int64_t b = lay->idx[u];
                     if ((b + 1) * B <= jlo) continue;
                     if (b * B > jhi) break;
-                    class_range(b * B, (b + 1) * B < n ? (b + 1) * B : n, k0, M, &lo, &hi);
+                    class_range(b * B, spa_block_end(cfg, b), k0, M, &lo, &hi);
                     mask_class(s->s, rs, cs, r, lo, hi, c0, tc1);
                 }
                 /* keys an earlier residue rule took: arithmetic progressions

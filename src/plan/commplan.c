@@ -146,13 +146,13 @@ static void *list_push(list *l)
 static int64_t block_needs(const spa_config *cfg, const spa_commplan *plan, int32_t h, int64_t c, spa_patws *w,
                            int32_t *need, int *own)
 {
-    const int64_t B = cfg->block, n = cfg->n;
+    const int64_t B = cfg->block;
     spa_rowctx x;
     spa_rowctx_init(&x, cfg, h, c, w);
     int64_t m = 0;
     *own = 1;
     for (int64_t k = 0; k < x.nkb; k++) {
-        int64_t a = (int64_t)x.kb[k] * B, e = a + B < n ? a + B : n;
+        int64_t a = (int64_t)x.kb[k] * B, e = spa_block_end(cfg, x.kb[k]);
         if (outside_ungathered(cfg, h, a, e, plan->ext0, plan->ext1)) need[m++] = x.kb[k];
         if (outside_ungathered(cfg, h, a, e, plan->t0, plan->t1)) *own = 0;
     }
@@ -164,7 +164,7 @@ static int64_t block_needs(const spa_config *cfg, const spa_commplan *plan, int3
  * block once, when everything fits), coalesced into runs. */
 static spa_err fetch_runs(const spa_config *cfg, spa_commplan *plan, spa_patws *w)
 {
-    const int64_t B = cfg->block, n = cfg->n, D = cfg->dim, nb = spa_nblocks(cfg), H = cfg->heads;
+    const int64_t B = cfg->block, D = cfg->dim, nb = spa_nblocks(cfg), H = cfg->heads;
     const int64_t blk = B * D * (int64_t)sizeof(float) * 2;
     const int64_t slots_max = cfg->fetch_bytes > 0 ? (cfg->fetch_bytes / 2 / blk > 0 ? cfg->fetch_bytes / 2 / blk : 1)
                                                    : INT64_MAX;
@@ -219,7 +219,7 @@ static spa_err fetch_runs(const spa_config *cfg, spa_commplan *plan, spa_patws *
             if (spa_pattern_served_ws(cfg, h, c, w)) continue;
             int64_t m = spa_pattern_key_blocks_ws(cfg, h, c, w);
             for (int64_t i = 0; i < m; i++) {
-                int64_t a = (int64_t)w->kb[i] * B, end = a + B < n ? a + B : n;
+                int64_t a = (int64_t)w->kb[i] * B, end = spa_block_end(cfg, w->kb[i]);
                 if (w->kfull[i] || !outside_ungathered(cfg, h, a, end, plan->ext0, plan->ext1)) continue;
                 hbk p = {h, 0, w->kb[i]};
                 hbk *slot = list_push(&rneeds);
@@ -303,7 +303,7 @@ static spa_err fetch_runs(const spa_config *cfg, spa_commplan *plan, spa_patws *
     }
     int rcap = 0;
     for (int64_t i = 0; i < pairs.n; i++) {
-        int64_t a = pp[i].b * B, end = a + B < n ? a + B : n;
+        int64_t a = pp[i].b * B, end = spa_block_end(cfg, pp[i].b);
         plan->bytes_rma += (end - a) * D * (int64_t)sizeof(float) * 2;
         int owner = spa_partition_owner(cfg, plan->P, a);
         spa_run_blk *last = plan->nruns ? &plan->runs[plan->nruns - 1] : NULL;

@@ -101,7 +101,7 @@ void spa_pattern_window(const spa_config *cfg, int32_t h, int64_t c, int64_t *b0
 void spa_pattern_local_range(const spa_config *cfg, int32_t h, int64_t c, int64_t *j0, int64_t *j1)
 {
     const spa_head_rules *hr = &cfg->hr[h];
-    int64_t B = cfg->block, n = cfg->n, end = (c + 1) * B < n ? (c + 1) * B : n;
+    int64_t B = cfg->block, n = cfg->n, end = spa_block_end(cfg, c);
     if (hr->radius >= 0) {
         *j0 = c * B - hr->radius > 0 ? c * B - hr->radius : 0;
         *j1 = end + hr->radius < n ? end + hr->radius : n;
@@ -109,7 +109,7 @@ void spa_pattern_local_range(const spa_config *cfg, int32_t h, int64_t c, int64_
         int64_t b0, b1;
         spa_pattern_window(cfg, h, c, &b0, &b1);
         *j0 = b0 * B;
-        *j1 = (b1 + 1) * B < n ? (b1 + 1) * B : n;
+        *j1 = spa_block_end(cfg, b1);
     } else {
         *j0 = *j1 = c * B;
         return;
@@ -320,7 +320,7 @@ static void mark_dilated(spa_patws *w, const spa_config *cfg, int32_t h, int p, 
 static int64_t key_blocks(const spa_config *cfg, int32_t h, int64_t c, spa_patws *w, int full_only)
 {
     const spa_head_rules *hr = &cfg->hr[h];
-    const int64_t B = cfg->block, n = cfg->n, t0 = c * B, t1 = t0 + B < n ? t0 + B : n;
+    const int64_t B = cfg->block, t0 = c * B, t1 = spa_block_end(cfg, c);
     w->nkb = 0;
     /* full blocks: random and layout */
     int32_t m = spa_pattern_random_blocks(cfg, h, c, w->rb);
@@ -379,7 +379,7 @@ int spa_pattern_spread_ws(const spa_config *cfg, int32_t h, int64_t c, spa_patws
 
 int spa_pattern_served_ws(const spa_config *cfg, int32_t h, int64_t c, spa_patws *w)
 {
-    const int64_t B = cfg->block, t0 = c * B, t1 = t0 + B < cfg->n ? t0 + B : cfg->n;
+    const int64_t B = cfg->block, t0 = c * B, t1 = spa_block_end(cfg, c);
     int64_t g0 = spa_lower_bound(cfg->globals, cfg->nglobals, t0), g1 = spa_lower_bound(cfg->globals, cfg->nglobals, t1);
     return g1 - g0 == t1 - t0 || spa_pattern_spread_ws(cfg, h, c, w);
 }
@@ -397,13 +397,13 @@ int spa_pattern_spread(const spa_config *cfg, int32_t h, int64_t c)
 
 void spa_rowctx_init(spa_rowctx *x, const spa_config *cfg, int32_t h, int64_t c, spa_patws *w)
 {
-    const int64_t B = cfg->block, n = cfg->n;
+    const int64_t B = cfg->block;
     x->cfg = cfg;
     x->hr = &cfg->hr[h];
     x->h = h;
     x->c = c;
     x->t0 = c * B;
-    x->t1 = x->t0 + B < n ? x->t0 + B : n;
+    x->t1 = spa_block_end(cfg, c);
     spa_pattern_local_range(cfg, h, c, &x->j0, &x->j1);
     x->nkb = key_blocks(cfg, h, c, w, 1);
     x->kb = w->kb;
@@ -486,7 +486,7 @@ void spa_pattern_block_keys_ws(const spa_config *cfg, int32_t h, int64_t c, int6
         /* 3. full blocks, minus [a, b) and the gathered keys */
         for (int64_t k = 0; k < x.nkb; k++) {
             if (!x.kfull[k]) continue;
-            int64_t r0 = (int64_t)x.kb[k] * B, r1 = r0 + B < n ? r0 + B : n;
+            int64_t r0 = (int64_t)x.kb[k] * B, r1 = spa_block_end(cfg, x.kb[k]);
             if (r1 > lim) r1 = lim;
             if (r1 <= r0) continue;
             int64_t o0 = r0 > a ? r0 : a, o1 = r1 < b ? r1 : b;
@@ -546,7 +546,7 @@ int64_t spa_pattern_pairs(const spa_config *cfg, int32_t h, int64_t c0, int64_t 
 int spa_pattern_export_row(const spa_config *cfg, int32_t h, int64_t c, int32_t *full, int64_t *nfull,
                            int32_t *part, int64_t *npart)
 {
-    const int64_t B = cfg->block, n = cfg->n, nb = spa_nblocks(cfg);
+    const int64_t B = cfg->block, nb = spa_nblocks(cfg);
     spa_patws *w = spa_patws_create(cfg);
     unsigned char *cand = calloc((size_t)nb, 1);
     if (!w || !cand) {
@@ -580,7 +580,7 @@ int spa_pattern_export_row(const spa_config *cfg, int32_t h, int64_t c, int32_t 
     }
     for (int64_t b = 0; b < nb; b++) {
         if (!cand[b]) continue;
-        int64_t r0 = b * B, r1 = r0 + B < n ? r0 + B : n, hit = 0;
+        int64_t r0 = b * B, r1 = spa_block_end(cfg, b), hit = 0;
         for (int64_t i = x.t0; i < x.t1; i++)
             for (int64_t j = r0; j < r1; j++) hit += spa_rowctx_attends(&x, i, j);
         if (hit == (x.t1 - x.t0) * (r1 - r0)) full[(*nfull)++] = (int32_t)b;

@@ -46,7 +46,7 @@ int64_t spa_plan_mask_side(int64_t nb, int64_t max_side, int64_t *factor)
 
 spa_err spa_plan_key_counts(const spa_config *cfg, spa_plan_keys *out)
 {
-    const int64_t nb = spa_nblocks(cfg), n = cfg->n, B = cfg->block;
+    const int64_t nb = spa_nblocks(cfg), B = cfg->block;
     int64_t kmin = INT64_MAX, kmax = 0, ksum = 0;
     int fail = 0;
 #pragma omp parallel reduction(min : kmin) reduction(max : kmax) reduction(+ : ksum, fail)
@@ -57,7 +57,7 @@ spa_err spa_plan_key_counts(const spa_config *cfg, spa_plan_keys *out)
         for (int32_t h = 0; h < cfg->heads; h++)
             for (int64_t c = 0; c < nb; c++) {
                 if (!cnt) continue;
-                const int64_t rows = (c + 1) * B < n ? B : n - c * B;
+                const int64_t rows = spa_block_end(cfg, c) - c * B;
                 spa_pattern_block_keys(cfg, h, c, cnt);
                 for (int64_t r = 0; r < rows; r++) {
                     ksum += cnt[r];

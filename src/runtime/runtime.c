@@ -425,7 +425,7 @@ static void compute_tasks(spa_ctx ctx, const spa_task *task, int64_t t0, int64_t
             if (t + ctx->threads < t1) { /* dynamic, 1: most likely this thread's next task */
                 const spa_task *nx = &task[t + ctx->threads];
                 const int64_t nrow = (int64_t)nx->h * n_own + (nx->c * B - p0);
-                const int64_t rows = nx->c * B + B < cfg->n ? B : cfg->n - nx->c * B;
+                const int64_t rows = spa_block_end(cfg, nx->c) - nx->c * B;
                 spa_scratch_hint(s, nx->h, nx->c, q + nrow * D, rows * D * (int64_t)sizeof(float));
             }
             ctx->bsum[bi] = spa_kernel_block(cfg, &ctx->src, s, tk->h, tk->c, q + row * D, out + row * D, lse + row);
