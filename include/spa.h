@@ -100,7 +100,7 @@ typedef struct spa_config {
     uint64_t seed;        /* keys the random-link generator, default 0 */
     int causal;           /* keep only j <= i */
     float scale;          /* 0 means 1/sqrt(D) once validated */
-    /* (after scale: bindings mirror the fields n .. scale)
+    /* (bindings mirror the fields n .. fetch_bytes)
      * Memory for fetched remote blocks, in bytes, per rank (--fetch-mib).
      * When a rank's blocks do not fit, its query blocks are processed in
      * batches whose blocks fit half of it, each batch's fetches overlapping

@@ -39,7 +39,7 @@ class _ConfigHead(ctypes.Structure):
     _fields_ = [("n", ctypes.c_int64), ("heads", ctypes.c_int32), ("dim", ctypes.c_int32),
                 ("block", ctypes.c_int32), ("local_blocks", ctypes.c_int32),
                 ("radius", ctypes.c_int64), ("random", ctypes.c_int32), ("seed", ctypes.c_uint64),
-                ("causal", ctypes.c_int), ("scale", ctypes.c_float)]
+                ("causal", ctypes.c_int), ("scale", ctypes.c_float), ("fetch_bytes", ctypes.c_int64)]
 
 
 class _Weights(ctypes.Structure):
@@ -193,7 +193,7 @@ class _Config:
     """A heap spa_config with the pattern of the keyword arguments."""
 
     def __init__(self, n, heads, dim, block, local_blocks, radius, globals, random, seed, causal,
-                 scale, stride, summary, dilated):
+                 scale, stride, summary, dilated, fetch_mib=None):
         L = _L()
         self.buf = ctypes.create_string_buffer(L.cfg_size + 16)
         self.ptr = ctypes.cast(self.buf, ctypes.c_void_p)
@@ -207,6 +207,14 @@ class _Config:
             if not float(scale) > 0 or not np.isfinite(scale):
                 raise ValueError("spa: scale must be a finite number > 0 (got %r)" % (scale,))
             h.scale = float(scale)
+        if fetch_mib is not None:
+            try:
+                fb = float(fetch_mib) * 2**20
+            except (TypeError, ValueError):
+                fb = -1.0
+            if not fb >= 0 or not np.isfinite(fb):
+                raise ValueError("spa: fetch_mib must be a number >= 0 (got %r)" % (fetch_mib,))
+            h.fetch_bytes = int(fb)
         if globals is not None:
             if not isinstance(globals, str):
                 globals = ",".join(str(_int("globals", g, lo=-2**62)) for g in globals) or "none"
@@ -277,10 +285,11 @@ def shard(n, *, block=64, comm=None):
 
 def plan(n, *, heads=1, dim=64, ranks=None, hops=False, mask=False, head=0, block=64, local_blocks=3,
          radius=None, globals=None, random=3, seed=0, causal=False, scale=None, stride=None,
-         summary=None, dilated=None):
+         summary=None, dilated=None, fetch_mib=None):
     """What a pattern costs before anything runs: the figures of
     `spa plan --json`, as a dict. Pure: no MPI, no data; block by block, so
-    n = 10M takes seconds. Pattern keywords as in spa.attention.
+    n = 10M takes seconds. Pattern keywords (and fetch_mib, which sets the
+    batches) as in spa.attention.
 
     Always: n, heads, dim, block, blocks, keys_min, keys_mean, keys_max
     (|S(i)| over every token and head), pairs, density (of dense, or of
@@ -299,7 +308,7 @@ def plan(n, *, heads=1, dim=64, ranks=None, hops=False, mask=False, head=0, bloc
     """
     L = _L().dll
     cfg = _Config(n, heads, dim, block, local_blocks, radius, globals, random, seed, causal, scale,
-                  stride, summary, dilated)
+                  stride, summary, dilated, fetch_mib)
     try:
         h = ctypes.cast(cfg.buf, ctypes.POINTER(_ConfigHead)).contents
         nb = -(-h.n // h.block)
@@ -420,8 +429,8 @@ def _attention_arrays(mcomm, names, arrays, lse=None):
 
 
 def attention(q, k, v, *, block=64, local_blocks=3, radius=None, globals=None, random=3, seed=0,
-              causal=False, scale=None, stride=None, summary=None, dilated=None, threads=None,
-              exact=False, comm=None):
+              causal=False, scale=None, stride=None, summary=None, dilated=None, fetch_mib=None,
+              threads=None, exact=False, comm=None):
     """Sparse attention of q, k, v ([H, n, D] or [n, D], float32) -> (out, lse).
 
     out has q's shape and lse its shape without the last dimension. The
@@ -430,6 +439,9 @@ def attention(q, k, v, *, block=64, local_blocks=3, radius=None, globals=None, r
     "0,250,7:12" or a list of indices), random, seed, causal, scale (None =
     1/sqrt(D)), stride, summary ("L:C"), dilated ("w:r,..."). A rule value
     may be a string with a head range ("3@0:4") or a list of them.
+    fetch_mib: memory for fetched remote blocks per rank, in MiB (--fetch-mib;
+    a fraction is allowed; 0 = no limit; None = the default, 512): the
+    fetches go in batches that fit it, and the results do not change.
     exact: global rows summed in fixed point (spa_ctx_set_exact), so that
     out and lse do not depend on the number of ranks at all.
     With comm (mpi4py), q, k, v are this rank's rows, spa.shard(n, comm=comm).
@@ -438,7 +450,7 @@ def attention(q, k, v, *, block=64, local_blocks=3, radius=None, globals=None, r
     (q, k, v), _, squeeze, n = _attention_arrays(mcomm, ("q", "k", "v"), (q, k, v))
     H, rows, D = q.shape
     cfg = _Config(n, H, D, block, local_blocks, radius, globals, random, seed, causal, scale, stride,
-                  summary, dilated)
+                  summary, dilated, fetch_mib)
     out = np.zeros_like(q)
     lse = np.zeros((H, rows), np.float32)
     _run_ctx(c, mcomm, cfg, rows, threads,
@@ -449,7 +461,7 @@ def attention(q, k, v, *, block=64, local_blocks=3, radius=None, globals=None, r
 
 def attention_backward(q, k, v, out, lse, dout, *, block=64, local_blocks=3, radius=None,
                        globals=None, random=3, seed=0, causal=False, scale=None, stride=None,
-                       summary=None, dilated=None, threads=None, exact=False, comm=None):
+                       summary=None, dilated=None, fetch_mib=None, threads=None, exact=False, comm=None):
     """Gradients of spa.attention -> (dq, dk, dv), float32 arrays of q's shape.
 
     For a loss L with dL/dout = dout: q, k, v as given to spa.attention, out
@@ -468,7 +480,7 @@ def attention_backward(q, k, v, out, lse, dout, *, block=64, local_blocks=3, rad
         mcomm, ("q", "k", "v", "out", "dout"), (q, k, v, out, dout), lse)
     H, rows, D = q.shape
     cfg = _Config(n, H, D, block, local_blocks, radius, globals, random, seed, causal, scale, stride,
-                  summary, dilated)
+                  summary, dilated, fetch_mib)
     dq, dk, dv = np.zeros_like(q), np.zeros_like(q), np.zeros_like(q)
     _run_ctx(c, mcomm, cfg, rows, threads,
              lambda ctx: _L().dll.spa_ctx_set_exact(ctx, int(bool(exact))) or _L().dll.spa_ctx_backward(ctx, _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse),
@@ -487,7 +499,8 @@ def attention_torch(q, k, v, **pattern):
 
 def layer(x, wq, wk, wv, wo, bq=None, bk=None, bv=None, bo=None, *, heads, block=64,
           local_blocks=3, radius=None, globals=None, random=3, seed=0, causal=False, scale=None,
-          stride=None, summary=None, dilated=None, threads=None, comm=None, return_attention=False):
+          stride=None, summary=None, dilated=None, fetch_mib=None, threads=None, comm=None,
+          return_attention=False):
     """Multi-head attention layer, PyTorch nn.Linear convention (y = x W^T + b).
 
     x: [n, d_model] (this rank's rows with comm); wq, wk, wv: [H*D, d_model];
@@ -520,7 +533,7 @@ def layer(x, wq, wk, wv, wo, bq=None, bk=None, bv=None, bo=None, *, heads, block
     if n < 1:
         raise ValueError("spa: the sequence is empty")
     cfg = _Config(n, heads, D, block, local_blocks, radius, globals, random, seed, causal, scale,
-                  stride, summary, dilated)
+                  stride, summary, dilated, fetch_mib)
     y = np.zeros((rows, dm), np.float32)
     out = np.zeros((heads, rows, D), np.float32) if return_attention else None
     lse = np.zeros((heads, rows), np.float32) if return_attention else None

@@ -40,6 +40,12 @@ rows = np.array([i for i in range(t0, t1) if i not in G], int)
 check(np.array_equal(out[:, rows - t0], ref_out[:, rows]), "out differs from one rank's off G")
 check(np.array_equal(lse[:, rows - t0], ref_lse[:, rows]), "lse differs from one rank's off G")
 check(np.allclose(out, ref_out[:, t0:t1], rtol=1e-5, atol=1e-6), "out differs on G rows")
+# a fetch budget of 2 KiB (a block's K and V are 1 KiB): many batches, the same bits
+fout, flse = spa.attention(q[:, t0:t1], k[:, t0:t1], v[:, t0:t1], comm=comm, fetch_mib=2 / 1024, **kw)
+check(np.array_equal(fout, out) and np.array_equal(flse, lse), "out, lse change with fetch_mib")
+if size > 1:
+    check(max(x["batches"] for x in spa.plan(n, heads=H, dim=D, ranks=size, fetch_mib=2 / 1024, **kw)["per_rank"]) > 2,
+          "a 2 KiB budget takes more than 2 batches")
 
 dm = 12
 x = rng.standard_normal((n, dm)).astype("f4")

@@ -220,11 +220,15 @@ def test_plan_equals_attention(name, kw):
         assert abs(got["mean"] - want["mean"]) < 1e-12
 
 
-@pytest.mark.parametrize("P", [1, 3, 7])
-def test_plan_ranks_equal_cli(P):
-    """spa.plan(ranks=P) against `spa plan --ranks P --json`, rank by rank."""
-    kw, flags = PATTERNS[1][1], PATTERNS[1][2]
+@pytest.mark.parametrize("P,mib", [(1, None), (3, None), (7, None), (3, 1)])
+def test_plan_ranks_equal_cli(P, mib):
+    """spa.plan(ranks=P) against `spa plan --ranks P --json`, rank by rank
+    (with a fetch budget of 1 MiB: 3 batches a rank)."""
+    kw, flags = dict(PATTERNS[1][1]), list(PATTERNS[1][2])
+    if mib is not None:
+        kw["fetch_mib"], flags = mib, flags + ["--fetch-mib", mib]
     r = spa.plan(4096, heads=3, dim=32, ranks=P, **kw)
+    assert (mib is not None) == any(x["batches"] > 1 for x in r["per_rank"])
     import json
     want = json.loads(run_cli(["plan", "--n", 4096, "--heads", 3, "--dim", 32, "--ranks", P, "--json"]
                               + flags).stdout)
@@ -247,3 +251,6 @@ def test_plan_bad_arguments():
         spa.plan(1024, ranks=0)
     with pytest.raises(ValueError, match="local-blocks must be odd"):
         spa.plan(1024, local_blocks=2)
+    for bad in (-1, "x", float("nan")):
+        with pytest.raises(ValueError, match="fetch_mib must be a number >= 0"):
+            spa.plan(1024, fetch_mib=bad)

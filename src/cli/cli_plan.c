@@ -120,9 +120,11 @@ spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out)
             for (int r = 0; r < P; r++)
                 fprintf(out,
                         "%s{\"rank\": %d, \"block_begin\": %lld, \"block_end\": %lld, "
-                        "\"bytes_halo\": %lld, \"bytes_global\": %lld, \"bytes_rma\": %lld}",
+                        "\"bytes_halo\": %lld, \"bytes_global\": %lld, \"bytes_rma\": %lld, "
+                        "\"fetched_blocks\": %lld, \"batches\": %lld}",
                         r ? ", " : "", r, (long long)rb[r].block_begin, (long long)rb[r].block_end,
-                        (long long)rb[r].bytes_halo, (long long)rb[r].bytes_global, (long long)rb[r].bytes_rma);
+                        (long long)rb[r].bytes_halo, (long long)rb[r].bytes_global, (long long)rb[r].bytes_rma,
+                        (long long)rb[r].fetched_blocks, (long long)rb[r].batches);
             fprintf(out,
                     "], \"bytes_halo\": %lld, \"bytes_global\": %lld, \"bytes_rma\": %lld, "
                     "\"bytes_halo_total\": %lld, \"bytes_global_total\": %lld, "
