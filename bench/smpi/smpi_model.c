@@ -69,7 +69,7 @@ static void charge_pairs(const spa_config *cfg, double pairs)
  * and random keys a plain row of the block visits. */
 static double block_pairs(const spa_config *cfg, int32_t h, int64_t c)
 {
-    const int64_t B = cfg->block, r0 = c * B, r1 = spa_block_end(cfg, c);
+    const int64_t B = cfg->block, n = cfg->n, r0 = c * B, r1 = spa_block_end(cfg, c);
     double pairs = (double)spa_pattern_pairs(cfg, h, c, c + 1);
     int64_t lo = 0, hi = cfg->nglobals; /* first global >= r0 */
     while (lo < hi) {
