@@ -899,7 +899,16 @@ static void global_partial_t(const spa_config *cfg, spa_scratch *s, const spa_ro
              * not causal) the column maxima come with the scores */
             if (nomask)
                 for (int32_t r = 0; r < ldq; r++) mc[r] = -INFINITY;
-            s->K->qk(nk, D, ldq, cfg->scale, k + (a - j0) * D, s->qt, St, nomask ? mc : NULL, NULL);
+            /* the stream: this chunk's values during the scores, the next
+             * chunk's keys during P V (both read once, from memory) */
+            const float *vc = v + (a - j0) * D;
+            const int64_t e2 = (e / SPA_KC + 1) * SPA_KC < jend ? (e / SPA_KC + 1) * SPA_KC : jend;
+            const char *rx[2] = {(const char *)vc, (const char *)(k + (e - j0) * D)};
+            const int64_t rxl[2] = {(int64_t)nk * D * (int64_t)sizeof(float), (e2 - e) * D * (int64_t)sizeof(float)};
+            spa_pfs pf;
+            spa_pfs_init(&pf, NULL, NULL, NULL, 0, 0, 0, rx, rxl, e2 > e ? 2 : 1, (int64_t)nk * D);
+            spa_pfs_phase(&pf, (rxl[0] + 63) / 64, (int64_t)nk * D);
+            s->K->qk(nk, D, ldq, cfg->scale, k + (a - j0) * D, s->qt, St, nomask ? mc : NULL, &pf);
             /* pass 2: column maxima; exp(s - m) = exp(d) * (1 + lo) */
             if (!nomask) {
                 mask_rows(cfg, x, gi, rows, a, nk, St, 1, ldq);
@@ -908,7 +917,8 @@ static void global_partial_t(const spa_config *cfg, spa_scratch *s, const spa_ro
             s->K->expsum_lo(St, nk, ldq, mc, lc);
             /* pass 3: chunk acc = P V */
             memset(s->cacc, 0, (size_t)rows * D * sizeof(float));
-            s->K->pv(nk, D, ldq, rows, St, v + (a - j0) * D, s->cacc);
+            spa_pfs_phase(&pf, pf.lines, (int64_t)rows * nk * D);
+            s->K->pvp(1, &vc, &nk, D, ldq, rows, St, s->cacc, &pf);
             /* pass 4: merge into the running partials, in double */
             for (int32_t r = 0; r < rows; r++) {
                 double chunk[2 + D];
