@@ -411,19 +411,30 @@ static void compute_tasks(spa_ctx ctx, const spa_task *task, int64_t t0, int64_t
     const spa_config *cfg = &ctx->cfg;
     const int64_t B = cfg->block, D = cfg->dim, n_own = ctx->n_own, p0 = ctx->plan.t0;
     const int64_t units = k && n_own > 0 ? ctx->plan.nspread_tiles * ctx->nunit : 0;
+    /* Each thread takes runs of consecutive tasks (blocks of a head), so
+     * that the keys and values one block's window brings in serve its
+     * neighbours on the same core: up to 16 (B = 16 1.06x, B = 64 1.03x on
+     * 2 threads, against runs of 1), and at least 8 runs a thread, so that
+     * short ranges (a stage of the last batch) still spread over the
+     * threads. */
+    int64_t run = (t1 - t0) / (8 * (int64_t)ctx->threads);
+    run = run < 1 ? 1 : run > 16 ? 16 : run;
 #pragma omp parallel num_threads(ctx->threads)
     {
         spa_scratch *s = ctx->scr[omp_get_thread_num()];
         int master = omp_get_thread_num() == 0;
 #pragma omp for schedule(dynamic, 1) nowait
         for (int64_t t = 0; t < units; t++) spread_unit(ctx, s, t / ctx->nunit, t % ctx->nunit, k, v, master);
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, run)
         for (int64_t t = t0; t < t1; t++) {
             const spa_task *tk = &task[t];
             int64_t row = (int64_t)tk->h * n_own + (tk->c * B - p0);
             int64_t bi = (int64_t)tk->h * (ctx->plan.b1 - ctx->plan.b0) + (tk->c - ctx->plan.b0);
-            if (t + ctx->threads < t1) { /* dynamic, 1: most likely this thread's next task */
-                const spa_task *nx = &task[t + ctx->threads];
+            /* most likely this thread's next task: the next of its run, or
+             * the first of the run after the other threads' */
+            const int64_t tn = (t - t0 + 1) % run ? t + 1 : t + 1 + (int64_t)(ctx->threads - 1) * run;
+            if (tn < t1) {
+                const spa_task *nx = &task[tn];
                 const int64_t nrow = (int64_t)nx->h * n_own + (nx->c * B - p0);
                 const int64_t rows = spa_block_end(cfg, nx->c) - nx->c * B;
                 spa_scratch_hint(s, nx->h, nx->c, q + nrow * D, rows * D * (int64_t)sizeof(float));
