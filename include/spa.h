@@ -329,6 +329,11 @@ typedef struct spa_commplan {
 
 /* Builds rank r's plan. Not collective, no MPI. */
 spa_err spa_commplan_build(const spa_config *cfg, int P, int r, spa_commplan *plan);
+/* The same, taking the spread rows from like, a plan of the same cfg for
+ * any P and rank (they depend on neither): every rank's plan in one process
+ * without scanning every block of every head for each. */
+spa_err spa_commplan_build_like(const spa_config *cfg, int P, int r, const spa_commplan *like,
+                                spa_commplan *plan);
 void spa_commplan_free(spa_commplan *plan);
 
 /* ------------------------------------------- plan report (issue 12) */
@@ -353,6 +358,8 @@ typedef struct spa_plan_rank {
     int64_t block_begin, block_end, bytes_halo, bytes_global, bytes_rma, fetched_blocks, batches;
 } spa_plan_rank;
 spa_err spa_plan_rank_bytes(const spa_config *cfg, int P, int r, spa_plan_rank *out);
+/* The same for every rank of P, into out[P] (spa_commplan_build_like). */
+spa_err spa_plan_ranks_bytes(const spa_config *cfg, int P, spa_plan_rank *out);
 
 /* Kinds of a block-mask pixel, ORed. OTHER: the strided, summary, dilated
  * and layout rules. */

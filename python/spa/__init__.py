@@ -118,6 +118,7 @@ class _Lib:
                 ("spa_layer_run", I, [P] * 7),
                 ("spa_plan_key_counts", I, [P, P]),
                 ("spa_plan_rank_bytes", I, [P, I, I, P]),
+                ("spa_plan_ranks_bytes", I, [P, I, P]),
                 ("spa_plan_mask_side", I64, [I64, I64, ctypes.POINTER(I64)]),
                 ("spa_plan_block_mask", I, [P, ctypes.c_int32, I64, I64, P]),
                 ("spa_plan_block_hops", I, [P, ctypes.c_int32, I64, P]),
@@ -321,11 +322,10 @@ def plan(n, *, heads=1, dim=64, ranks=None, hops=False, mask=False, head=0, bloc
              "flops": 4.0 * h.dim * keys.pairs}
         if ranks is not None:
             P = _int("ranks", ranks)
-            per = []
-            for rank in range(P):
-                x = _PlanRank()
-                cfg._check(L.spa_plan_rank_bytes(cfg.ptr, P, rank, ctypes.byref(x)))
-                per.append(dict({"rank": rank}, **{f: getattr(x, f) for f, _ in _PlanRank._fields_}))
+            xs = (_PlanRank * P)()
+            cfg._check(L.spa_plan_ranks_bytes(cfg.ptr, P, xs))
+            per = [dict({"rank": rank}, **{f: getattr(x, f) for f, _ in _PlanRank._fields_})
+                   for rank, x in enumerate(xs)]
             r["ranks"], r["per_rank"] = P, per
             for f in ("bytes_halo", "bytes_global", "bytes_rma"):
                 r[f] = max(x[f] for x in per)

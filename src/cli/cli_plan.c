@@ -3,8 +3,8 @@
  * Everything is computed per block, never per (i, j) pair, so a plan for
  * n = 10M takes seconds:
  *   - keys per query: spa_plan_key_counts (|S(i)| per row of each block);
- *   - bytes per rank: spa_plan_rank_bytes (spa_commplan_build) for every
- *     rank of P;
+ *   - bytes per rank: spa_plan_ranks_bytes (spa_commplan_build_like, the
+ *     spread rows found once) for every rank of P;
  *   - hops (--stats) and the block mask (--image): the library's
  *     spa_plan_block_hops, spa_plan_block_mask and spa_write_png
  *     (src/plan/plan_report.c), on head 0;
@@ -42,12 +42,12 @@ spa_err spa_cli_plan(const spa_cli_opts *o, FILE *out)
     if (P > 0) {
         rb = calloc((size_t)P, sizeof *rb);
         CLI_REQUIRE(rb, SPA_ERR_OTHER, "out of memory for %d ranks", P);
+        spa_err e = spa_plan_ranks_bytes(cfg, P, rb);
+        if (e != SPA_OK) {
+            free(rb);
+            return e;
+        }
         for (int r = 0; r < P; r++) {
-            spa_err e = spa_plan_rank_bytes(cfg, P, r, &rb[r]);
-            if (e != SPA_OK) {
-                free(rb);
-                return e;
-            }
             int64_t v[3] = {rb[r].bytes_halo, rb[r].bytes_global, rb[r].bytes_rma};
             for (int k = 0; k < 3; k++) {
                 tot[k] += v[k];

@@ -332,7 +332,33 @@ done:
     return e;
 }
 
+/* The spread rows of like (a plan of the same cfg, any P and rank), with
+ * this rank's own rows counted. */
+static spa_err spread_rows_like(const spa_commplan *like, spa_commplan *plan)
+{
+    plan->spread = malloc((size_t)(like->nspread + 1) * sizeof *plan->spread);
+    SPA_REQUIRE(plan->spread, SPA_ERR_OTHER, "out of memory for the spread rows");
+    if (like->nspread) memcpy(plan->spread, like->spread, (size_t)like->nspread * sizeof *plan->spread);
+    plan->nspread = like->nspread;
+    plan->nspread_tiles = like->nspread_tiles;
+    for (int64_t i = 0; i < plan->nspread; i++)
+        plan->nspread_own += plan->spread[i].tok >= plan->t0 && plan->spread[i].tok < plan->t1;
+    return SPA_OK;
+}
+
+static spa_err build(const spa_config *cfg, int P, int r, const spa_commplan *like, spa_commplan *plan);
+
 spa_err spa_commplan_build(const spa_config *cfg, int P, int r, spa_commplan *plan)
+{
+    return build(cfg, P, r, NULL, plan);
+}
+
+spa_err spa_commplan_build_like(const spa_config *cfg, int P, int r, const spa_commplan *like, spa_commplan *plan)
+{
+    return build(cfg, P, r, like, plan);
+}
+
+static spa_err build(const spa_config *cfg, int P, int r, const spa_commplan *like, spa_commplan *plan)
 {
     memset(plan, 0, sizeof *plan);
     plan->P = P;
@@ -373,7 +399,7 @@ spa_err spa_commplan_build(const spa_config *cfg, int P, int r, spa_commplan *pl
 
     spa_patws *w = spa_patws_create(cfg);
     SPA_REQUIRE(w, SPA_ERR_OTHER, "out of memory");
-    spa_err e = spread_rows(cfg, plan, w);
+    spa_err e = like ? spread_rows_like(like, plan) : spread_rows(cfg, plan, w);
     if (e == SPA_OK) e = fetch_runs(cfg, plan, w);
     spa_patws_destroy(w);
     SPA_CHECK(e);

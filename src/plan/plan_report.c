@@ -85,6 +85,28 @@ spa_err spa_plan_rank_bytes(const spa_config *cfg, int P, int r, spa_plan_rank *
     return SPA_OK;
 }
 
+spa_err spa_plan_ranks_bytes(const spa_config *cfg, int P, spa_plan_rank *out)
+{
+    SPA_REQUIRE(P >= 1, SPA_ERR_USAGE, "ranks %d is not >= 1", P);
+    memset(out, 0, (size_t)P * sizeof *out);
+    spa_commplan first, plan;
+    SPA_CHECK(spa_commplan_build(cfg, P, 0, &first));
+    spa_err e = SPA_OK;
+    for (int r = 0; r < P && e == SPA_OK; r++) {
+        spa_commplan *pl = &first;
+        if (r > 0) {
+            e = spa_commplan_build_like(cfg, P, r, &first, &plan);
+            if (e != SPA_OK) break;
+            pl = &plan;
+        }
+        out[r] = (spa_plan_rank){pl->b0, pl->b1, pl->bytes_halo, pl->bytes_global, pl->bytes_rma, pl->nfetch,
+                                 pl->nbatch};
+        if (r > 0) spa_commplan_free(&plan);
+    }
+    spa_commplan_free(&first);
+    return e;
+}
+
 /* The public entry points take any head number. */
 static spa_err check_head(const spa_config *cfg, int32_t h)
 {

@@ -10,7 +10,9 @@
  *   - the block mask, at full size and downsampled;
  *   - hop counts, against Floyd-Warshall on the brute-force block graph;
  *   - spa_plan_key_counts (the least, the most, the sum over every head);
- *   - spa_plan_rank_bytes against spa_commplan_build at P = 1 .. 7.
+ *   - spa_plan_rank_bytes and spa_plan_ranks_bytes against spa_commplan_build
+ *     at P = 1 .. 7, and spa_commplan_build_like (spread rows borrowed from
+ *     a plan for another P and rank) against it.
  */
 #include "spa.h"   /* the public API only: links libspa, not spa_cli_lib */
 
@@ -38,7 +40,7 @@ static const tcase cases[] = {
     {"radius-causal", 613, 16, 3, 3, 40, 1, "5,600", NULL, 0},
     {"radius-small", 400, 32, 3, 4, 5, 0, "none", NULL, 0},
     {"local-only", 320, 16, 3, 0, -1, 0, "none", NULL, 0},
-    {"scattered-globals", 450, 8, 5, 6, -1, 1, "1,2,3,100,101,449", NULL, 0},
+    {"scattered-globals", 450, 8, 5, 6, -1, 1, "1,2,3,64,72,100,101,128,136,144,449", NULL, 0},
     {"random-saturates", 200, 16, 1, 40, -1, 0, "0:3", NULL, 0},
     {"one-block", 10, 16, 3, 3, -1, 0, NULL, NULL, 0},
     {"strided", 400, 16, 3, 2, -1, 0, "none", "local-blocks 0 stride 7", 0},
@@ -148,26 +150,54 @@ static int check_keys(const tcase *t, const spa_config *cfg)
 static int check_ranks(const tcase *t, const spa_config *cfg)
 {
     int bad = 0;
+    spa_commplan other; /* spread rows from another P and rank: they depend on neither */
+    if (spa_commplan_build(cfg, 5, 4, &other) != SPA_OK) {
+        fprintf(stderr, "%s: %s\n", t->name, spa_last_error());
+        return 0;
+    }
     for (int P = 1; P <= 7; P++) {
         int64_t next = 0; /* the ranks' blocks tile [0, nb) in order */
+        spa_plan_rank all[7];
+        if (spa_plan_ranks_bytes(cfg, P, all) != SPA_OK) {
+            fprintf(stderr, "%s: P %d: %s\n", t->name, P, spa_last_error());
+            spa_commplan_free(&other);
+            return 0;
+        }
         for (int r = 0; r < P; r++) {
             spa_plan_rank got;
-            spa_commplan pl;
-            if (spa_plan_rank_bytes(cfg, P, r, &got) != SPA_OK || spa_commplan_build(cfg, P, r, &pl) != SPA_OK) {
+            spa_commplan pl, like;
+            if (spa_plan_rank_bytes(cfg, P, r, &got) != SPA_OK || spa_commplan_build(cfg, P, r, &pl) != SPA_OK ||
+                spa_commplan_build_like(cfg, P, r, &other, &like) != SPA_OK) {
                 fprintf(stderr, "%s: P %d rank %d: %s\n", t->name, P, r, spa_last_error());
+                spa_commplan_free(&other);
                 return 0;
             }
             const spa_plan_rank want = {pl.b0, pl.b1, pl.bytes_halo, pl.bytes_global, pl.bytes_rma, pl.nfetch,
                                         pl.nbatch};
-            if ((memcmp(&got, &want, sizeof got) != 0 || got.block_begin != next) && bad++ < 5)
-                fprintf(stderr, "%s: P %d rank %d: spa_plan_rank_bytes differs from the plan\n", t->name, P, r);
+            if ((memcmp(&got, &want, sizeof got) != 0 || memcmp(&all[r], &want, sizeof got) != 0 ||
+                 got.block_begin != next) &&
+                bad++ < 5)
+                fprintf(stderr, "%s: P %d rank %d: spa_plan_rank(s)_bytes differ from the plan\n", t->name, P, r);
+            /* the plan with borrowed spread rows is the plan */
+            int same = like.nspread == pl.nspread && like.nspread_tiles == pl.nspread_tiles &&
+                       like.nspread_own == pl.nspread_own && like.nruns == pl.nruns && like.nbatch == pl.nbatch &&
+                       like.bytes_halo == pl.bytes_halo && like.bytes_global == pl.bytes_global &&
+                       like.bytes_rma == pl.bytes_rma && like.ntask_ready == pl.ntask_ready;
+            for (int64_t i = 0; same && i < pl.nspread; i++)
+                same = like.spread[i].tok == pl.spread[i].tok && like.spread[i].h == pl.spread[i].h &&
+                       like.spread[i].tile == pl.spread[i].tile;
+            if (!same && bad++ < 5)
+                fprintf(stderr, "%s: P %d rank %d: spa_commplan_build_like differs from spa_commplan_build\n",
+                        t->name, P, r);
             next = got.block_end;
             spa_commplan_free(&pl);
+            spa_commplan_free(&like);
         }
         if (next != spa_nblocks(cfg) && bad++ < 5) fprintf(stderr, "%s: P %d: blocks end at %lld\n", t->name, P, (long long)next);
     }
+    spa_commplan_free(&other);
     spa_plan_rank x;
-    if (spa_plan_rank_bytes(cfg, 3, 3, &x) != SPA_ERR_USAGE || spa_plan_rank_bytes(cfg, 3, -1, &x) != SPA_ERR_USAGE ||
+    if (spa_plan_ranks_bytes(cfg, 0, &x) != SPA_ERR_USAGE || spa_plan_rank_bytes(cfg, 3, 3, &x) != SPA_ERR_USAGE || spa_plan_rank_bytes(cfg, 3, -1, &x) != SPA_ERR_USAGE ||
         spa_plan_rank_bytes(cfg, 0, 0, &x) != SPA_ERR_USAGE) {
         fprintf(stderr, "%s: a rank outside [0, P) was not refused\n", t->name);
         bad++;
