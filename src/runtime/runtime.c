@@ -413,7 +413,7 @@ static void compute_tasks(spa_ctx ctx, const spa_task *task, int64_t t0, int64_t
     const int64_t units = k && n_own > 0 ? ctx->plan.nspread_tiles * ctx->nunit : 0;
     /* Each thread takes runs of consecutive tasks (blocks of a head), so
      * that the keys and values one block's window brings in serve its
-     * neighbours on the same core: up to 16 (B = 16 1.06x, B = 64 1.03x on
+     * neighbours on the same core: up to 16 (B = 16 1.04x, B = 64 1.03x on
      * 2 threads, against runs of 1), and at least 8 runs a thread, so that
      * short ranges (a stage of the last batch) still spread over the
      * threads. */
