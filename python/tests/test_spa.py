@@ -242,6 +242,9 @@ def test_plan_ranks_equal_cli(P, mib):
             assert mine[f] == theirs[f], (mine["rank"], f)
         assert mine["batches"] >= 1 and mine["fetched_blocks"] >= 0
     assert r["per_rank"][0]["block_begin"] == 0 and r["per_rank"][-1]["block_end"] == r["blocks"]
+    # without the key counts: the same bytes, and no key fields
+    lean = spa.plan(4096, heads=3, dim=32, ranks=P, keys=False, **kw)
+    assert lean["per_rank"] == r["per_rank"] and "pairs" not in lean and "flops" not in lean
 
 
 def test_plan_bad_arguments():
