@@ -393,7 +393,7 @@ spa_err __wrap_spa_comm_connect(spa_comm *c)
     if (!model_on() || e != SPA_OK || !c->rma || c->P < 2) return e;
     const spa_commplan *pl = c->plan;
     const spa_config *cfg = c->cfg;
-    const int64_t B = cfg->block, D = cfg->dim;
+    const int64_t D = cfg->dim;
     model_gets_free();
     model_src = (c->rank + c->P / 2) % c->P;
     model_dst = (c->rank - c->P / 2 + c->P) % c->P;
@@ -404,8 +404,7 @@ spa_err __wrap_spa_comm_connect(spa_comm *c)
     for (int b = 0; b < model_nb; b++) {
         for (int i = pl->batch_run[b]; i < pl->batch_run[b + 1]; i++) {
             const spa_run_blk *r = &pl->runs[i];
-            int64_t a = r->b0 * B, z = (r->b0 + r->nblk) * B;
-            model_mine[b] += 2 * ((z < cfg->n ? z : cfg->n) - a) * D * (int64_t)sizeof(float);
+            model_mine[b] += 2 * spa_run_tokens(cfg, r->b0, r->nblk) * D * (int64_t)sizeof(float);
         }
         model_rfirst[b + 1] = model_rfirst[b] + chunks(model_mine[b]);
     }

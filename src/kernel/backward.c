@@ -812,7 +812,7 @@ spa_err spa_backward_local(const spa_config *cfg, const float *q, const float *k
                 spa_backward_block(cfg, &src, &sink, s, h, c, qr, dor, lse + row, Dl + row, dq + row * D);
                 spa_backward_residue(cfg, &src, &sink, s, h, c, qr, dor, lse + row, Dl + row, dq + row * D);
             } else {
-                const int64_t rows = (c + 1) * cfg->block < n ? cfg->block : n - c * cfg->block;
+                const int64_t rows = spa_block_end(cfg, c) - c * cfg->block;
                 memset(dq + row * D, 0, (size_t)(rows * D) * sizeof(float));
             }
             spread_block(cfg, s, h, c, served, q, k, v, dout, lse, Dl, dq, dk, dv);

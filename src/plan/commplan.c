@@ -14,7 +14,7 @@
  * with the block, so the first and last blocks bound the union. */
 static void extent(const spa_config *cfg, int64_t b0, int64_t b1, int64_t t0, int64_t *e0, int64_t *e1)
 {
-    int64_t t1 = b1 * cfg->block < cfg->n ? b1 * cfg->block : cfg->n;
+    int64_t t1 = spa_block_end(cfg, b1 - 1);
     *e0 = t0;
     *e1 = b1 > b0 ? t1 : t0;
     for (int32_t h = 0; h < cfg->heads && b1 > b0; h++) {

@@ -13,7 +13,7 @@ void spa_partition(const spa_config *cfg, int P, int r, int64_t *b0, int64_t *b1
     *b0 = (int64_t)r * q + (r < rem ? r : rem);
     *b1 = *b0 + q + (r < rem ? 1 : 0);
     *t0 = *b0 * cfg->block;
-    *t1 = *b1 * cfg->block < cfg->n ? *b1 * cfg->block : cfg->n;
+    *t1 = spa_block_end(cfg, *b1 - 1); /* 0 when b1 = 0 */
     if (*t0 > cfg->n) *t0 = cfg->n;
 }
 

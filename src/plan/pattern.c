@@ -550,7 +550,7 @@ int64_t spa_pattern_pairs(const spa_config *cfg, int32_t h, int64_t c0, int64_t 
     }
     for (int64_t c = c0; c < c1; c++) {
         spa_pattern_block_keys_ws(cfg, h, c, counts, w);
-        int64_t rows = (c + 1) * cfg->block < cfg->n ? cfg->block : cfg->n - c * cfg->block;
+        int64_t rows = spa_block_end(cfg, c) - c * cfg->block;
         for (int64_t r = 0; r < rows; r++) total += counts[r];
     }
     free(counts);

@@ -33,12 +33,6 @@ static void sum128_op(void *in, void *inout, int *len, MPI_Datatype *dt)
     for (int i = 0; i < *len; i++) b[i] += a[i];
 }
 
-/* tokens of the run's blocks (the last block may be partial) */
-static int64_t run_tokens(const spa_config *cfg, const spa_run_blk *r)
-{
-    int64_t a = r->b0 * cfg->block, e = (r->b0 + r->nblk) * cfg->block;
-    return (e < cfg->n ? e : cfg->n) - a;
-}
 
 spa_err spa_comm_dup(MPI_Comm comm, MPI_Comm *dup, int *P, int *rank)
 {
@@ -440,7 +434,7 @@ spa_err spa_comm_post(spa_comm *c, const float *k, const float *v, spa_stats *st
         for (int i = 0; i < c->nserve; i++) {
             const int64_t *d = c->serve + 4 * i; /* rank, h, b0, nblk */
             spa_run_blk r = {(int)d[0], (int32_t)d[1], d[2], d[3]};
-            int64_t cnt = run_tokens(cfg, &r) * D, off = (r.h * n_own + r.b0 * B - pl->t0) * D;
+            int64_t cnt = spa_run_tokens(cfg, r.b0, r.nblk) * D, off = (r.h * n_own + r.b0 * B - pl->t0) * D;
             int q = 2 * (pl->nruns + i);
             SPA_MPI_CHECK(MPI_Isend(k + off, (int)cnt, MPI_FLOAT, r.rank, TAG_RAND_K, c->comm, &c->rreqs[q]));
             SPA_MPI_CHECK(MPI_Isend(v + off, (int)cnt, MPI_FLOAT, r.rank, TAG_RAND_V, c->comm, &c->rreqs[q + 1]));
@@ -461,7 +455,7 @@ spa_err spa_comm_fetch(spa_comm *c, int bt, spa_stats *st)
         const spa_run_blk *r = &pl->runs[i];
         int64_t sb0, sb1, st0, st1;
         spa_partition(cfg, c->P, r->rank, &sb0, &sb1, &st0, &st1);
-        int64_t s_own = st1 - st0, cnt = run_tokens(cfg, r) * D;
+        int64_t s_own = st1 - st0, cnt = spa_run_tokens(cfg, r->b0, r->nblk) * D;
         float *fk = bk + c->run_slot[i] * B * D, *fv = bv + c->run_slot[i] * B * D;
         if (c->rma) {
             MPI_Aint disp = (MPI_Aint)((r->h * s_own + r->b0 * B - st0) * D);

@@ -18,13 +18,6 @@
 
 enum { TAG_HALO_DK = 200, TAG_HALO_DV, TAG_RAND_DK, TAG_RAND_DV };
 
-/* tokens of the run's blocks (the last block may be partial) */
-static int64_t run_tokens(const spa_config *cfg, int64_t b0, int64_t nblk)
-{
-    int64_t a = b0 * cfg->block, e = (b0 + nblk) * cfg->block;
-    return (e < cfg->n ? e : cfg->n) - a;
-}
-
 /* The halo sinks and the landing of what neighbours return. */
 static spa_err setup_halo(spa_gcomm *g)
 {
@@ -208,7 +201,7 @@ static spa_err exchange_runs(spa_gcomm *g)
             int64_t *d = g->serve + 4 * k;
             d[0] = s, d[1] = x[0], d[2] = x[1], d[3] = x[2];
             g->serve_land[k] = off;
-            off += 2 * run_tokens(g->cfg, x[1], x[2]) * D;
+            off += 2 * spa_run_tokens(g->cfg, x[1], x[2]) * D;
         }
     }
     g->serve_land[g->nserve] = off;
@@ -221,7 +214,7 @@ static spa_err exchange_runs(spa_gcomm *g)
     for (int i = 0; i < pl->nruns; i++) {
         const spa_run_blk *r = &pl->runs[i];
         g->run_land[i] = mybase[r->rank];
-        mybase[r->rank] += 2 * run_tokens(g->cfg, r->b0, r->nblk) * D;
+        mybase[r->rank] += 2 * spa_run_tokens(g->cfg, r->b0, r->nblk) * D;
     }
 done:
     free(scount), free(rcount), free(sdisp), free(rdisp), free(fill), free(req), free(base), free(mybase), free(got);
@@ -316,7 +309,7 @@ spa_err spa_gcomm_begin(spa_gcomm *g, spa_stats *st)
         MPI_Request *rq = g->freq + 2 * pl->nruns;
         for (int k = 0; k < g->nserve; k++) {
             const int64_t *d = g->serve + 4 * k; /* source, h, b0, nblk */
-            const int cnt = (int)(run_tokens(g->cfg, d[2], d[3]) * D);
+            const int cnt = (int)(spa_run_tokens(g->cfg, d[2], d[3]) * D);
             float *land = g->fland + g->serve_land[k];
             SPA_MPI_CHECK(MPI_Irecv(land, cnt, g->et, (int)d[0], TAG_RAND_DK, g->comm, &rq[2 * k]));
             SPA_MPI_CHECK(MPI_Irecv(land + cnt * g->ew, cnt, g->et, (int)d[0], TAG_RAND_DV, g->comm, &rq[2 * k + 1]));
@@ -402,7 +395,7 @@ spa_err spa_gcomm_batch_return(spa_gcomm *g, int b, spa_stats *st)
     double t = spa_now();
     for (int i = pl->batch_run[b]; i < pl->batch_run[b + 1]; i++) {
         const spa_run_blk *r = &pl->runs[i];
-        const int64_t cnt = run_tokens(cfg, r->b0, r->nblk) * cfg->dim;
+        const int64_t cnt = spa_run_tokens(cfg, r->b0, r->nblk) * cfg->dim;
         const float *dk = g->fdk + off + cm->run_slot[i] * BD, *dv = g->fdv + off + cm->run_slot[i] * BD;
         if (g->rma) {
             SPA_MPI_CHECK(MPI_Put(dk, (int)cnt, g->et, r->rank, (MPI_Aint)g->run_land[i], (int)cnt, g->et, g->win));
@@ -536,7 +529,7 @@ spa_err spa_gcomm_finish(spa_gcomm *g, float *dq, float *dk, float *dv, spa_stat
     /* 3. the fetched runs' returns, by source rank, then the source's run order */
     for (int k = 0; k < g->nserve; k++) {
         const int64_t *d = g->serve + 4 * k; /* source, h, b0, nblk */
-        const int64_t cnt = run_tokens(cfg, d[2], d[3]) * D, row = d[1] * n_own + d[2] * B - t0;
+        const int64_t cnt = spa_run_tokens(cfg, d[2], d[3]) * D, row = d[1] * n_own + d[2] * B - t0;
         add_to(ex, dk + row * D * ew, g->fland + g->serve_land[k], cnt);
         add_to(ex, dv + row * D * ew, g->fland + g->serve_land[k] + cnt * ew, cnt);
     }
