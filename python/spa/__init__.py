@@ -117,7 +117,6 @@ class _Lib:
                 ("spa_ctx_destroy", V, [ctypes.POINTER(P)]),
                 ("spa_layer_run", I, [P] * 7),
                 ("spa_plan_key_counts", I, [P, P]),
-                ("spa_plan_rank_bytes", I, [P, I, I, P]),
                 ("spa_plan_ranks_bytes", I, [P, I, P]),
                 ("spa_plan_mask_side", I64, [I64, I64, ctypes.POINTER(I64)]),
                 ("spa_plan_block_mask", I, [P, ctypes.c_int32, I64, I64, P]),

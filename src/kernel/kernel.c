@@ -36,6 +36,14 @@
 
 enum { SPA_KC = 512, SPA_QT = 64 };
 
+/* The end of the global rows' chunk that starts at key a: the next
+ * absolute multiple of SPA_KC, or jend. */
+static inline int64_t kc_end(int64_t a, int64_t jend)
+{
+    const int64_t e = (a / SPA_KC + 1) * SPA_KC;
+    return e < jend ? e : jend;
+}
+
 struct spa_scratch {
     int32_t D, rows; /* rows = max(B, QT) */
     float *kc, *vc;  /* [KC][D] gathered keys and values */
@@ -893,7 +901,7 @@ static void global_partial_t(const spa_config *cfg, spa_scratch *s, const spa_ro
         int64_t jend = j0 + len;
         if (cfg->causal && gi[rows - 1] + 1 < jend) jend = gi[rows - 1] + 1;
         for (int64_t a = j0, e; a < jend; a = e) {
-            e = (a / SPA_KC + 1) * SPA_KC < jend ? (a / SPA_KC + 1) * SPA_KC : jend;
+            e = kc_end(a, jend);
             const int32_t nk = (int32_t)(e - a);
             /* pass 1: scores, causal mask; without a mask (global rows,
              * not causal) the column maxima come with the scores */
@@ -902,7 +910,7 @@ static void global_partial_t(const spa_config *cfg, spa_scratch *s, const spa_ro
             /* the stream: this chunk's values during the scores, the next
              * chunk's keys during P V (both read once, from memory) */
             const float *vc = v + (a - j0) * D;
-            const int64_t e2 = (e / SPA_KC + 1) * SPA_KC < jend ? (e / SPA_KC + 1) * SPA_KC : jend;
+            const int64_t e2 = kc_end(e, jend);
             const char *rx[2] = {(const char *)vc, (const char *)(k + (e - j0) * D)};
             const int64_t rxl[2] = {(int64_t)nk * D * (int64_t)sizeof(float), (e2 - e) * D * (int64_t)sizeof(float)};
             spa_pfs pf;
@@ -958,7 +966,7 @@ void spa_kernel_global_partial(const spa_config *cfg, spa_scratch *s, int32_t h,
         /* chunks aligned to absolute multiples of KC: the same keys share a
          * chunk on any rank count, except where a shard boundary cuts one */
         for (int64_t a = j0, e; a < jend; a = e) {
-            e = (a / SPA_KC + 1) * SPA_KC < jend ? (a / SPA_KC + 1) * SPA_KC : jend;
+            e = kc_end(a, jend);
             const int32_t nk = (int32_t)(e - a);
             const float *kc = k + (a - j0) * D, *vc = v + (a - j0) * D;
             float *S = s->s;

@@ -73,14 +73,18 @@ spa_err spa_plan_key_counts(const spa_config *cfg, spa_plan_keys *out)
     return SPA_OK;
 }
 
+static spa_plan_rank rank_figures(const spa_commplan *pl)
+{
+    return (spa_plan_rank){pl->b0, pl->b1, pl->bytes_halo, pl->bytes_global, pl->bytes_rma, pl->nfetch, pl->nbatch};
+}
+
 spa_err spa_plan_rank_bytes(const spa_config *cfg, int P, int r, spa_plan_rank *out)
 {
     memset(out, 0, sizeof *out);
     SPA_REQUIRE(P >= 1 && r >= 0 && r < P, SPA_ERR_USAGE, "rank %d is not in [0, %d)", r, P);
     spa_commplan plan;
     SPA_CHECK(spa_commplan_build(cfg, P, r, &plan));
-    *out = (spa_plan_rank){plan.b0, plan.b1, plan.bytes_halo, plan.bytes_global, plan.bytes_rma, plan.nfetch,
-                           plan.nbatch};
+    *out = rank_figures(&plan);
     spa_commplan_free(&plan);
     return SPA_OK;
 }
@@ -91,17 +95,13 @@ spa_err spa_plan_ranks_bytes(const spa_config *cfg, int P, spa_plan_rank *out)
     memset(out, 0, (size_t)P * sizeof *out);
     spa_commplan first, plan;
     SPA_CHECK(spa_commplan_build(cfg, P, 0, &first));
+    out[0] = rank_figures(&first);
     spa_err e = SPA_OK;
-    for (int r = 0; r < P && e == SPA_OK; r++) {
-        spa_commplan *pl = &first;
-        if (r > 0) {
-            e = spa_commplan_build_like(cfg, P, r, &first, &plan);
-            if (e != SPA_OK) break;
-            pl = &plan;
-        }
-        out[r] = (spa_plan_rank){pl->b0, pl->b1, pl->bytes_halo, pl->bytes_global, pl->bytes_rma, pl->nfetch,
-                                 pl->nbatch};
-        if (r > 0) spa_commplan_free(&plan);
+    for (int r = 1; r < P && e == SPA_OK; r++) {
+        e = spa_commplan_build_like(cfg, P, r, &first, &plan);
+        if (e != SPA_OK) break;
+        out[r] = rank_figures(&plan);
+        spa_commplan_free(&plan);
     }
     spa_commplan_free(&first);
     return e;
