@@ -75,7 +75,8 @@ static void fuzz_mpi_init(const char *name)
     /* Open MPI's own handlers for SIGABRT, SIGBUS, SIGFPE and SIGSEGV
      * would take those signals before libFuzzer (which keeps a handler it
      * finds installed): a failed check would then end the process without
-     * saving its input, and fork mode would count a crash no one can see */
+     * saving its input, and run.sh would judge the run by a log with no
+     * stack of the failed check */
     setenv("OMPI_MCA_opal_signal", "", 0);
     /* a singleton that never spawns needs no daemon (1 s less per start) */
     setenv("OMPI_MCA_ess_singleton_isolated", "1", 0);
