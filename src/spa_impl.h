@@ -281,9 +281,10 @@ typedef struct spa_kernels {
      * (D % 8 == 0, ldq % 8 == 0) */
     void (*tpose)(const float *a, int64_t lda, int32_t rows, int32_t D, int32_t ldq, float *at);
     /* pv over np pieces of keys: values v[p] ([n[p]][D] rows), keys in
-     * piece order down S^T; pf as in qk, stepped after each tile */
+     * piece order down S^T; pf as in qk, stepped after each tile; init:
+     * o = P V (o need not be cleared), else o += P V */
     void (*pvp)(int np, const float *const *v, const int32_t *n, int32_t D, int32_t ldq, int32_t rows,
-                const float *pt, float *o, spa_pfs *pf);
+                const float *pt, float *o, spa_pfs *pf, int init);
     /* the sum of x[0 .. len) in 16 double lanes (lane j: x[j], x[j + 16],
      * ...), then lanes 0 .. 15: the same bits on every instruction set */
     double (*osum)(const float *x, int64_t len);

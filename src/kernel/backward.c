@@ -376,7 +376,7 @@ static void chunk_fast(const spa_config *cfg, spa_bscratch *s, mask_fn mask, con
     /* pass 5: over all the pieces at once, the dq tile in registers (keys
      * in order: the same sums as piece by piece) */
     for (int p = 0; p < s->npiece; p++) s->pk[p] = s->pc[p].k, s->pn[p] = s->pc[p].cnt;
-    s->K->pvp(s->npiece, s->pk, s->pn, D, ldq, tr, dPt, s->dq, NULL);
+    s->K->pvp(s->npiece, s->pk, s->pn, D, ldq, tr, dPt, s->dq, NULL, 0);
 
     /* pass 6: transposes in tiles of 16 x 16 (stores contiguous, rows TLD
      * apart, not a power of two), then one product per piece with the

@@ -55,6 +55,7 @@ struct spa_scratch {
     spa_rowctx x;         /* the block's rule */
     float *m, *l;    /* [rows] running max and sum */
     float *acc;      /* [rows][D] running output */
+    int acc_set;     /* acc holds the running output; 0 until the block's first chunk */
     float *cacc, *mc, *lc; /* [rows][D], [rows], [rows]: one chunk's partial */
     double *pd, *vd, *cd, *lcd; /* global rows: [QT][KC], [KC][D], [QT][D], [QT] */
     float *lo;       /* [KC] rounding error of the exp arguments */
@@ -187,14 +188,30 @@ void spa_scratch_destroy(spa_scratch *s)
     free(s);
 }
 
-/* Merges the chunk's partial (mc, lc, cacc) into the running (m, l, acc)
- * of the block's rows. */
-static void merge_chunk(spa_scratch *s, int32_t rows)
+/* Merges the chunk's partial (mc, lc, cc) into the running (m, l, acc)
+ * of the block's rows. The block's first chunk becomes the running partial
+ * (its rows without a key: 0); cc may then be acc itself, which the chunk's
+ * P V went to directly. */
+static void merge_chunk(spa_scratch *s, int32_t rows, const float *cc)
 {
     const int32_t D = s->D;
+    if (!s->acc_set) {
+        for (int32_t r = 0; r < rows; r++) {
+            float *ar = s->acc + (int64_t)r * D;
+            if (s->mc[r] == -INFINITY) { /* m stays -inf, l 0 */
+                memset(ar, 0, (size_t)D * sizeof(float));
+                continue;
+            }
+            s->m[r] = s->mc[r];
+            s->l[r] = s->lc[r];
+            if (cc != s->acc) memcpy(ar, cc + (int64_t)r * D, (size_t)D * sizeof(float));
+        }
+        s->acc_set = 1;
+        return;
+    }
     for (int32_t r = 0; r < rows; r++) {
         float *ar = s->acc + (int64_t)r * D;
-        const float *cr = s->cacc + (int64_t)r * D;
+        const float *cr = cc + (int64_t)r * D;
         if (s->mc[r] == -INFINITY) continue; /* every key of the chunk masked */
         if (s->m[r] == -INFINITY) {          /* first chunk with a key */
             s->m[r] = s->mc[r];
@@ -328,7 +345,7 @@ static void softmax_tail(spa_scratch *s, int32_t rows)
     }
 
     /* pass 4 */
-    merge_chunk(s, rows);
+    merge_chunk(s, rows, s->cacc);
 }
 
 /* The same chunk update on transposed scores, with the register-blocked
@@ -382,12 +399,12 @@ static void softmax_tail_t(spa_scratch *s, int32_t rows, int have_max, spa_pfs *
     if (!have_max) s->K->colmax(St, nk, ldq, mc);
     s->K->expsum(St, nk, ldq, mc, lc);
 
-    /* pass 3: cacc = P V */
-    memset(s->cacc, 0, (size_t)rows * D * sizeof(float));
-    s->K->pvp(s->npiece, s->pv, s->pn, D, ldq, rows, St, s->cacc, pf); /* keys in order: same sums */
+    /* pass 3: cacc = P V (the block's first chunk: acc = P V) */
+    float *cc = s->acc_set ? s->cacc : s->acc;
+    s->K->pvp(s->npiece, s->pv, s->pn, D, ldq, rows, St, cc, pf, 1); /* keys in order: same sums */
 
     /* pass 4 */
-    merge_chunk(s, rows);
+    merge_chunk(s, rows, cc);
 }
 
 /* Finds the memory of token t of head h among the resident segments, or in
@@ -592,7 +609,7 @@ double spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratc
         s->m[r] = -INFINITY;
         s->l[r] = 0.0f;
     }
-    memset(s->acc, 0, (size_t)rows * D * sizeof(float));
+    s->acc_set = 0;
     s->nk = 0;
     s->npiece = 0;
     s->far = 0;
@@ -632,6 +649,7 @@ double spa_kernel_block(const spa_config *cfg, const spa_keysrc *src, spa_scratc
     /* 4. out = acc / l (an empty S(i): acc is 0, and so is out), and the
      *    block's sum while its rows are in L1 */
     float *inv = s->lc; /* free once the last chunk is merged */
+    if (!s->acc_set) memset(s->acc, 0, (size_t)rows * D * sizeof(float)); /* no chunk */
     for (int32_t r = 0; r < rows; r++) {
         const int empty = s->l[r] == 0.0f;
         inv[r] = empty ? 0.0f : 1.0f / s->l[r];
@@ -797,6 +815,7 @@ void spa_kernel_residue(const spa_config *cfg, const spa_keysrc *src, spa_scratc
                 s->l[r] = l[base + trow[r]];
                 memcpy(s->acc + (int64_t)r * D, acc + (base + trow[r]) * D, (size_t)D * sizeof(float));
             }
+            s->acc_set = 1;
             if (s->fast)
                 for (int32_t d = 0; d < D; d++)
                     for (int32_t r = tr; r < ldq; r++) s->qt[(int64_t)d * ldq + r] = 0.0f;
@@ -924,9 +943,8 @@ static void global_partial_t(const spa_config *cfg, spa_scratch *s, const spa_ro
             }
             s->K->expsum_lo(St, nk, ldq, mc, lc);
             /* pass 3: chunk acc = P V */
-            memset(s->cacc, 0, (size_t)rows * D * sizeof(float));
             spa_pfs_phase(&pf, pf.lines, (int64_t)rows * nk * D);
-            s->K->pvp(1, &vc, &nk, D, ldq, rows, St, s->cacc, &pf);
+            s->K->pvp(1, &vc, &nk, D, ldq, rows, St, s->cacc, &pf, 1);
             /* pass 4: merge into the running partials, in double */
             for (int32_t r = 0; r < rows; r++) {
                 double chunk[2 + D];
