@@ -101,11 +101,11 @@ def tree_memory(pid):
     return rss, anon
 
 
-def run(cmd, env, what):
-    """Runs cmd; its last JSON line, with the wall time and peak memory."""
+def run(cmd, env, what, cwd=None):
+    """Runs cmd (in cwd); its last JSON line, with the wall time and peak memory."""
     t = time.time()
     with tempfile.TemporaryFile(mode="w+") as log:
-        p = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        p = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=cwd)
         peak_rss = peak_anon = 0
         while p.poll() is None:
             rss, anon = tree_memory(p.pid)
@@ -154,7 +154,9 @@ def sim_run(spa, out, tag, nodes, ranks_per_node, cores, speed, threads, n, head
            prefix + ".hosts"] + SMPI_CFG + [spa] + spa_args(n, heads)
     if np_ > 1:  # SimGrid 3.32's ompi reduce fails on one rank
         cmd.insert(-len(spa_args(n, heads)) - 1, "--cfg=smpi/coll-selector:ompi")
-    return run(cmd, env, f"simulated run {tag}")
+    # smpirun writes its hostfile (smpitmp-host*) to the current folder:
+    # the platform's folder, not the caller's
+    return run(cmd, env, f"simulated run {tag}", cwd=os.path.dirname(prefix))
 
 
 def row(base, d):
@@ -245,6 +247,7 @@ def main():
     if a.reuse:  # the old meaning: keep calib.csv and strong.csv
         steps -= {"calib", "strong"}
         steps |= {"weak", "compare"}
+    a.out, a.smpi, a.real = (os.path.abspath(x) for x in (a.out, a.smpi, a.real))
     os.makedirs(a.out, exist_ok=True)
     nodes = [int(x) for x in a.nodes.split(",")]
     H, D = a.heads, 64
