@@ -48,6 +48,19 @@ while [ "$i" -lt "$n" ]; do
   esac
 done
 
+# Every harness process starts through "$own", which writes its pid to
+# $pidf before it execs; clean then removes what that process leaves when
+# it crashes (most runs end in one): its scratch image (fuzz_common.h) and
+# LLVM OpenMP's registration file in /dev/shm.
+pidf="$work/.pid"
+own='echo $$ >"$0"; exec "$@"'
+clean() {
+  pid=$(cat "$pidf" 2>/dev/null)
+  rm -f "$pidf"
+  [ -n "$pid" ] || return 0
+  rm -f /dev/shm/__KMP_REGISTERED_LIB_"$pid"_* /dev/shm/spa-fuzz-*-"$pid".h5 /tmp/spa-fuzz-*-"$pid".h5
+}
+
 spa=0
 hdf5=0
 unrepeated=0
@@ -95,10 +108,11 @@ while :; do
   run="$work/run-$k.log"
   # each run's inputs carry its number: a run that fails on an input an
   # earlier run saved still leaves a file of its own
-  "$exe" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 -max_len="$maxlen" \
+  sh -c "$own" "$pidf" "$exe" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 -max_len="$maxlen" \
     -artifact_prefix="$work/artifacts/run$k-" "$@" ${target:+-runs=$((target - execs))} \
     -max_total_time="$left" "$work/corpus" "$seeds" >"$run" 2>&1
   r=$?
+  clean
   done_now=$(sed -n 's/^stat::number_of_executed_units: *//p' "$run" | tail -1)
   execs=$((execs + ${done_now:-0}))
   new=$(find "$work/artifacts" -type f -name "run$k-*" ! -name '*.txt' | wc -l)
@@ -115,13 +129,6 @@ while :; do
   fi
 done
 end=$(date +%s)
-# a run that crashed left its scratch image (fuzz_common.h) behind
-for f in /dev/shm/spa-fuzz-*.h5 /tmp/spa-fuzz-*.h5; do
-  [ -f "$f" ] || continue
-  pid=${f##*-}
-  pid=${pid%.h5}
-  kill -0 "$pid" 2>/dev/null || rm -f "$f"
-done
 secs_used=$((end - start))
 [ "$secs_used" -gt 0 ] || secs_used=1
 
@@ -131,8 +138,9 @@ for a in "$work"/artifacts/run*-crash-* "$work"/artifacts/run*-leak-* \
   case "$a" in *.txt) continue ;; esac
   # -malloc_limit_mb: one huge allocation reports its own stack, not the
   # largest live ones (an out-of-memory by RSS shows those)
-  timeout 60 "$exe" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=2048 "$a" >"$a.txt" 2>&1
+  timeout 60 sh -c "$own" "$pidf" "$exe" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=2048 "$a" >"$a.txt" 2>&1
   [ $? -ne 124 ] || echo "run.sh: killed after 60 s" >>"$a.txt"
+  clean
   judge "$(basename "$a")" "$a.txt" replayed
 done
 echo "$name: $k run(s), $execs executions in ${secs_used} s ($((execs / secs_used))/s); faults: $spa in spa, $hdf5 inside the HDF5 library, $unrepeated not repeated alone"
