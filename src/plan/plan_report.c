@@ -51,14 +51,17 @@ spa_err spa_plan_key_counts(const spa_config *cfg, spa_plan_keys *out)
     int fail = 0;
 #pragma omp parallel reduction(min : kmin) reduction(max : kmax) reduction(+ : ksum, fail)
     {
+        /* one workspace a thread: it holds a byte per block of the
+         * sequence, which a workspace per block would clear each time */
         int64_t *cnt = malloc(sizeof(int64_t) * (size_t)B);
-        if (!cnt) fail = 1;
+        spa_patws *w = spa_patws_create(cfg);
+        if (!cnt || !w) fail = 1;
 #pragma omp for collapse(2) schedule(dynamic, 64)
         for (int32_t h = 0; h < cfg->heads; h++)
             for (int64_t c = 0; c < nb; c++) {
-                if (!cnt) continue;
+                if (!cnt || !w) continue;
                 const int64_t rows = spa_block_end(cfg, c) - c * B;
-                spa_pattern_block_keys(cfg, h, c, cnt);
+                spa_pattern_block_keys_ws(cfg, h, c, cnt, w);
                 for (int64_t r = 0; r < rows; r++) {
                     ksum += cnt[r];
                     if (cnt[r] < kmin) kmin = cnt[r];
@@ -66,6 +69,7 @@ spa_err spa_plan_key_counts(const spa_config *cfg, spa_plan_keys *out)
                 }
             }
         free(cnt);
+        spa_patws_destroy(w);
     }
     *out = (spa_plan_keys){0, 0, 0};
     SPA_REQUIRE(!fail, SPA_ERR_OTHER, "out of memory for the key counts");
@@ -155,16 +159,16 @@ static spa_err graph_build(const spa_config *cfg, int32_t h, head_graph *g)
     int64_t nb = spa_nblocks(cfg), cap = 0, len = 0;
     memset(g, 0, sizeof *g);
     g->nb = nb;
-    int32_t *kb = malloc(sizeof(int32_t) * (size_t)nb);
-    unsigned char *full = malloc((size_t)nb);
+    spa_patws *w = spa_patws_create(cfg); /* one for every block, not one each */
     int32_t *rnd = malloc(sizeof(int32_t) * (size_t)(cfg->random_max > 0 ? cfg->random_max : 1));
     g->off = malloc(sizeof(int64_t) * (size_t)(nb + 1));
     g->gcol = malloc(sizeof(int64_t) * (size_t)(cfg->nkv_tokens > 0 ? cfg->nkv_tokens : 1));
     g->gkind = malloc((size_t)(cfg->nkv_tokens > 0 ? cfg->nkv_tokens : 1));
-    int ok = kb && full && rnd && g->off && g->gcol && g->gkind;
+    int ok = w && rnd && g->off && g->gcol && g->gkind;
     for (int64_t c = 0; ok && c < nb; c++) {
         g->off[c] = len;
-        int64_t m = spa_pattern_key_blocks(cfg, h, c, kb, full);
+        const int64_t m = spa_pattern_key_blocks_ws(cfg, h, c, w);
+        const int32_t *kb = w->kb;
         int32_t r = spa_pattern_random_blocks(cfg, h, c, rnd);
         qsort(rnd, (size_t)r, sizeof *rnd, cmp_i32);
         if (len + m > cap) {
@@ -198,7 +202,7 @@ static spa_err graph_build(const spa_config *cfg, int32_t h, head_graph *g)
             }
         }
     }
-    free(kb), free(full), free(rnd);
+    spa_patws_destroy(w), free(rnd);
     if (!ok) {
         graph_free(g);
         SPA_FAIL(SPA_ERR_OTHER, "out of memory for the block graph of head %d", h);
