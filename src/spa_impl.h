@@ -66,6 +66,7 @@ typedef struct spa_patws {
     int64_t nkb;
     unsigned char *mark;   /* [nb] zero between calls */
     int32_t *rb;           /* [random_max] */
+    int64_t nb;            /* kb, kfull and mark are mapped pages (spa_patws_create) */
 } spa_patws;
 spa_patws *spa_patws_create(const spa_config *cfg);
 void spa_patws_destroy(spa_patws *w);

@@ -8,6 +8,7 @@
 #include "spa_impl.h"
 
 #include <string.h>
+#include <sys/mman.h>
 
 static inline uint64_t mix64(uint64_t z)
 {
@@ -247,14 +248,32 @@ int spa_pattern_attends(const spa_config *cfg, int32_t h, int64_t i, int64_t j)
 
 /* ------------------------------------------------------- key blocks */
 
+/* A workspace's arrays have a slot per block of the whole sequence, of
+ * which one call touches the blocks of one row (mark) or its first few
+ * slots (kb, kfull). They are mapped, zero pages that cost no memory until
+ * touched: malloc and calloc may hand out pages touched before, or clear
+ * them all. A kernel thread holds two workspaces for the whole run, and
+ * the simulator (docs/smpi.md) one set per simulated rank. */
+static void *ws_map(size_t bytes)
+{
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void ws_unmap(void *p, size_t bytes)
+{
+    if (p) munmap(p, bytes);
+}
+
 spa_patws *spa_patws_create(const spa_config *cfg)
 {
     spa_patws *w = calloc(1, sizeof *w);
     if (!w) return NULL;
-    int64_t nb = spa_nblocks(cfg);
-    w->kb = malloc((size_t)nb * sizeof *w->kb);
-    w->kfull = malloc((size_t)nb);
-    w->mark = calloc((size_t)nb, 1);
+    const int64_t nb = spa_nblocks(cfg) > 0 ? spa_nblocks(cfg) : 1;
+    w->nb = nb;
+    w->kb = ws_map((size_t)nb * sizeof *w->kb);
+    w->kfull = ws_map((size_t)nb);
+    w->mark = ws_map((size_t)nb); /* zero */
     w->rb = malloc((size_t)(cfg->random_max + 1) * sizeof *w->rb);
     if (!w->kb || !w->kfull || !w->mark || !w->rb) {
         spa_patws_destroy(w);
@@ -266,9 +285,9 @@ spa_patws *spa_patws_create(const spa_config *cfg)
 void spa_patws_destroy(spa_patws *w)
 {
     if (!w) return;
-    free(w->kb);
-    free(w->kfull);
-    free(w->mark);
+    ws_unmap(w->kb, (size_t)w->nb * sizeof *w->kb);
+    ws_unmap(w->kfull, (size_t)w->nb);
+    ws_unmap(w->mark, (size_t)w->nb);
     free(w->rb);
     free(w);
 }
