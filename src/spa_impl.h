@@ -85,12 +85,11 @@ int64_t spa_pattern_gathered_in(const spa_config *cfg, int32_t h, int64_t a, int
  * fetched for it. */
 int spa_pattern_served_ws(const spa_config *cfg, int32_t h, int64_t c, spa_patws *w);
 
-/* Tokens of the nblk blocks from block b0 (a fetched run; the last block
- * may be partial). */
+/* Tokens of the nblk >= 1 blocks from block b0 (a fetched run; the last
+ * block may be partial). */
 static inline int64_t spa_run_tokens(const spa_config *cfg, int64_t b0, int64_t nblk)
 {
-    const int64_t e = (b0 + nblk) * cfg->block;
-    return (e < cfg->n ? e : cfg->n) - b0 * cfg->block;
+    return spa_block_end(cfg, b0 + nblk - 1) - b0 * cfg->block;
 }
 
 /* Dilated pair p of head h selects position j; selects both i and j in one segment. */

@@ -189,34 +189,23 @@ void spa_scratch_destroy(spa_scratch *s)
 }
 
 /* Merges the chunk's partial (mc, lc, cc) into the running (m, l, acc)
- * of the block's rows. The block's first chunk becomes the running partial
- * (its rows without a key: 0); cc may then be acc itself, which the chunk's
+ * of the block's rows. The block's first chunk (acc not set yet) clears
+ * the rows it has no key for; cc may then be acc itself, which the chunk's
  * P V went to directly. */
 static void merge_chunk(spa_scratch *s, int32_t rows, const float *cc)
 {
     const int32_t D = s->D;
-    if (!s->acc_set) {
-        for (int32_t r = 0; r < rows; r++) {
-            float *ar = s->acc + (int64_t)r * D;
-            if (s->mc[r] == -INFINITY) { /* m stays -inf, l 0 */
-                memset(ar, 0, (size_t)D * sizeof(float));
-                continue;
-            }
-            s->m[r] = s->mc[r];
-            s->l[r] = s->lc[r];
-            if (cc != s->acc) memcpy(ar, cc + (int64_t)r * D, (size_t)D * sizeof(float));
-        }
-        s->acc_set = 1;
-        return;
-    }
     for (int32_t r = 0; r < rows; r++) {
         float *ar = s->acc + (int64_t)r * D;
         const float *cr = cc + (int64_t)r * D;
-        if (s->mc[r] == -INFINITY) continue; /* every key of the chunk masked */
-        if (s->m[r] == -INFINITY) {          /* first chunk with a key */
+        if (s->mc[r] == -INFINITY) { /* every key of the chunk masked */
+            if (!s->acc_set) memset(ar, 0, (size_t)D * sizeof(float));
+            continue;
+        }
+        if (s->m[r] == -INFINITY) { /* first chunk with a key */
             s->m[r] = s->mc[r];
             s->l[r] = s->lc[r];
-            memcpy(ar, cr, (size_t)D * sizeof(float));
+            if (cr != ar) memcpy(ar, cr, (size_t)D * sizeof(float));
             continue;
         }
         float mnew = s->mc[r] > s->m[r] ? s->mc[r] : s->m[r];
@@ -225,6 +214,7 @@ static void merge_chunk(spa_scratch *s, int32_t rows, const float *cc)
         for (int32_t d = 0; d < D; d++) ar[d] = ar[d] * fa + cr[d] * fb;
         s->m[r] = mnew;
     }
+    s->acc_set = 1;
 }
 
 /* Sets the scores of the chunk's keys that row i = ti0 + r does not attend

@@ -33,7 +33,6 @@ static void sum128_op(void *in, void *inout, int *len, MPI_Datatype *dt)
     for (int i = 0; i < *len; i++) b[i] += a[i];
 }
 
-
 spa_err spa_comm_dup(MPI_Comm comm, MPI_Comm *dup, int *P, int *rank)
 {
     *dup = MPI_COMM_NULL;
